@@ -1,0 +1,135 @@
+"""The registry: enrollment tokens, device records and the reconnect lookup. Pure handler.
+
+* ``token_psk`` — the enrollment PSK for a token id ("" = open enrollment);
+* ``connect``   — after IKpsk2 message 1: the device behind a Noise static key,
+  its session PSK for these ephemerals, and its status; refuses a replayed
+  message 1 (timestamp not newer than the last one);
+* ``register``  — store a device whose enrollment the attestor has verified;
+* ``status``    — a device's own view of its record.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+from shared.bus.interface import Reply, Request
+from shared.codec import Fields
+from shared.errors import AttestgateError, ErrorCode
+from shared.handlers import Op, dispatch
+from shared.keys import device_id_for, enroll_psk, session_psk
+from shared.records import Device, DeviceStatus
+from shared.store.interface import Store
+from shared.store.serialize import device_from_bytes
+from shared.vault import Vault
+from shared.wire import DH_LEN, TOKEN_ID_LEN
+
+_log = logging.getLogger("attestgate.registry")
+
+# Pending-record namespaces shared with the attestor (written there, consumed here).
+PENDING_ENROLLED = "enrolled:"
+
+
+@dataclass(frozen=True)
+class RegistryDeps:
+    store: Store
+    vault: Vault
+    open_enrollment: bool
+
+
+def _token_psk(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    token_id = Fields(req.body).text("token_id", 2 * TOKEN_ID_LEN, optional=True)
+    if not token_id:
+        if not deps.open_enrollment:
+            raise AttestgateError(ErrorCode.BAD_TOKEN, "open enrollment is off")
+        return Reply(req.id, {"psk": enroll_psk(b"").value})
+    token = deps.store.get_token(token_id, now)
+    if token is None:
+        raise AttestgateError(ErrorCode.BAD_TOKEN, f"token {token_id} unknown or expired")
+    return Reply(req.id, {"psk": token.psk})
+
+
+def _connect(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    f = Fields(req.body)
+    noise_public = f.blob("noise_public", DH_LEN, min_len=DH_LEN)
+    e_i = f.blob("e_i", DH_LEN, min_len=DH_LEN)
+    e_r = f.blob("e_r", DH_LEN, min_len=DH_LEN)
+    ts = f.integer("ts", 0, 2**63 - 1)
+    device = deps.store.device_by_noise(noise_public)
+    if device is None:
+        raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, noise_public.hex()[:16])
+    if not deps.store.advance_connect_ts(device.device_id, ts):
+        raise AttestgateError(ErrorCode.PROTOCOL, f"replayed message 1 device={device.device_id}")
+    device_psk = deps.vault.unseal(device.psk_sealed, device.device_id)
+    psk = session_psk(device_psk, e_i, e_r)
+    return Reply(
+        req.id,
+        {"device_id": device.device_id, "name": device.name, "status": device.status.value,
+         "psk": psk.value},
+    )
+
+
+def _register(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    f = Fields(req.body)
+    key = f.text("h", 64)
+    token_id = f.text("token_id", 2 * TOKEN_ID_LEN, optional=True) or None
+    raw = deps.store.take_pending(PENDING_ENROLLED + key)
+    if raw is None:
+        raise AttestgateError(ErrorCode.PROTOCOL, "no verified enrollment for this session")
+    device = device_from_bytes(raw)
+    if not hmac.compare_digest(device.device_id, device_id_for(device.noise_public)):
+        raise AttestgateError(ErrorCode.INTERNAL, "device id does not match its key")
+    deps.store.create_device(device, token_id)
+    deps.store.append_audit(
+        "enrolled", device.device_id,
+        {"name": device.name, "ek": device.ek_fingerprint, "token": token_id or "",
+         "selection": device.baselines[0].selection},
+        now,
+    )
+    _log.info("enrolled device=%s name=%s ek=%s", device.device_id, device.name,
+              device.ek_fingerprint[:16])
+    return Reply(req.id, {"device_id": device.device_id})
+
+
+def _status(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    device_id = Fields(req.body).text("device_id", 64)
+    device = deps.store.get_device(device_id)
+    if device is None:
+        raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
+    return Reply(req.id, status_view(device))
+
+
+def status_view(d: Device) -> dict[str, object]:
+    return {
+        "device_id": d.device_id,
+        "name": d.name,
+        "status": d.status.value,
+        "enrolled_at": d.enrolled_at,
+        "failures": d.failures,
+        "last_attest_at": d.last_attest_at,
+        "selection": d.baselines[0].selection if d.baselines else "",
+        "approved_baselines": len(d.baselines),
+    }
+
+
+def refusal_for(status: DeviceStatus) -> ErrorCode | None:
+    """The code a device in ``status`` is refused with, or None if it may connect."""
+    return {
+        DeviceStatus.ACTIVE: None,
+        DeviceStatus.LOCKED: ErrorCode.LOCKED,
+        DeviceStatus.REVOKED: ErrorCode.REVOKED,
+        DeviceStatus.REENROLL: ErrorCode.REENROLL_REQUIRED,
+    }[status]
+
+
+_OPS: dict[str, Op[RegistryDeps]] = {
+    "token_psk": _token_psk,
+    "connect": _connect,
+    "register": _register,
+    "status": _status,
+}
+
+
+def handle(request: Request, deps: RegistryDeps, now: float) -> Reply:
+    return dispatch(_OPS, request, deps, now, _log)

@@ -1,0 +1,707 @@
+"""The ZeroMQ bus: Majordomo with the gateway as the broker. The only module importing ``zmq``.
+
+Topology (CHANNEL-NOTES §3, design (c))::
+
+    worker  DEALER ──connect──▶ ROUTER  (bind, bus endpoint)     gateway: ZmqBus
+    worker  PUB    ──connect──▶ SUB     (bind, events endpoint)  gateway: ZmqBus
+    CLI     XPUB   ──connect──▶ SUB                              ZmqPublisher
+
+Frames are :mod:`shared.bus.codec` frames, one ZeroMQ part each (the ROUTER adds
+the worker's identity in front). A worker sends READY(service), then
+HEARTBEAT every ``heartbeat_interval``; the gateway heartbeats every registered
+worker at the same rate, and each side declares the other dead after
+``liveness`` intervals without any message. Gateway and workers must be
+configured with the same interval.
+
+Reliability, on the gateway (:class:`ZmqBus`):
+
+* a worker handles one request at a time; requests wait in a per-service queue
+  while every worker is busy or none is registered, until their deadline;
+* ``inflight`` remembers which worker holds which request. When a worker
+  expires, disconnects or becomes unroutable (``ROUTER_MANDATORY`` send fails
+  with ``EHOSTUNREACH``), its idempotent requests go back to the head of the
+  queue (at most ``MAX_ATTEMPTS`` dispatches), the others are answered
+  ``service_unavailable`` — their outcome is unknown, the caller must not
+  assume either way;
+* every request is answered by its deadline; a reply arriving later, or twice,
+  is dropped and logged at debug level;
+* a HEARTBEAT or REPLY from an unknown worker (the gateway restarted) is
+  answered with DISCONNECT, upon which the worker reconnects and sends READY.
+
+Several gateways: a worker connects one DEALER to *each* gateway's bus
+endpoint and its PUB to *each* gateway's events endpoint, so every gateway can
+use every worker and sees every event (``run_worker(bus_endpoints=[...],
+events_endpoints=[...])``, ``ZmqPublisher([...])``). Each gateway dispatches
+independently; a worker serves them one request at a time, in arrival order.
+
+Events are PUB/SUB and therefore best effort: an event published while a
+gateway is down or reconnecting is lost for that gateway.
+
+CURVE (optional): give the gateway :class:`CurveServerKeys` and every worker
+and publisher :class:`CurveClientKeys`; the ROUTER and SUB then only accept
+encrypted connections from peers that know the server's public key and, when
+``allowed_clients`` is set, whose public key is listed (ZAP). Keys are Z85
+text (40 bytes), as made by :func:`curve_keypair`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, cast
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from shared.bus import codec
+from shared.bus.interface import Body, BusEvent, Clock, Reply, Request
+from shared.bus.memory import MAX_ATTEMPTS, EventFanout
+from shared.errors import AttestgateError, ErrorCode
+from shared.timing import (
+    BUS_CLOSE_LINGER,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_LIVENESS,
+    PUBLISH_CONNECT_TIMEOUT,
+    PUBLISH_LINGER,
+)
+from shared.wire import MAX_BUS_MESSAGE
+
+log = logging.getLogger("attestgate.bus")
+
+_HEARTBEAT: Final = codec.encode(codec.HEARTBEAT)
+_DISCONNECT: Final = codec.encode(codec.DISCONNECT)
+_SUBSCRIBE_PREFIX: Final = b"\x01"  # XPUB: first byte of a subscription message
+_DRAIN_MAX: Final = 256  # messages a worker reads per socket per poll round
+
+
+# -- CURVE -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurveServerKeys:
+    """The gateway's CURVE secret key, and the worker/publisher keys it admits (None: any)."""
+
+    secret_key: bytes = field(repr=False)
+    allowed_clients: frozenset[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class CurveClientKeys:
+    """A worker's or publisher's CURVE keypair and the gateway's public key."""
+
+    server_public_key: bytes
+    public_key: bytes
+    secret_key: bytes = field(repr=False)
+
+
+def curve_keypair() -> tuple[bytes, bytes]:
+    """A fresh (public, secret) CURVE keypair, Z85-encoded."""
+    return zmq.curve_keypair()
+
+
+def curve_public_key(secret_key: bytes) -> bytes:
+    return zmq.curve_public(secret_key)
+
+
+def _curve_server(sock: zmq.Socket[bytes], keys: CurveServerKeys | None) -> None:
+    if keys is not None:
+        sock.curve_secretkey = keys.secret_key
+        sock.curve_server = True
+
+
+def _curve_client(sock: zmq.Socket[bytes], keys: CurveClientKeys | None) -> None:
+    if keys is not None:
+        sock.curve_serverkey = keys.server_public_key
+        sock.curve_publickey = keys.public_key
+        sock.curve_secretkey = keys.secret_key
+
+
+class _AllowList:
+    """ZAP credentials provider: admit only listed CURVE client keys."""
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self._keys = frozenset(keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self._keys
+        if not allowed:
+            log.warning("bus peer refused: unknown CURVE key")
+        return allowed
+
+
+def _endpoint(sock: zmq.Socket[bytes]) -> str:
+    value = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- gateway side --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Worker:
+    identity: bytes
+    service: str
+    expires: float  # loop time
+    inflight: set[str] = field(default_factory=set)  # ids it holds, answered or not
+
+    @property
+    def name(self) -> str:
+        return self.identity.hex()
+
+
+@dataclass(eq=False)
+class _Service:
+    name: str
+    workers: OrderedDict[bytes, _Worker] = field(default_factory=OrderedDict)  # LRU first
+    queue: deque[str] = field(default_factory=deque)
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: Request
+    frame: bytes
+    future: asyncio.Future[Reply]
+    timer: asyncio.TimerHandle
+    worker: bytes | None = None
+    attempts: int = 0
+    tried: set[bytes] = field(default_factory=set)
+
+
+class ZmqBus:
+    """The gateway's :class:`~shared.bus.interface.BusClient` over ZeroMQ.
+
+    ``bus_endpoint`` and ``events_endpoint`` are *bound* (``tcp://127.0.0.1:*``
+    picks a free port; read the result from :attr:`bus_endpoint` /
+    :attr:`events_endpoint`). Call :meth:`start` (or use ``async with``) inside
+    the event loop before the first request, and :meth:`close` at the end.
+
+    ``clock`` sets the requests' absolute deadlines (seconds since the epoch,
+    the workers compare them with their own clock); timers run on the event
+    loop's monotonic clock.
+    """
+
+    def __init__(
+        self,
+        bus_endpoint: str,
+        events_endpoint: str,
+        *,
+        clock: Clock = time.time,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        liveness: int = HEARTBEAT_LIVENESS,
+        curve: CurveServerKeys | None = None,
+    ) -> None:
+        self._clock = clock
+        self._interval = heartbeat_interval
+        self._liveness = liveness
+        self._curve = curve
+        self._ctx = zmq.asyncio.Context()
+        self._auth: AsyncioAuthenticator | None = None
+        self._router: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
+        self._sub: zmq.asyncio.Socket = self._ctx.socket(zmq.SUB)
+        try:
+            for sock in (self._router, self._sub):
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.MAXMSGSIZE, MAX_BUS_MESSAGE)  # libzmq drops the peer beyond
+                _curve_server(sock, curve)
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self._router.bind(bus_endpoint)
+            self._sub.bind(events_endpoint)
+        except zmq.ZMQError as exc:
+            self._router.close(0)
+            self._sub.close(0)
+            self._ctx.term()
+            raise AttestgateError(ErrorCode.INTERNAL, f"bus bind failed: {exc}") from None
+        self.bus_endpoint = _endpoint(self._router)
+        self.events_endpoint = _endpoint(self._sub)
+        self._workers: dict[bytes, _Worker] = {}
+        self._services: dict[str, _Service] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._fanout = EventFanout()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.dropped_frames = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start receiving and heartbeating; idempotent."""
+        if self._tasks or self._closed:
+            return
+        if self._curve is not None and self._curve.allowed_clients is not None:
+            # ZAP handler on the same libzmq context, driven by this event loop.
+            self._auth = AsyncioAuthenticator(zmq.Context.shadow(self._ctx.underlying))
+            self._auth.start()
+            self._auth.configure_curve_callback("*", _AllowList(self._curve.allowed_clients))
+        self._tasks = [
+            asyncio.create_task(self._router_loop(), name="bus-router"),
+            asyncio.create_task(self._events_loop(), name="bus-events"),
+            asyncio.create_task(self._heartbeat_loop(), name="bus-heartbeat"),
+        ]
+        log.info("bus bound bus=%s events=%s", self.bus_endpoint, self.events_endpoint)
+
+    async def __aenter__(self) -> ZmqBus:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Answer what is pending with ``service_unavailable``, tell workers, free sockets."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pending in list(self._pending.values()):
+            self._answer(pending, Reply.failure(pending.request.id, ErrorCode.SERVICE_UNAVAILABLE))
+        for worker in list(self._workers.values()):
+            # So that workers re-register at once with whatever gateway comes next.
+            self._send(worker.identity, _DISCONNECT)
+        self._fanout.close()
+        if self._auth is not None:
+            self._auth.stop()
+        self._router.close(linger=int(BUS_CLOSE_LINGER * 1000))
+        self._sub.close(linger=0)
+        # term() waits for the linger; keep it off the event loop.
+        await asyncio.to_thread(self._ctx.term)
+
+    # -- BusClient ----------------------------------------------------------------------
+
+    async def request(
+        self,
+        service: str,
+        op: str,
+        body: Body,
+        *,
+        request_id: str,
+        timeout: float,
+        idempotent: bool = True,
+    ) -> Reply:
+        """See :meth:`BusClient.request`: always a Reply by ``timeout``, never raises."""
+        if self._closed:
+            return Reply.failure(request_id, ErrorCode.SERVICE_UNAVAILABLE)
+        if request_id in self._pending:
+            log.error("duplicate request id in flight id=%s", request_id)
+            return Reply.failure(request_id, ErrorCode.BAD_REQUEST)
+        request = Request(request_id, service, op, body, self._clock() + timeout, idempotent)
+        try:
+            frame = codec.encode(request)
+        except AttestgateError as exc:
+            log.error(
+                "request not encodable service=%s op=%s id=%s code=%s detail=%s",
+                service, op, request_id, exc.code.value, exc.detail,
+            )
+            return Reply.failure(request_id, exc.code)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            request=request,
+            frame=frame,
+            future=loop.create_future(),
+            timer=loop.call_later(max(timeout, 0.0), self._on_deadline, request_id),
+        )
+        self._pending[request_id] = pending
+        svc = self._service(service)
+        svc.queue.append(request_id)
+        self._dispatch(svc)
+        try:
+            return await pending.future
+        finally:
+            # Normal end or the caller was cancelled: forget the request. A worker
+            # holding it keeps its slot until it answers (the answer is then late).
+            pending.timer.cancel()
+            if self._pending.get(request_id) is pending:
+                del self._pending[request_id]
+
+    def events(self) -> AsyncIterator[BusEvent]:
+        """Events from every publisher, from the moment of this call; ``aclose()`` when done."""
+        return self._fanout.subscribe()
+
+    # -- introspection (admin status, tests) ---------------------------------------------
+
+    def live_workers(self, service: str) -> int:
+        svc = self._services.get(service)
+        return 0 if svc is None else len(svc.workers)
+
+    def queued(self, service: str) -> int:
+        svc = self._services.get(service)
+        return 0 if svc is None else len(svc.queue)
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _service(self, name: str) -> _Service:
+        svc = self._services.get(name)
+        if svc is None:
+            svc = self._services[name] = _Service(name)
+        return svc
+
+    def _dispatch(self, svc: _Service) -> None:
+        """Give queued requests to idle workers, least recently used first."""
+        while svc.queue:
+            worker = next((w for w in svc.workers.values() if not w.inflight), None)
+            if worker is None:
+                return
+            request_id = svc.queue.popleft()
+            pending = self._pending.get(request_id)
+            if pending is None or pending.future.done():
+                continue  # answered (deadline) or abandoned while queued
+            if not self._send(worker.identity, pending.frame):
+                svc.queue.appendleft(request_id)
+                self._drop_worker(worker, "unreachable")
+                continue
+            pending.worker = worker.identity
+            pending.attempts += 1
+            pending.tried.add(worker.identity)
+            worker.inflight.add(request_id)
+            svc.workers.move_to_end(worker.identity)
+
+    def _send(self, identity: bytes, frame: bytes) -> bool:
+        """Non-blocking send to one worker; False when it is gone (EHOSTUNREACH) or stuck."""
+        try:
+            # With DONTWAIT and no blocked sends (we never block), pyzmq sends
+            # right away and returns a completed future.
+            sent = cast(
+                "asyncio.Future[object]",
+                self._router.send_multipart([identity, frame], flags=zmq.DONTWAIT),
+            )
+            if sent.done():
+                sent.result()
+        except zmq.ZMQError as exc:
+            log.debug("send failed worker=%s errno=%s", identity.hex(), exc.errno)
+            return False
+        return True
+
+    def _answer(self, pending: _Pending, reply: Reply) -> None:
+        pending.timer.cancel()
+        if not pending.future.done():
+            pending.future.set_result(reply)
+
+    def _on_deadline(self, request_id: str) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None or pending.future.done():
+            return
+        log.warning(
+            "request deadline passed service=%s op=%s id=%s worker=%s attempts=%d",
+            pending.request.service, pending.request.op, request_id,
+            pending.worker.hex() if pending.worker else "-", pending.attempts,
+        )
+        self._answer(pending, Reply.failure(request_id, ErrorCode.SERVICE_UNAVAILABLE))
+
+    def _drop_worker(self, worker: _Worker, reason: str) -> None:
+        """Forget a worker; retry its idempotent requests, fail the others. Caller dispatches."""
+        self._workers.pop(worker.identity, None)
+        svc = self._service(worker.service)
+        svc.workers.pop(worker.identity, None)
+        retried = failed = 0
+        for request_id in sorted(worker.inflight, reverse=True):
+            pending = self._pending.get(request_id)
+            if pending is None or pending.future.done() or pending.worker != worker.identity:
+                continue
+            pending.worker = None
+            if pending.request.idempotent and pending.attempts < MAX_ATTEMPTS:
+                svc.queue.appendleft(request_id)
+                retried += 1
+            else:
+                failed += 1
+                self._answer(pending, Reply.failure(request_id, ErrorCode.SERVICE_UNAVAILABLE))
+        worker.inflight.clear()
+        log.warning(
+            "worker %s service=%s worker=%s inflight=%d retried=%d failed=%d live=%d",
+            reason, worker.service, worker.name, retried + failed, retried, failed,
+            len(svc.workers),
+        )
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def _router_loop(self) -> None:
+        while True:
+            try:
+                frames = cast("list[bytes]", await self._router.recv_multipart())
+            except zmq.ZMQError as exc:
+                log.error("bus receive failed errno=%s", exc.errno)
+                await asyncio.sleep(self._interval)
+                continue
+            try:
+                self._on_worker_message(frames)
+            except Exception:  # a bug here must not take the gateway's bus down
+                log.exception("bus: error handling a worker frame")
+
+    def _on_worker_message(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._drop_frame(frames[0] if frames else b"", f"{len(frames)} parts")
+            return
+        identity, data = frames
+        try:
+            message = codec.decode(data)
+        except AttestgateError as exc:
+            self._drop_frame(identity, f"{exc.code.value} {exc.detail}")
+            return
+        worker = self._workers.get(identity)
+        if worker is not None:
+            worker.expires = asyncio.get_running_loop().time() + self._interval * self._liveness
+        match message:
+            case codec.Ready(service=service):
+                self._on_ready(identity, worker, service)
+            case codec.Heartbeat():
+                if worker is None:
+                    log.info("unknown worker told to reconnect worker=%s", identity.hex())
+                    self._send(identity, _DISCONNECT)
+            case Reply():
+                self._on_reply(identity, worker, message)
+            case codec.Disconnect():
+                if worker is not None:
+                    self._drop_worker(worker, "disconnected")
+                    self._dispatch(self._service(worker.service))
+            case _:
+                self._drop_frame(identity, f"unexpected {type(message).__name__}")
+
+    def _on_ready(self, identity: bytes, worker: _Worker | None, service: str) -> None:
+        if worker is not None:
+            if worker.service != service:
+                self._drop_frame(identity, "READY for another service")
+                self._drop_worker(worker, "confused")
+                self._send(identity, _DISCONNECT)
+                self._dispatch(self._service(worker.service))
+            return
+        expires = asyncio.get_running_loop().time() + self._interval * self._liveness
+        worker = _Worker(identity, service, expires)
+        self._workers[identity] = worker
+        svc = self._service(service)
+        svc.workers[identity] = worker
+        svc.workers.move_to_end(identity, last=False)  # idle and fresh: first in line
+        log.info(
+            "worker ready service=%s worker=%s live=%d queued=%d",
+            service, worker.name, len(svc.workers), len(svc.queue),
+        )
+        self._dispatch(svc)
+
+    def _on_reply(self, identity: bytes, worker: _Worker | None, reply: Reply) -> None:
+        if worker is None:
+            log.info("reply from unknown worker, told to reconnect worker=%s", identity.hex())
+            self._send(identity, _DISCONNECT)
+        else:
+            worker.inflight.discard(reply.id)
+        pending = self._pending.get(reply.id)
+        if pending is None or pending.future.done() or identity not in pending.tried:
+            log.debug("late or duplicate reply dropped id=%s worker=%s", reply.id, identity.hex())
+        else:
+            self._answer(pending, reply)
+        if worker is not None:
+            self._dispatch(self._service(worker.service))
+
+    def _drop_frame(self, identity: bytes, reason: str) -> None:
+        self.dropped_frames += 1
+        log.warning("bus frame dropped peer=%s reason=%s", identity.hex(), reason)
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._interval)
+            now = loop.time()
+            touched: set[str] = set()
+            for worker in list(self._workers.values()):
+                if worker.expires <= now:
+                    self._drop_worker(worker, "expired")
+                    touched.add(worker.service)
+                elif not self._send(worker.identity, _HEARTBEAT):
+                    self._drop_worker(worker, "unreachable")
+                    touched.add(worker.service)
+            for name in touched:
+                self._dispatch(self._service(name))
+
+    async def _events_loop(self) -> None:
+        while True:
+            try:
+                frames = cast("list[bytes]", await self._sub.recv_multipart())
+            except zmq.ZMQError as exc:
+                log.error("events receive failed errno=%s", exc.errno)
+                await asyncio.sleep(self._interval)
+                continue
+            if len(frames) != 1:
+                self._drop_frame(b"", f"event with {len(frames)} parts")
+                continue
+            try:
+                message = codec.decode(frames[0])
+            except AttestgateError as exc:
+                self._drop_frame(b"", f"event {exc.code.value} {exc.detail}")
+                continue
+            if not isinstance(message, BusEvent):
+                self._drop_frame(b"", f"unexpected {type(message).__name__} on events")
+                continue
+            self._fanout.publish(message)
+
+
+# -- publisher (outside a worker) ---------------------------------------------------------
+
+
+class ZmqPublisher:
+    """Publishes events to every gateway's events endpoint (the operator CLI).
+
+    The constructor connects and waits — at most ``connect_timeout`` — until
+    every endpoint's subscriber has joined (an XPUB sees each subscription), so
+    the first event is not lost to the slow-joiner problem. :attr:`subscribers`
+    tells how many joined in time. Blocking: not for an event loop.
+    ``close()`` waits up to ``linger`` for queued events to leave.
+    """
+
+    def __init__(
+        self,
+        events_endpoints: Sequence[str],
+        *,
+        connect_timeout: float = PUBLISH_CONNECT_TIMEOUT,
+        linger: float = PUBLISH_LINGER,
+        curve: CurveClientKeys | None = None,
+    ) -> None:
+        self._linger = linger
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] | None = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # one subscription message per subscriber
+        self._sock.setsockopt(zmq.LINGER, int(linger * 1000))
+        _curve_client(self._sock, curve)
+        for endpoint in events_endpoints:
+            self._sock.connect(endpoint)
+        self.subscribers = self._await_subscribers(len(events_endpoints), connect_timeout)
+        if self.subscribers < len(events_endpoints):
+            log.warning(
+                "publisher: %d of %d gateways subscribed within %.1fs",
+                self.subscribers, len(events_endpoints), connect_timeout,
+            )
+
+    def _await_subscribers(self, expected: int, timeout: float) -> int:
+        assert self._sock is not None
+        seen = 0
+        end = time.monotonic() + timeout
+        while seen < expected:
+            remaining = end - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                break
+            if self._sock.recv()[:1] == _SUBSCRIBE_PREFIX:
+                seen += 1
+        return seen
+
+    def publish(self, event: BusEvent) -> None:
+        """Queue ``event`` for every subscriber; raises AttestgateError if not encodable."""
+        if self._sock is None:
+            raise AttestgateError(ErrorCode.INTERNAL, "publisher is closed")
+        frame = codec.encode(event)
+        try:
+            self._sock.send(frame, flags=zmq.DONTWAIT)
+        except zmq.ZMQError as exc:  # XPUB drops at HWM instead; this is only paranoia
+            log.error("event not sent topic=%s errno=%s", event.topic, exc.errno)
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        self._sock.close()
+        self._sock = None
+        self._ctx.term()  # returns once queued events left, or after linger
+
+
+# -- worker side --------------------------------------------------------------------------
+
+
+class WorkerConnection:
+    """A worker's sockets, synchronous: one DEALER per gateway ("link"), one PUB.
+
+    Only moves bytes; the Majordomo logic (READY, heartbeats, reconnects) is in
+    :func:`shared.worker.run_worker`.
+    """
+
+    def __init__(
+        self,
+        bus_endpoints: Sequence[str],
+        events_endpoints: Sequence[str],
+        *,
+        curve: CurveClientKeys | None = None,
+    ) -> None:
+        self.bus_endpoints = tuple(bus_endpoints)
+        self._curve = curve
+        self._ctx = zmq.Context()
+        self._poller = zmq.Poller()
+        self._dealers: list[zmq.Socket[bytes] | None] = [None] * len(self.bus_endpoints)
+        self._pub: zmq.Socket[bytes] = self._ctx.socket(zmq.PUB)
+        self._pub.setsockopt(zmq.LINGER, int(BUS_CLOSE_LINGER * 1000))
+        _curve_client(self._pub, curve)
+        for endpoint in events_endpoints:
+            self._pub.connect(endpoint)
+
+    def open(self, link: int) -> None:
+        """(Re)connect link ``link`` with a fresh socket, hence a fresh identity."""
+        self.close_link(link)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_BUS_MESSAGE)
+        _curve_client(sock, self._curve)
+        sock.connect(self.bus_endpoints[link])
+        self._dealers[link] = sock
+        self._poller.register(sock, zmq.POLLIN)
+
+    def close_link(self, link: int, linger: float = 0.0) -> None:
+        sock = self._dealers[link]
+        if sock is not None:
+            self._poller.unregister(sock)
+            sock.close(linger=int(linger * 1000))
+            self._dealers[link] = None
+
+    def send(self, link: int, frame: bytes) -> bool:
+        """Non-blocking; False when the link is closed or its queue is full."""
+        sock = self._dealers[link]
+        if sock is None:
+            return False
+        try:
+            sock.send(frame, flags=zmq.DONTWAIT)
+        except zmq.ZMQError as exc:
+            log.debug("send failed gateway=%s errno=%s", self.bus_endpoints[link], exc.errno)
+            return False
+        return True
+
+    def poll(self, timeout: float) -> list[tuple[int, bytes]]:
+        """Wait up to ``timeout`` s; return single-part messages as (link, frame)."""
+        try:
+            ready = dict(self._poller.poll(max(0, int(timeout * 1000))))
+        except zmq.ZMQError as exc:  # EINTR from a signal: the caller re-checks its stop flag
+            log.debug("poll interrupted errno=%s", exc.errno)
+            return []
+        out: list[tuple[int, bytes]] = []
+        for link, sock in enumerate(self._dealers):
+            if sock is None or sock not in ready:
+                continue
+            for _ in range(_DRAIN_MAX):
+                try:
+                    parts = sock.recv_multipart(flags=zmq.DONTWAIT)
+                except zmq.Again:
+                    break
+                if len(parts) == 1:
+                    out.append((link, parts[0]))
+                else:
+                    log.warning(
+                        "bus frame dropped gateway=%s reason=%d parts",
+                        self.bus_endpoints[link], len(parts),
+                    )
+        return out
+
+    def publish(self, frame: bytes) -> None:
+        try:
+            self._pub.send(frame, flags=zmq.DONTWAIT)
+        except zmq.ZMQError as exc:
+            log.error("event not sent errno=%s", exc.errno)
+
+    def close(self, linger: float = BUS_CLOSE_LINGER) -> None:
+        """Close every socket, letting queued frames (DISCONNECT, events) leave for ``linger``."""
+        for link in range(len(self._dealers)):
+            self.close_link(link, linger)
+        self._pub.close(linger=int(linger * 1000))
+        self._ctx.term()

@@ -1,0 +1,347 @@
+"""The Noise session of attestgate, sans-IO: bytes in, bytes out, no sockets, no clock.
+
+Two handshakes (``shared.wire``):
+
+* enrollment, ``Noise_XXpsk3``: the PSK comes from the enrollment token; the
+  initiator's first message carries the token id in clear (it names a token, it is
+  not a secret) so that the responder can pick the PSK before message 2;
+* reconnect, ``Noise_IKpsk2``: the initiator knows the server key. The responder
+  learns the initiator's static key from message 1 and only then chooses that
+  device's session PSK, which is ``HMAC(device psk, label || e_i || e_r)``. The
+  responder's ephemeral ``e_r`` is drawn before message 2 so that it can go into
+  the PSK; the initiator reads it from the first 32 bytes of message 2 (sent in
+  clear by the pattern) and has its TPM compute the same HMAC. Mixing in ``e_r``
+  means no session PSK can be computed before the server's fresh value exists, so
+  a device PSK holder that is later locked out cannot have stockpiled PSKs.
+
+One table (:data:`_TRANSITIONS`) owns the handshake state machine; any illegal
+call, or any failure, moves the session to ``FAILED``, which is final.
+
+After the handshake, both directions rekey (``REKEY(k)``) every ``rekey_every``
+messages. Over TCP both sides count the same messages, so no in-band signal is
+needed. A session refuses to go past ``max_messages`` in either direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum, auto
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from noise.connection import Keypair, NoiseConnection
+from noise.exceptions import (
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseMaxNonceError,
+    NoisePSKError,
+    NoiseValidationError,
+    NoiseValueError,
+)
+
+from shared.errors import AttestgateError, ErrorCode
+from shared.framing import Mode, Preamble
+from shared.keys import Psk, StaticKey
+from shared.wire import (
+    DH_LEN,
+    MAX_HANDSHAKE_PAYLOAD,
+    MAX_NOISE_MESSAGE,
+    MAX_PLAINTEXT,
+    PATTERN_CONNECT,
+    PATTERN_ENROLL,
+    PSK_LEN,
+)
+
+REKEY_EVERY: Final = 1 << 20  # transport messages per direction between REKEY(k)
+MAX_MESSAGES: Final = 1 << 40  # per direction; far below the 2^64 nonce limit
+
+# Everything noiseprotocol (and cryptography below it) raises on bad input.
+_NOISE_ERRORS = (
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseValueError,
+    NoisePSKError,
+    NoiseMaxNonceError,
+    NoiseValidationError,
+    InvalidTag,
+    ValueError,
+    IndexError,
+    TypeError,
+)
+
+
+class Role(Enum):
+    INITIATOR = auto()
+    RESPONDER = auto()
+
+
+class State(Enum):
+    INITIAL = auto()
+    NEED_PSK = auto()  # caller must set_psk() before the next step
+    AWAIT_READ = auto()  # waiting for the peer's handshake message
+    READY_WRITE = auto()  # our handshake message is due
+    ESTABLISHED = auto()
+    FAILED = auto()  # final
+
+
+class Action(Enum):
+    WRITE = auto()
+    READ = auto()
+    SET_PSK = auto()
+
+
+_T = dict[tuple[State, Action], State]
+_TRANSITIONS: Final[dict[tuple[Mode, Role], _T]] = {
+    (Mode.ENROLL, Role.INITIATOR): {
+        (State.INITIAL, Action.WRITE): State.AWAIT_READ,
+        (State.AWAIT_READ, Action.READ): State.READY_WRITE,  # caller checks the server key here
+        (State.READY_WRITE, Action.WRITE): State.ESTABLISHED,
+    },
+    (Mode.ENROLL, Role.RESPONDER): {
+        (State.INITIAL, Action.READ): State.NEED_PSK,  # payload names the token
+        (State.NEED_PSK, Action.SET_PSK): State.READY_WRITE,
+        (State.READY_WRITE, Action.WRITE): State.AWAIT_READ,
+        (State.AWAIT_READ, Action.READ): State.ESTABLISHED,
+    },
+    (Mode.CONNECT, Role.INITIATOR): {
+        (State.INITIAL, Action.WRITE): State.NEED_PSK,  # PSK needs e_r from message 2
+        (State.NEED_PSK, Action.SET_PSK): State.AWAIT_READ,
+        (State.AWAIT_READ, Action.READ): State.ESTABLISHED,
+    },
+    (Mode.CONNECT, Role.RESPONDER): {
+        (State.INITIAL, Action.READ): State.NEED_PSK,  # remote static now known
+        (State.NEED_PSK, Action.SET_PSK): State.READY_WRITE,
+        (State.READY_WRITE, Action.WRITE): State.ESTABLISHED,
+    },
+}
+
+# Placeholder PSK so that noiseprotocol's start_handshake() validates; the real one
+# is always set through set_psk() before the message that consumes it.
+_PLACEHOLDER = b"\x00" * PSK_LEN
+
+
+def responder_ephemeral(message2: bytes) -> bytes:
+    """The responder's ephemeral key: the first 32 bytes of IKpsk2 message 2, in clear."""
+    if len(message2) < DH_LEN:
+        raise AttestgateError(ErrorCode.PROTOCOL, "message 2 too short")
+    return bytes(message2[:DH_LEN])
+
+
+class NoiseSession:
+    """One side of one attestgate Noise session.
+
+    Build it with :meth:`initiator` or :meth:`responder`; drive the handshake with
+    :meth:`write_handshake` / :meth:`read_handshake` / :meth:`set_psk` in the order
+    the table allows (``state`` says what is due), then :meth:`encrypt` and
+    :meth:`decrypt`. Every failure raises :class:`AttestgateError` (PROTOCOL) and
+    leaves the session FAILED.
+    """
+
+    def __init__(
+        self,
+        mode: Mode,
+        role: Role,
+        static: StaticKey,
+        prologue: bytes,
+        *,
+        remote_static: bytes | None = None,
+        psk: Psk | None = None,
+        rekey_every: int = REKEY_EVERY,
+        max_messages: int = MAX_MESSAGES,
+    ) -> None:
+        self.mode = mode
+        self.role = role
+        self._table = _TRANSITIONS[(mode, role)]
+        self.state = State.INITIAL
+        self._rekey_every = rekey_every
+        self._max_messages = max_messages
+        self._sent = 0
+        self._received = 0
+        self._remote_static: bytes | None = remote_static
+        self._hash: bytes | None = None
+        conn = NoiseConnection.from_name(PATTERN_ENROLL if mode is Mode.ENROLL else PATTERN_CONNECT)
+        if role is Role.INITIATOR:
+            conn.set_as_initiator()
+        else:
+            conn.set_as_responder()
+        conn.set_keypair_from_private_bytes(Keypair.STATIC, static.private)
+        if remote_static is not None:
+            conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
+        conn.set_prologue(prologue)
+        conn.set_psks(psk=psk.value if psk is not None else _PLACEHOLDER)
+        conn.start_handshake()
+        self._conn = conn
+        # noiseprotocol drops its handshake state when the handshake completes; keep it
+        # to read the remote static key and ephemerals afterwards.
+        self._hs: Any = conn.noise_protocol.handshake_state
+
+    # -- construction --------------------------------------------------------------
+    @staticmethod
+    def initiator(
+        preamble: Preamble,
+        static: StaticKey,
+        *,
+        server_static: bytes | None = None,
+        psk: Psk | None = None,
+        rekey_every: int = REKEY_EVERY,
+    ) -> NoiseSession:
+        """Client side. ENROLL needs ``psk`` (from the token); CONNECT needs ``server_static``."""
+        if preamble.mode is Mode.ENROLL and psk is None:
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "enrollment needs the token psk")
+        if preamble.mode is Mode.CONNECT and server_static is None:
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "reconnect needs the server key")
+        return NoiseSession(
+            preamble.mode,
+            Role.INITIATOR,
+            static,
+            preamble.prologue,
+            remote_static=server_static if preamble.mode is Mode.CONNECT else None,
+            psk=psk,
+            rekey_every=rekey_every,
+        )
+
+    @staticmethod
+    def responder(
+        preamble: Preamble, static: StaticKey, *, rekey_every: int = REKEY_EVERY
+    ) -> NoiseSession:
+        """Gateway side; the PSK is chosen after message 1 with :meth:`set_psk`."""
+        return NoiseSession(
+            preamble.mode, Role.RESPONDER, static, preamble.prologue, rekey_every=rekey_every
+        )
+
+    # -- state machine -------------------------------------------------------------
+    def _step(self, action: Action) -> State:
+        nxt = self._table.get((self.state, action))
+        if nxt is None:
+            bad = self.state
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.PROTOCOL, f"{action.name} not allowed in {bad.name}")
+        return nxt
+
+    def _fail(self, exc: BaseException) -> AttestgateError:
+        self.state = State.FAILED
+        return AttestgateError(ErrorCode.PROTOCOL, f"noise: {type(exc).__name__}")
+
+    def write_handshake(self, payload: bytes = b"") -> bytes:
+        """Our next handshake message (unframed)."""
+        nxt = self._step(Action.WRITE)
+        if len(payload) > MAX_HANDSHAKE_PAYLOAD:
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.TOO_LARGE, "handshake payload")
+        try:
+            message = bytes(self._conn.write_message(payload))
+        except _NOISE_ERRORS as exc:
+            raise self._fail(exc) from None
+        self._enter(nxt)
+        return message
+
+    def read_handshake(self, message: bytes) -> bytes:
+        """Process the peer's handshake message; returns its payload."""
+        nxt = self._step(Action.READ)
+        if len(message) > MAX_NOISE_MESSAGE:
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.TOO_LARGE, "handshake message")
+        try:
+            payload = bytes(self._conn.read_message(bytes(message)))
+        except _NOISE_ERRORS as exc:
+            raise self._fail(exc) from None
+        if len(payload) > MAX_HANDSHAKE_PAYLOAD:
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.TOO_LARGE, "handshake payload")
+        self._enter(nxt)
+        return payload
+
+    def set_psk(self, psk: Psk) -> None:
+        """Set the PSK when ``state`` is NEED_PSK."""
+        nxt = self._step(Action.SET_PSK)
+        self._conn.set_psks(psk=psk.value)
+        self._enter(nxt)
+
+    def _enter(self, nxt: State) -> None:
+        hs = self._hs
+        if self._remote_static is None and _has_key(hs.rs):
+            self._remote_static = bytes(hs.rs.public_bytes)
+        if nxt is State.NEED_PSK and self.role is Role.RESPONDER and self.mode is Mode.CONNECT:
+            # Draw our ephemeral now, so that it can go into the session PSK.
+            hs.e = self._conn.noise_protocol.dh_fn.generate_keypair()
+        if nxt is State.ESTABLISHED:
+            self._hash = bytes(self._conn.get_handshake_hash())
+        self.state = nxt
+
+    # -- what the caller may learn -------------------------------------------------
+    @property
+    def remote_static(self) -> bytes | None:
+        """The peer's static key, once the handshake revealed it."""
+        return self._remote_static
+
+    @property
+    def local_ephemeral(self) -> bytes:
+        e = self._hs.e
+        if not _has_key(e):
+            raise AttestgateError(ErrorCode.PROTOCOL, "no local ephemeral yet")
+        return bytes(e.public_bytes)
+
+    @property
+    def remote_ephemeral(self) -> bytes:
+        re = self._hs.re
+        if not _has_key(re):
+            raise AttestgateError(ErrorCode.PROTOCOL, "no remote ephemeral yet")
+        return bytes(re.public_bytes)
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """``h``, for channel binding; only after the handshake."""
+        if self._hash is None:
+            raise AttestgateError(ErrorCode.PROTOCOL, "handshake not finished")
+        return self._hash
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    # -- transport -------------------------------------------------------------------
+    def encrypt(self, plaintext: bytes) -> bytes:
+        self._require_established()
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise AttestgateError(ErrorCode.TOO_LARGE, f"{len(plaintext)} bytes")
+        if self._sent >= self._max_messages:
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.PROTOCOL, "session message limit")
+        try:
+            out = self._conn.encrypt(bytes(plaintext))
+        except _NOISE_ERRORS as exc:
+            raise self._fail(exc) from None
+        self._sent += 1
+        if self._sent % self._rekey_every == 0:
+            self._conn.rekey_outbound_cipher()
+        return bytes(out)
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        """Decrypt one transport message; any failure is final (replay, reorder, tamper)."""
+        self._require_established()
+        if len(ciphertext) > MAX_NOISE_MESSAGE:
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.TOO_LARGE, "transport message")
+        if self._received >= self._max_messages:
+            self.state = State.FAILED
+            raise AttestgateError(ErrorCode.PROTOCOL, "session message limit")
+        try:
+            out = self._conn.decrypt(bytes(ciphertext))
+        except _NOISE_ERRORS as exc:
+            raise self._fail(exc) from None
+        self._received += 1
+        if self._received % self._rekey_every == 0:
+            self._conn.rekey_inbound_cipher()
+        return bytes(out)
+
+    def _require_established(self) -> None:
+        if self.state is not State.ESTABLISHED:
+            raise AttestgateError(ErrorCode.PROTOCOL, f"not established ({self.state.name})")
+
+
+def _has_key(keypair: object) -> bool:
+    # noiseprotocol marks unset keys with None or an ``Empty`` sentinel.
+    return keypair is not None and hasattr(keypair, "public_bytes")
+
+
+PskFunction = Callable[[bytes, bytes], Psk]

@@ -1,0 +1,83 @@
+"""Domain records: frozen dataclasses, never dicts, past the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from shared.tpm.pcrs import PcrChange
+
+
+class DeviceStatus(StrEnum):
+    ACTIVE = "active"
+    LOCKED = "locked"  # too many failed attestations; an operator may unlock
+    REVOKED = "revoked"  # permanent
+    REENROLL = "reenroll"  # must enroll again before connecting
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An approved PCR state: selection text and the values, index -> 32 bytes."""
+
+    selection: str
+    values: tuple[tuple[int, bytes], ...]
+
+    def as_dict(self) -> dict[int, bytes]:
+        return dict(self.values)
+
+    @staticmethod
+    def of(selection: str, values: dict[int, bytes]) -> Baseline:
+        return Baseline(selection, tuple(sorted(values.items())))
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    name: str
+    noise_public: bytes
+    status: DeviceStatus
+    enrolled_at: float
+    ek_public: bytes  # TPM2B_PUBLIC
+    ek_cert: bytes  # DER, b"" when the TPM has none (allowlist / tofu)
+    ek_fingerprint: str
+    ak_public: bytes  # TPM2B_PUBLIC
+    srk_public: bytes
+    post_public: bytes
+    baselines: tuple[Baseline, ...]  # the enrolled one first, then approved ones
+    psk_sealed: bytes = field(repr=False)  # device PSK, AES-GCM under the server's storage key
+    failures: int = 0
+    last_attest_at: float = 0.0
+    last_reset_count: int = -1
+    last_clock: int = -1
+    last_diff: tuple[PcrChange, ...] = ()
+    last_refused: Baseline | None = None  # the state last refused, for `approve`
+
+
+@dataclass(frozen=True)
+class Token:
+    token_id: str  # hex
+    psk: bytes = field(repr=False)  # HMAC(secret, label); the secret itself is not stored
+    created_at: float = 0.0
+    expires_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Post:
+    post_id: str  # Redis stream id "ms-seq"
+    device_id: str
+    author: str
+    text: str
+    created_at: float
+    key: bytes  # client idempotency key
+    signature: bytes  # TPMT_SIGNATURE by the device's post key
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    entry_id: str
+    ts: float
+    event: str
+    device_id: str
+    detail: str  # canonical JSON
+    prev: str  # hex hash of the previous entry ("" for the first)
+    hash: str

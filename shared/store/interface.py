@@ -1,0 +1,90 @@
+"""The Store interface; ``redis_store`` and ``memory`` implement it.
+
+Writes either complete or raise: a method that returns has been acknowledged by
+the store (with ``deploy/redis.conf``: written and fsynced to the AOF). A
+``STORE_UNAVAILABLE`` error means the write may not have happened; every write
+that a caller may retry is idempotent (post keys, WATCH'd updates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from shared.records import AuditEntry, Device, Post, Token
+
+
+class Store(Protocol):
+    # -- devices -------------------------------------------------------------------
+    def get_device(self, device_id: str) -> Device | None: ...
+
+    def device_by_noise(self, noise_public: bytes) -> Device | None: ...
+
+    def device_by_name(self, name: str) -> Device | None: ...
+
+    def device_by_ek(self, ek_fingerprint: str) -> Device | None: ...
+
+    def create_device(self, device: Device, token_id: str | None) -> None:
+        """Store a new device atomically, consuming ``token_id`` if given.
+
+        Raises NAME_TAKEN, ALREADY_ENROLLED (same EK or Noise key) or BAD_TOKEN
+        (token gone or expired), and then nothing is stored.
+        """
+        ...
+
+    def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:
+        """Apply ``change`` atomically (optimistic retry); raises UNKNOWN_DEVICE."""
+        ...
+
+    def list_devices(self) -> Sequence[Device]: ...
+
+    def advance_connect_ts(self, device_id: str, ts: int) -> bool:
+        """Record a reconnect timestamp; False if it is not newer than the last one."""
+        ...
+
+    # -- enrollment ------------------------------------------------------------------
+    def put_token(self, token: Token) -> None: ...
+
+    def get_token(self, token_id: str, now: float) -> Token | None:
+        """The token if it exists and has not expired."""
+        ...
+
+    def put_pending(self, key: str, data: bytes, ttl: float) -> None: ...
+
+    def take_pending(self, key: str) -> bytes | None:
+        """Get and delete (one use only)."""
+        ...
+
+    # -- board -------------------------------------------------------------------------
+    def add_post(self, key: bytes, fields: Mapping[str, bytes | str]) -> tuple[str, bool]:
+        """Append a post unless one with this idempotency key exists.
+
+        Returns (post id, created). A retry returns the first id and False.
+        """
+        ...
+
+    def read_posts(self, since: str | None, limit: int) -> Sequence[Post]:
+        """Posts with id strictly after ``since`` (oldest first), at most ``limit``."""
+        ...
+
+    def latest_posts(self, limit: int) -> Sequence[Post]: ...
+
+    def get_post(self, post_id: str) -> Post | None: ...
+
+    def count_posts(self) -> int: ...
+
+    # -- audit -------------------------------------------------------------------------
+    def append_audit(self, event: str, device_id: str, detail: Mapping[str, Any], now: float
+                     ) -> AuditEntry: ...
+
+    def read_audit(self, device_id: str | None = None, limit: int = 10_000) -> Sequence[AuditEntry]:
+        ...
+
+    def audit_head(self) -> str:
+        """Hash of the newest audit entry ("" when the log is empty)."""
+        ...
+
+    # -- operator ------------------------------------------------------------------------
+    def purge(self) -> int:
+        """Delete every attestgate key; returns how many."""
+        ...

@@ -1,0 +1,127 @@
+"""An in-memory Store for unit tests: a real implementation of the same interface."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from shared.audit import canonical, entry_hash
+from shared.errors import AttestgateError, ErrorCode
+from shared.records import AuditEntry, Device, Post, Token
+from shared.store.serialize import post_from_fields
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.devices: dict[str, Device] = {}
+        self.tokens: dict[str, Token] = {}
+        self.pending: dict[str, bytes] = {}
+        self.connect_ts: dict[str, int] = {}
+        self.posts: list[tuple[str, dict[bytes, bytes]]] = []
+        self.dedupe: dict[bytes, str] = {}
+        self.audit: list[AuditEntry] = []
+        self._seq = itertools.count(1)
+
+    def get_device(self, device_id: str) -> Device | None:
+        return self.devices.get(device_id)
+
+    def _find(self, pred: Callable[[Device], bool]) -> Device | None:
+        return next((d for d in self.devices.values() if pred(d)), None)
+
+    def device_by_noise(self, noise_public: bytes) -> Device | None:
+        return self._find(lambda d: d.noise_public == noise_public)
+
+    def device_by_name(self, name: str) -> Device | None:
+        return self._find(lambda d: d.name == name)
+
+    def device_by_ek(self, ek_fingerprint: str) -> Device | None:
+        return self._find(lambda d: d.ek_fingerprint == ek_fingerprint)
+
+    def create_device(self, device: Device, token_id: str | None) -> None:
+        if self.device_by_name(device.name):
+            raise AttestgateError(ErrorCode.NAME_TAKEN, device.name)
+        if self.device_by_ek(device.ek_fingerprint) or self.device_by_noise(device.noise_public):
+            raise AttestgateError(ErrorCode.ALREADY_ENROLLED, device.device_id)
+        if token_id is not None and self.tokens.pop(token_id, None) is None:
+            raise AttestgateError(ErrorCode.BAD_TOKEN, "token used or expired")
+        self.devices[device.device_id] = device
+
+    def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
+        new = change(dev)
+        self.devices[device_id] = new
+        return new
+
+    def list_devices(self) -> Sequence[Device]:
+        return sorted(self.devices.values(), key=lambda d: d.device_id)
+
+    def advance_connect_ts(self, device_id: str, ts: int) -> bool:
+        if self.connect_ts.get(device_id, -1) >= ts:
+            return False
+        self.connect_ts[device_id] = ts
+        return True
+
+    def put_token(self, token: Token) -> None:
+        self.tokens[token.token_id] = token
+
+    def get_token(self, token_id: str, now: float) -> Token | None:
+        t = self.tokens.get(token_id)
+        return t if t is not None and t.expires_at > now else None
+
+    def put_pending(self, key: str, data: bytes, ttl: float) -> None:
+        self.pending[key] = data
+
+    def take_pending(self, key: str) -> bytes | None:
+        return self.pending.pop(key, None)
+
+    def add_post(self, key: bytes, fields: Mapping[str, bytes | str]) -> tuple[str, bool]:
+        if key in self.dedupe:
+            return self.dedupe[key], False
+        post_id = f"{next(self._seq)}-0"
+        enc = {k.encode(): v.encode() if isinstance(v, str) else v for k, v in fields.items()}
+        self.posts.append((post_id, enc))
+        self.dedupe[key] = post_id
+        return post_id, True
+
+    @staticmethod
+    def _seq_of(post_id: str) -> tuple[int, int]:
+        a, _, b = post_id.partition("-")
+        return int(a), int(b or 0)
+
+    def read_posts(self, since: str | None, limit: int) -> Sequence[Post]:
+        lo = self._seq_of(since) if since else (-1, -1)
+        rows = [(i, f) for i, f in self.posts if self._seq_of(i) > lo][:limit]
+        return [post_from_fields(i, f) for i, f in rows]
+
+    def latest_posts(self, limit: int) -> Sequence[Post]:
+        return [post_from_fields(i, f) for i, f in self.posts[-limit:]] if limit else []
+
+    def get_post(self, post_id: str) -> Post | None:
+        return next((post_from_fields(i, f) for i, f in self.posts if i == post_id), None)
+
+    def count_posts(self) -> int:
+        return len(self.posts)
+
+    def append_audit(
+        self, event: str, device_id: str, detail: Mapping[str, Any], now: float
+    ) -> AuditEntry:
+        prev = self.audit_head()
+        text = canonical(detail)
+        e = AuditEntry(f"{len(self.audit) + 1}-0", now, event, device_id, text, prev,
+                       entry_hash(prev, now, event, device_id, text))
+        self.audit.append(e)
+        return e
+
+    def read_audit(self, device_id: str | None = None, limit: int = 10_000) -> Sequence[AuditEntry]:
+        return [e for e in self.audit if device_id is None or e.device_id == device_id][:limit]
+
+    def audit_head(self) -> str:
+        return self.audit[-1].hash if self.audit else ""
+
+    def purge(self) -> int:
+        n = len(self.devices) + len(self.tokens) + len(self.posts) + len(self.audit)
+        self.__init__()  # type: ignore[misc]
+        return n

@@ -1,0 +1,305 @@
+"""The Redis store: the only module that imports ``redis``.
+
+Key layout (hash tags keep keys that change together in one Cluster slot):
+
+    ag:{reg}:dev:<id>          device record (msgpack)
+    ag:{reg}:idx:noise|name|ek hash: Noise key hex / name / EK fingerprint -> device id
+    ag:{reg}:tok:<id>          enrollment token (msgpack), expires with the token
+    ag:{reg}:ts:<id>           last reconnect timestamp (replay guard)
+    ag:{reg}:pending:<key>     enrollment in progress (TTL)
+    ag:{board}:posts           stream of posts
+    ag:{board}:dedupe:<key>    idempotency key -> post id
+    ag:{audit}:log             stream of hash-chained audit entries
+    ag:{audit}:head            hash of the newest entry
+
+Every redis-py exception becomes ``AttestgateError(STORE_UNAVAILABLE)`` here, so
+a handler never sees a library exception, and the caller is never told "stored"
+unless Redis acknowledged the write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+import redis
+from redis.exceptions import RedisError, WatchError
+
+from shared.audit import canonical, entry_hash
+from shared.errors import AttestgateError, ErrorCode
+from shared.records import AuditEntry, Device, Post, Token
+from shared.store.serialize import (
+    device_from_bytes,
+    device_to_bytes,
+    post_from_fields,
+    token_from_bytes,
+    token_to_bytes,
+)
+
+REG: Final = "ag:{reg}:"
+BOARD: Final = "ag:{board}:"
+AUDIT: Final = "ag:{audit}:"
+POSTS: Final = BOARD + "posts"
+AUDIT_LOG: Final = AUDIT + "log"
+AUDIT_HEAD: Final = AUDIT + "head"
+_RETRIES: Final = 50
+
+# Idempotent append: one atomic step, so a retried post is never stored twice.
+_ADD_POST: Final = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return {existing, 0} end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV))
+redis.call('SET', KEYS[2], id)
+return {id, 1}
+"""
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    try:
+        yield
+    except WatchError:
+        raise
+    except RedisError as exc:
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, f"redis: {type(exc).__name__}") from None
+
+
+class RedisStore:
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        # redis-py's response types are unions over its decode modes; this adapter
+        # always uses bytes responses and converts at each call, so type it loosely.
+        self._r: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+        )
+        self._add_post = self._r.register_script(_ADD_POST)
+
+    def close(self) -> None:
+        self._r.close()
+
+    def ping(self) -> bool:
+        with _mapped():
+            return bool(self._r.ping())
+
+    # -- devices -------------------------------------------------------------------
+    def get_device(self, device_id: str) -> Device | None:
+        with _mapped():
+            raw = self._r.get(REG + "dev:" + device_id)
+        return device_from_bytes(raw) if raw is not None else None
+
+    def _by_index(self, index: str, key: str) -> Device | None:
+        with _mapped():
+            dev_id = self._r.hget(REG + "idx:" + index, key)
+        return self.get_device(dev_id.decode()) if dev_id is not None else None
+
+    def device_by_noise(self, noise_public: bytes) -> Device | None:
+        return self._by_index("noise", noise_public.hex())
+
+    def device_by_name(self, name: str) -> Device | None:
+        return self._by_index("name", name)
+
+    def device_by_ek(self, ek_fingerprint: str) -> Device | None:
+        return self._by_index("ek", ek_fingerprint)
+
+    def create_device(self, device: Device, token_id: str | None) -> None:
+        idx = REG + "idx:"
+        tok = REG + "tok:" + token_id if token_id else None
+        watched = [idx + "noise", idx + "name", idx + "ek"] + ([tok] if tok else [])
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(*watched)
+                    if p.hexists(idx + "name", device.name):
+                        raise AttestgateError(ErrorCode.NAME_TAKEN, device.name)
+                    if p.hexists(idx + "ek", device.ek_fingerprint) or p.hexists(
+                        idx + "noise", device.noise_public.hex()
+                    ):
+                        raise AttestgateError(ErrorCode.ALREADY_ENROLLED, device.device_id)
+                    if tok and not p.exists(tok):
+                        raise AttestgateError(ErrorCode.BAD_TOKEN, "token used or expired")
+                    p.multi()
+                    p.set(REG + "dev:" + device.device_id, device_to_bytes(device))
+                    p.hset(idx + "noise", device.noise_public.hex(), device.device_id)
+                    p.hset(idx + "name", device.name, device.device_id)
+                    p.hset(idx + "ek", device.ek_fingerprint, device.device_id)
+                    if tok:
+                        p.delete(tok)
+                    p.execute()
+                    return
+                except WatchError:
+                    continue
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "create_device contention")
+
+    def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:
+        key = REG + "dev:" + device_id
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(key)
+                    raw = p.get(key)
+                    if raw is None:
+                        raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
+                    new = change(device_from_bytes(raw))
+                    p.multi()
+                    p.set(key, device_to_bytes(new))
+                    p.execute()
+                    return new
+                except WatchError:
+                    continue
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "update_device contention")
+
+    def list_devices(self) -> Sequence[Device]:
+        with _mapped():
+            ids = sorted(v.decode() for v in self._r.hvals(REG + "idx:noise"))
+            raws = self._r.mget([REG + "dev:" + i for i in ids]) if ids else []
+        return [device_from_bytes(r) for r in raws if r is not None]
+
+    def advance_connect_ts(self, device_id: str, ts: int) -> bool:
+        key = REG + "ts:" + device_id
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(key)
+                    last = p.get(key)
+                    if last is not None and int(last) >= ts:
+                        return False
+                    p.multi()
+                    p.set(key, ts)
+                    p.execute()
+                    return True
+                except WatchError:
+                    continue
+        return False
+
+    # -- enrollment ------------------------------------------------------------------
+    def put_token(self, token: Token) -> None:
+        with _mapped():
+            self._r.set(
+                REG + "tok:" + token.token_id,
+                token_to_bytes(token),
+                pxat=int(token.expires_at * 1000),
+            )
+
+    def get_token(self, token_id: str, now: float) -> Token | None:
+        with _mapped():
+            raw = self._r.get(REG + "tok:" + token_id)
+        if raw is None:
+            return None
+        token = token_from_bytes(raw)
+        return token if token.expires_at > now else None
+
+    def put_pending(self, key: str, data: bytes, ttl: float) -> None:
+        with _mapped():
+            self._r.set(REG + "pending:" + key, data, px=max(1, int(ttl * 1000)))
+
+    def take_pending(self, key: str) -> bytes | None:
+        with _mapped():
+            raw = self._r.getdel(REG + "pending:" + key)
+        return bytes(raw) if raw is not None else None
+
+    # -- board -------------------------------------------------------------------------
+    def add_post(self, key: bytes, fields: Mapping[str, bytes | str]) -> tuple[str, bool]:
+        argv: list[bytes | str] = []
+        for k, v in fields.items():
+            argv += [k, v]
+        with _mapped():
+            post_id, created = self._add_post(keys=[POSTS, BOARD + "dedupe:" + key.hex()], args=argv)
+        return post_id.decode(), bool(created)
+
+    def read_posts(self, since: str | None, limit: int) -> Sequence[Post]:
+        with _mapped():
+            rows = self._r.xrange(POSTS, min="(" + since if since else "-", count=limit)
+        return [post_from_fields(i.decode(), f) for i, f in rows]
+
+    def latest_posts(self, limit: int) -> Sequence[Post]:
+        with _mapped():
+            rows = self._r.xrevrange(POSTS, count=limit)
+        return [post_from_fields(i.decode(), f) for i, f in reversed(rows)]
+
+    def get_post(self, post_id: str) -> Post | None:
+        with _mapped():
+            rows = self._r.xrange(POSTS, min=post_id, max=post_id, count=1)
+        return post_from_fields(post_id, rows[0][1]) if rows else None
+
+    def count_posts(self) -> int:
+        with _mapped():
+            return int(self._r.xlen(POSTS))
+
+    # -- audit -------------------------------------------------------------------------
+    def append_audit(
+        self, event: str, device_id: str, detail: Mapping[str, Any], now: float
+    ) -> AuditEntry:
+        text = canonical(detail)
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(AUDIT_HEAD)
+                    prev_raw = p.get(AUDIT_HEAD)
+                    prev = prev_raw.decode() if prev_raw else ""
+                    h = entry_hash(prev, now, event, device_id, text)
+                    p.multi()
+                    p.xadd(
+                        AUDIT_LOG,
+                        {"ts": repr(now), "event": event, "device": device_id, "detail": text,
+                         "prev": prev, "hash": h},
+                    )
+                    p.set(AUDIT_HEAD, h)
+                    entry_id = p.execute()[0]
+                    return AuditEntry(entry_id.decode(), now, event, device_id, text, prev, h)
+                except WatchError:
+                    continue
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "audit contention")
+
+    def read_audit(self, device_id: str | None = None, limit: int = 10_000) -> Sequence[AuditEntry]:
+        with _mapped():
+            rows = self._r.xrange(AUDIT_LOG, count=limit)
+        out = []
+        for i, f in rows:
+            e = AuditEntry(
+                entry_id=i.decode(),
+                ts=float(f.get(b"ts", b"0")),
+                event=f.get(b"event", b"").decode(),
+                device_id=f.get(b"device", b"").decode(),
+                detail=f.get(b"detail", b"").decode(),
+                prev=f.get(b"prev", b"").decode(),
+                hash=f.get(b"hash", b"").decode(),
+            )
+            if device_id is None or e.device_id == device_id:
+                out.append(e)
+        return out
+
+    def audit_head(self) -> str:
+        with _mapped():
+            raw = self._r.get(AUDIT_HEAD)
+        return raw.decode() if raw else ""
+
+    # -- operator ------------------------------------------------------------------------
+    def purge(self) -> int:
+        n = 0
+        with _mapped():
+            for key in self._r.scan_iter(match="ag:*", count=500):
+                n += int(self._r.delete(key))
+        return n
+
+    # -- for tests of tamper evidence and operators' repair tools ---------------------------
+    def raw(self) -> Any:
+        """The underlying client. Only tests (tampering with the audit log) use this."""
+        return self._r
+
+
+def wait_ready(url: str, timeout: float = 10.0) -> None:
+    """Block until Redis answers PING (used by service start-up)."""
+    deadline = time.monotonic() + timeout
+    store = RedisStore(url, timeout=1.0)
+    try:
+        while True:
+            try:
+                store.ping()
+                return
+            except AttestgateError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        store.close()

@@ -1,0 +1,101 @@
+"""Wire constants of attestgate protocol version 1, in one place.
+
+Everything a peer must agree on lives here: pattern names, preamble, labels for
+every hash and HMAC, size limits and command names. Changing any of it is a
+protocol change and needs a new ``PROTOCOL_VERSION``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+
+# -- preamble ---------------------------------------------------------------------
+# Every TCP connection starts with MAGIC (4 B) + version (1 B) + mode (1 B), in clear.
+# The same bytes are part of the Noise prologue, so tampering breaks the handshake.
+MAGIC: Final = b"AGT\x00"
+PREAMBLE_LEN: Final = 6
+MODE_ENROLL: Final = b"E"
+MODE_CONNECT: Final = b"C"
+PROLOGUE_PREFIX: Final = b"attestgate/1|tcp|"
+
+# -- Noise ------------------------------------------------------------------------
+PATTERN_ENROLL: Final = b"Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s"
+PATTERN_CONNECT: Final = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
+DH_LEN: Final = 32
+PSK_LEN: Final = 32
+HASH_LEN: Final = 32
+AEAD_TAG_LEN: Final = 16
+MAX_NOISE_MESSAGE: Final = 65535  # noiseprotocol's limit on a ciphertext
+MAX_PLAINTEXT: Final = MAX_NOISE_MESSAGE - AEAD_TAG_LEN  # 65 519 B
+FRAME_HEADER_LEN: Final = 2  # big-endian length of the Noise message that follows
+MAX_HANDSHAKE_PAYLOAD: Final = 1024  # enroll msg1 carries a token id, nothing else is large
+TOKEN_ID_LEN: Final = 8  # bytes; hex-encoded in the token text
+
+# -- labels (domain separation for every hash / HMAC) -------------------------------
+LABEL_ENROLL_PSK: Final = b"attestgate/1 enroll psk"  # PSK = HMAC(token secret, label)
+LABEL_SESSION_PSK: Final = b"attestgate/1 session psk"  # HMAC(device psk, label||e_i||e_r)
+LABEL_QUOTE: Final = b"attestgate/1 quote"  # qualifying data = SHA-256(label || h)
+LABEL_REATTEST: Final = b"attestgate/1 reattest"  # SHA-256(label || h || server nonce)
+LABEL_ACTIVATE: Final = b"attestgate/1 activate"  # TPM HMAC(device psk, label || h)
+LABEL_POST: Final = b"attestgate/1 post"  # post signature over SHA-256(label || ...)
+LABEL_FINGERPRINT: Final = b"attestgate/1 server key"
+LABEL_KEY_SEAL: Final = b"attestgate/1 client static key"
+LABEL_AUDIT: Final = b"attestgate/1 audit"
+
+# -- application message limits ------------------------------------------------------
+MAX_MESSAGE: Final = MAX_PLAINTEXT  # one msgpack application message
+MAX_POST_BYTES: Final = 4096
+MAX_NAME_LEN: Final = 64
+MAX_READ_LIMIT: Final = 500
+DEFAULT_READ_LIMIT: Final = 50
+MAX_REQUEST_ID: Final = 2**63 - 1
+MAX_EVIDENCE_FIELD: Final = 4096  # any single TPM blob (cert, public, attest, signature)
+MAX_PCRS: Final = 24
+
+# -- ZeroMQ bus limits --------------------------------------------------------------
+MAX_BUS_MESSAGE: Final = 256 * 1024
+
+
+class Command(StrEnum):
+    """Application commands a client sends inside the channel."""
+
+    POST = "post"
+    READ = "read"
+    FOLLOW = "follow"
+    UNFOLLOW = "unfollow"
+    STATUS = "status"
+    PING = "ping"
+    # enrollment (inside the XXpsk3 channel)
+    ENROLL = "enroll"
+    ACTIVATE = "activate"
+    # reconnect (inside the IKpsk2 channel)
+    ATTEST = "attest"
+    REATTEST = "reattest"
+
+
+class Push(StrEnum):
+    """Messages the gateway sends without a request."""
+
+    POST = "post"  # a new board post for a follower
+    CLOSING = "closing"  # the session is about to close, with a code
+    REATTEST = "reattest"  # the server asks for a fresh quote, with a nonce
+    REFUSED = "refused"  # attestation refused, with the PCR diff
+
+
+class Service(StrEnum):
+    """Services reachable over the bus."""
+
+    ATTESTOR = "attestor"
+    REGISTRY = "registry"
+    BOARD = "board"
+
+
+class Event(StrEnum):
+    """Events published on the bus's PUB/SUB channel."""
+
+    NEW_POST = "post"
+    DEVICE_REVOKED = "revoked"
+    DEVICE_LOCKED = "locked"
