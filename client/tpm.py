@@ -585,9 +585,7 @@ class Tpm:
                     ak, ek, blob, secret, session1=ESYS_TR.PASSWORD, session2=ek_auth
                 )
             except TSS2_Exception as exc:
-                # A parameter error on the blob or the secret (integrity, value,
-                # size, point) means the credential is not for this EK/AK.
-                if int(exc.parameter) in (1, 2):
+                if self._credential_rejected(ectx, exc):
                     raise AttestgateError(
                         ErrorCode.CREDENTIAL_FAILED,
                         f"activate_credential: rc=0x{int(exc.rc):x} ({exc})",
@@ -879,6 +877,25 @@ class Tpm:
         raise AttestgateError(
             ErrorCode.TPM_ERROR, f"pcr_read: PCRs kept changing ({PCR_READ_ATTEMPTS} attempts)"
         )
+
+    def _credential_rejected(self, ectx: Any, exc: Any) -> bool:
+        """Whether an ActivateCredential error means "not for this EK/AK" rather than a TPM fault.
+
+        A parameter error on the blob or the secret (integrity, value, size,
+        point) is the spec's answer. libtpms 0.9 (swtpm) instead answers
+        TPM_RC_FAILURE when RSA-OAEP decryption of the secret fails, i.e. for
+        a credential made to another RSA EK, without entering failure mode;
+        a TPM that really failed reports it in GetTestResult.
+        """
+        if int(exc.parameter) in (1, 2):
+            return True
+        if int(exc.rc) != TPM2_RC.FAILURE:
+            return False
+        try:
+            _, result = ectx.get_test_result()
+        except TSS2_Exception:
+            return False
+        return bool(int(result) == TPM2_RC.SUCCESS)
 
     def _certify(self, ectx: Any, subject: Any, ak: Any, qualifying_data: bytes) -> Certification:
         attest, sig = ectx.certify(

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import Final, Generic
 
 from shared.bus import codec
 from shared.bus.interface import D, Handler, Reply, Request
@@ -43,6 +44,9 @@ from shared.timing import (
 )
 
 log = logging.getLogger("attestgate.bus")
+
+_HEARTBEAT: Final = codec.encode(codec.HEARTBEAT)
+_DISCONNECT: Final = codec.encode(codec.DISCONNECT)
 
 
 @dataclass
@@ -89,102 +93,145 @@ def run_worker(
     """
     if not bus_endpoints:
         raise ValueError("run_worker needs at least one bus endpoint")
-    stop = stop if stop is not None else threading.Event()
-    ready = codec.encode(codec.Ready(service))
-    heartbeat = codec.encode(codec.HEARTBEAT)
-    silence = heartbeat_interval * liveness
-    links = [_Link(endpoint, backoff=reconnect_initial) for endpoint in bus_endpoints]
-    conn = WorkerConnection(bus_endpoints, events_endpoints, curve=curve)
+    loop = _WorkerLoop(
+        service,
+        handler,
+        deps,
+        WorkerConnection(bus_endpoints, events_endpoints, curve=curve),
+        clock=clock,
+        heartbeat_interval=heartbeat_interval,
+        liveness=liveness,
+        reconnect_initial=reconnect_initial,
+        reconnect_max=reconnect_max,
+    )
+    loop.run(stop if stop is not None else threading.Event())
 
-    def connect(index: int, now: float) -> None:
-        conn.open(index)
-        conn.send(index, ready)  # queued by ZeroMQ until the gateway is reachable
-        link = links[index]
+
+class _WorkerLoop(Generic[D]):
+    def __init__(
+        self,
+        service: str,
+        handler: Handler[D],
+        deps: D,
+        conn: WorkerConnection,
+        *,
+        clock: Callable[[], float],
+        heartbeat_interval: float,
+        liveness: int,
+        reconnect_initial: float,
+        reconnect_max: float,
+    ) -> None:
+        self.service = service
+        self.handler = handler
+        self.deps = deps
+        self.conn = conn
+        self.clock = clock
+        self.interval = heartbeat_interval
+        self.silence = heartbeat_interval * liveness
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self.links = [_Link(e, backoff=reconnect_initial) for e in conn.bus_endpoints]
+        self.ready = codec.encode(codec.Ready(service))
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker starting service=%s gateways=%s", self.service,
+                 ",".join(link.endpoint for link in self.links))
+        try:
+            now = time.monotonic()
+            for index in range(len(self.links)):
+                self.connect(index, now)
+            while not stop.is_set():
+                self.receive(stop)
+                self.timers(time.monotonic())
+            log.info("worker stopping service=%s", self.service)
+            for index, link in enumerate(self.links):
+                if link.connected:
+                    self.conn.send(index, _DISCONNECT)
+        finally:
+            self.conn.close()
+
+    def receive(self, stop: threading.Event) -> None:
+        now = time.monotonic()
+        wake = now + BUS_POLL_MAX
+        for link in self.links:
+            wake = min(wake, link.next_heartbeat if link.connected else link.reconnect_at)
+        for index, data in self.conn.poll(max(0.0, wake - now)):
+            link = self.links[index]
+            if stop.is_set():
+                return  # the gateway retries or fails what we leave unread
+            if not link.connected:
+                continue
+            try:
+                message = codec.decode(data)
+            except AttestgateError as exc:
+                log.warning("bus frame dropped gateway=%s code=%s detail=%s",
+                            link.endpoint, exc.code.value, exc.detail)
+                continue
+            arrived = time.monotonic()
+            link.expires = arrived + self.silence
+            link.backoff = self.reconnect_initial  # this gateway is alive
+            match message:
+                case Request():
+                    self.serve(index, message)
+                    # We could not listen while the handler ran: give every gateway
+                    # one interval to be heard before calling it silent.
+                    after = time.monotonic() + self.interval
+                    for other in self.links:
+                        other.expires = max(other.expires, after)
+                case codec.Heartbeat():
+                    pass
+                case codec.Disconnect():
+                    log.info("gateway asked to reconnect service=%s gateway=%s",
+                             self.service, link.endpoint)
+                    self.connect(index, arrived)
+                case _:
+                    log.warning("bus frame dropped gateway=%s reason=unexpected %s",
+                                link.endpoint, type(message).__name__)
+
+    def timers(self, now: float) -> None:
+        for index, link in enumerate(self.links):
+            if not link.connected:
+                if now >= link.reconnect_at:
+                    log.info("reconnecting service=%s gateway=%s", self.service, link.endpoint)
+                    self.connect(index, now)
+            elif now >= link.expires:
+                self.lost(index, now)
+            elif now >= link.next_heartbeat:
+                self.conn.send(index, _HEARTBEAT)
+                link.next_heartbeat = now + self.interval
+
+    def connect(self, index: int, now: float) -> None:
+        self.conn.open(index)
+        self.conn.send(index, self.ready)  # queued by ZeroMQ until the gateway is reachable
+        link = self.links[index]
         link.connected = True
-        link.expires = now + silence
-        link.next_heartbeat = now + heartbeat_interval
+        link.expires = now + self.silence
+        link.next_heartbeat = now + self.interval
 
-    def lost(index: int, now: float, reason: str) -> None:
-        link = links[index]
-        conn.close_link(index)
+    def lost(self, index: int, now: float) -> None:
+        link = self.links[index]
+        self.conn.close_link(index)
         link.connected = False
         link.reconnect_at = now + link.backoff
-        log.warning(
-            "gateway %s service=%s gateway=%s reconnect_in=%.2fs",
-            reason, service, link.endpoint, link.backoff,
-        )
-        link.backoff = min(link.backoff * 2, reconnect_max)
+        log.warning("gateway silent service=%s gateway=%s reconnect_in=%.2fs",
+                    self.service, link.endpoint, link.backoff)
+        link.backoff = min(link.backoff * 2, self.reconnect_max)
 
-    def serve(index: int, request: Request) -> None:
-        if request.service != service:
+    def serve(self, index: int, request: Request) -> None:
+        reply: Reply
+        if request.service != self.service:
             log.warning("request for another service dropped service=%s id=%s asked=%s",
-                        service, request.id, request.service)
-            reply: Reply = Reply.failure(request.id, ErrorCode.PROTOCOL)
+                        self.service, request.id, request.service)
+            reply = Reply.failure(request.id, ErrorCode.PROTOCOL)
             frame = codec.encode(reply)
         else:
-            reply, frame = call_handler(handler, request, deps, clock())
-        if not conn.send(index, frame):
+            reply, frame = call_handler(self.handler, request, self.deps, self.clock())
+        if not self.conn.send(index, frame):
             log.warning("reply not sent service=%s id=%s gateway=%s",
-                        service, request.id, links[index].endpoint)
+                        self.service, request.id, self.links[index].endpoint)
         for event in reply.events:
             try:
-                conn.publish(codec.encode(event))
+                self.conn.publish(codec.encode(event))
             except AttestgateError as exc:
                 log.error("event not encodable service=%s id=%s topic=%s code=%s",
-                          service, request.id, event.topic, exc.code.value)
-
-    log.info("worker starting service=%s gateways=%s", service, ",".join(bus_endpoints))
-    try:
-        start = time.monotonic()
-        for index in range(len(links)):
-            connect(index, start)
-        while not stop.is_set():
-            now = time.monotonic()
-            wake = now + BUS_POLL_MAX
-            for link in links:
-                wake = min(wake, link.next_heartbeat if link.connected else link.reconnect_at)
-            for index, data in conn.poll(max(0.0, wake - now)):
-                link = links[index]
-                if not link.connected:
-                    continue
-                try:
-                    message = codec.decode(data)
-                except AttestgateError as exc:
-                    log.warning("bus frame dropped gateway=%s code=%s detail=%s",
-                                link.endpoint, exc.code.value, exc.detail)
-                    continue
-                arrived = time.monotonic()
-                link.expires = arrived + silence
-                link.backoff = reconnect_initial  # the gateway is alive
-                match message:
-                    case Request():
-                        serve(index, message)
-                    case codec.Heartbeat():
-                        pass
-                    case codec.Disconnect():
-                        log.info("gateway asked to reconnect service=%s gateway=%s",
-                                 service, link.endpoint)
-                        connect(index, arrived)
-                    case _:
-                        log.warning("bus frame dropped gateway=%s reason=unexpected %s",
-                                    link.endpoint, type(message).__name__)
-                if stop.is_set():
-                    break
-            now = time.monotonic()
-            for index, link in enumerate(links):
-                if not link.connected:
-                    if now >= link.reconnect_at:
-                        log.info("reconnecting service=%s gateway=%s", service, link.endpoint)
-                        connect(index, now)
-                elif now >= link.expires:
-                    lost(index, now, "silent")
-                elif now >= link.next_heartbeat:
-                    conn.send(index, heartbeat)
-                    link.next_heartbeat = now + heartbeat_interval
-        log.info("worker stopping service=%s", service)
-        disconnect = codec.encode(codec.DISCONNECT)
-        for index, link in enumerate(links):
-            if link.connected:
-                conn.send(index, disconnect)
-    finally:
-        conn.close()
+                          self.service, request.id, event.topic, exc.code.value)

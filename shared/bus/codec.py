@@ -75,6 +75,7 @@ Frame = Ready | Heartbeat | Disconnect | Request | Reply | BusEvent
 HEARTBEAT: Final = Heartbeat()
 DISCONNECT: Final = Disconnect()
 
+_COMMANDS: Final = frozenset(int(c) for c in Command)
 # Arity of each command's array, command number included.
 _ARITY: Final = {
     Command.READY: 2,
@@ -168,7 +169,7 @@ def decode(data: bytes) -> Frame:
     if not isinstance(items, list) or not items:
         raise AttestgateError(ErrorCode.PROTOCOL, "frame is not a non-empty array")
     head = items[0]
-    if isinstance(head, bool) or not isinstance(head, int) or head not in Command._value2member_map_:
+    if not isinstance(head, int) or isinstance(head, bool) or head not in _COMMANDS:
         raise AttestgateError(ErrorCode.PROTOCOL, "unknown command")
     command = Command(head)
     if len(items) != _ARITY[command]:

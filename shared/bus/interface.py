@@ -18,7 +18,8 @@ from typing import Any, Protocol, TypeVar
 
 from shared.errors import ErrorCode
 
-Body = Mapping[str, Any]  # msgpack-able map: str keys; values bytes/str/int/float/bool/None/list/map
+# msgpack-able map: str keys; values bytes/str/int/float/bool/None/list/map
+Body = Mapping[str, Any]
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import zmq
 import zmq.asyncio
@@ -109,7 +109,7 @@ def curve_public_key(secret_key: bytes) -> bytes:
     return zmq.curve_public(secret_key)
 
 
-def _curve_server(sock: zmq.Socket[bytes], keys: CurveServerKeys | None) -> None:
+def _curve_server(sock: zmq.Socket[Any], keys: CurveServerKeys | None) -> None:
     if keys is not None:
         sock.curve_secretkey = keys.secret_key
         sock.curve_server = True
@@ -135,7 +135,7 @@ class _AllowList:
         return allowed
 
 
-def _endpoint(sock: zmq.Socket[bytes]) -> str:
+def _endpoint(sock: zmq.Socket[Any]) -> str:
     value = sock.getsockopt(zmq.LAST_ENDPOINT)
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -429,7 +429,7 @@ class ZmqBus:
     async def _router_loop(self) -> None:
         while True:
             try:
-                frames = cast("list[bytes]", await self._router.recv_multipart())
+                frames = await self._router.recv_multipart()
             except zmq.ZMQError as exc:
                 log.error("bus receive failed errno=%s", exc.errno)
                 await asyncio.sleep(self._interval)
@@ -525,7 +525,7 @@ class ZmqBus:
     async def _events_loop(self) -> None:
         while True:
             try:
-                frames = cast("list[bytes]", await self._sub.recv_multipart())
+                frames = await self._sub.recv_multipart()
             except zmq.ZMQError as exc:
                 log.error("events receive failed errno=%s", exc.errno)
                 await asyncio.sleep(self._interval)

@@ -59,7 +59,7 @@ def make_ca(ca_dir: Path) -> None:
         f"create_certs_tool_options = {ca_dir}/swtpm-localca.options\n"
         "active_pcr_banks = sha256\n")
     (ca_dir / "swtpm-localca.conf").write_text(
-        f"statedir = {ca_dir}\nsignkey = {ca_dir}/signkey.pem\n"
+        f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\n"
         f"issuercert = {ca_dir}/issuercert.pem\ncertserial = {ca_dir}/certserial\n")
     (ca_dir / "swtpm-localca.options").write_text(
         "--platform-manufacturer attestgate\n--platform-version 2.1\n--platform-model test\n")

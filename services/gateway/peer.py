@@ -1,0 +1,82 @@
+"""The thin asyncio adapter between a TCP stream and a sans-IO NoiseSession."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.errors import AttestgateError, ErrorCode
+from shared.framing import FrameDecoder, encode_frame
+from shared.noise_session import NoiseSession
+from shared.wire import PREAMBLE_LEN
+
+_READ_CHUNK = 65536
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection or went silent past a deadline."""
+
+
+class Peer:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder()
+        self._send_lock = asyncio.Lock()
+        self.noise: NoiseSession | None = None
+        peer = writer.get_extra_info("peername")
+        self.address: str = str(peer[0]) if isinstance(peer, tuple) else "unix"
+
+    async def read_preamble(self) -> bytes:
+        try:
+            return await self._reader.readexactly(PREAMBLE_LEN)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise PeerClosed("preamble") from exc
+
+    async def read_frame(self) -> bytes:
+        """The next frame; raises PeerClosed on EOF, AttestgateError(TOO_LARGE) on abuse."""
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is not None:
+                return frame
+            try:
+                data = await self._reader.read(_READ_CHUNK)
+            except ConnectionError as exc:
+                raise PeerClosed("reset") from exc
+            if not data:
+                raise PeerClosed("eof")
+            self._decoder.feed(data)
+
+    async def write_frame(self, message: bytes) -> None:
+        async with self._send_lock:
+            await self._write(encode_frame(message))
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except ConnectionError as exc:
+            raise PeerClosed("write") from exc
+
+    async def send(self, plaintext: bytes) -> None:
+        """Encrypt and write one message; the lock keeps nonce order equal to wire order."""
+        noise = self._established()
+        async with self._send_lock:
+            await self._write(encode_frame(noise.encrypt(plaintext)))
+
+    async def recv(self) -> bytes:
+        noise = self._established()
+        return noise.decrypt(await self.read_frame())
+
+    def _established(self) -> NoiseSession:
+        if self.noise is None or not self.noise.established:
+            raise AttestgateError(ErrorCode.PROTOCOL, "channel not established")
+        return self.noise
+
+    async def close(self) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+        except (ConnectionError, TimeoutError):
+            pass
