@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +109,8 @@ class Channel:
                 continue
             if not msg.ok:
                 assert msg.code is not None
-                raise Refused(msg.code, dict(msg.body))
-            return dict(msg.body)
+                raise Refused(msg.code, _strip(msg.body))
+            return _strip(msg.body)
 
     def next_push(self, timeout: float | None = None) -> ServerMessage:
         """The next push (buffered first); REFUSED / CLOSING raise Refused."""
@@ -121,9 +121,13 @@ class Channel:
         return msg
 
 
+def _strip(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in ("re", "ok", "code", "push")}
+
+
 def _raise_if_final(msg: ServerMessage) -> None:
     if msg.push in (Push.REFUSED, Push.CLOSING):
-        raise Refused(msg.code or ErrorCode.PROTOCOL, dict(msg.body))
+        raise Refused(msg.code or ErrorCode.PROTOCOL, _strip(msg.body))
 
 
 def _dial(host: str, port: int, mode: Mode) -> tuple[socket.socket, bytes]:

@@ -662,7 +662,8 @@ class Tpm:
 
         Raises PCR_MISMATCH when the PCRs no longer hold their sealing-time
         values (the machine state changed), or when ``pcr_selection`` differs
-        from the one used to seal; TPM_ERROR if the blob is not from this TPM.
+        from the one used to seal. TPM_ERROR if the blob is not from this TPM,
+        or if a PCR-bound blob is unsealed without a selection.
         """
         selection = (
             TPML_PCR_SELECTION.parse(format_pcr_selection(parse_pcr_selection(pcr_selection)))

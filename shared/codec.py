@@ -32,7 +32,6 @@ def unpack_map(data: bytes, *, max_size: int = MAX_MESSAGE) -> dict[str, Any]:
             data,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=max_size,
             max_str_len=max_size,
             max_bin_len=max_size,
             max_array_len=1024,

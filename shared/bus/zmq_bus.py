@@ -57,7 +57,7 @@ from typing import Any, Final, cast
 
 import zmq
 import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.auth.thread import ThreadAuthenticator
 
 from shared.bus import codec
 from shared.bus.interface import Body, BusEvent, Clock, Reply, Request
@@ -201,7 +201,13 @@ class ZmqBus:
         self._liveness = liveness
         self._curve = curve
         self._ctx = zmq.asyncio.Context()
-        self._auth: AsyncioAuthenticator | None = None
+        self._auth: ThreadAuthenticator | None = None
+        if curve is not None and curve.allowed_clients is not None:
+            # The ZAP handler must run before the first bind, or early peers go unchecked.
+            # Its own thread: the check is a set lookup, and no event loop exists yet.
+            self._auth = ThreadAuthenticator(zmq.Context.shadow(self._ctx.underlying))
+            self._auth.start()
+            self._auth.configure_curve_callback("*", _AllowList(curve.allowed_clients))
         self._router: zmq.asyncio.Socket = self._ctx.socket(zmq.ROUTER)
         self._sub: zmq.asyncio.Socket = self._ctx.socket(zmq.SUB)
         try:
@@ -216,6 +222,8 @@ class ZmqBus:
         except zmq.ZMQError as exc:
             self._router.close(0)
             self._sub.close(0)
+            if self._auth is not None:
+                self._auth.stop()
             self._ctx.term()
             raise AttestgateError(ErrorCode.INTERNAL, f"bus bind failed: {exc}") from None
         self.bus_endpoint = _endpoint(self._router)
@@ -234,11 +242,6 @@ class ZmqBus:
         """Start receiving and heartbeating; idempotent."""
         if self._tasks or self._closed:
             return
-        if self._curve is not None and self._curve.allowed_clients is not None:
-            # ZAP handler on the same libzmq context, driven by this event loop.
-            self._auth = AsyncioAuthenticator(zmq.Context.shadow(self._ctx.underlying))
-            self._auth.start()
-            self._auth.configure_curve_callback("*", _AllowList(self._curve.allowed_clients))
         self._tasks = [
             asyncio.create_task(self._router_loop(), name="bus-router"),
             asyncio.create_task(self._events_loop(), name="bus-events"),
@@ -325,6 +328,7 @@ class ZmqBus:
             pending.timer.cancel()
             if self._pending.get(request_id) is pending:
                 del self._pending[request_id]
+                self._unqueue(pending)
 
     def events(self) -> AsyncIterator[BusEvent]:
         """Events from every publisher, from the moment of this call; ``aclose()`` when done."""
@@ -398,7 +402,14 @@ class ZmqBus:
             pending.request.service, pending.request.op, request_id,
             pending.worker.hex() if pending.worker else "-", pending.attempts,
         )
+        self._unqueue(pending)
         self._answer(pending, Reply.failure(request_id, ErrorCode.SERVICE_UNAVAILABLE))
+
+    def _unqueue(self, pending: _Pending) -> None:
+        if pending.worker is None:  # not with a worker: it may sit in the queue
+            svc = self._services.get(pending.request.service)
+            if svc is not None and pending.request.id in svc.queue:
+                svc.queue.remove(pending.request.id)
 
     def _drop_worker(self, worker: _Worker, reason: str) -> None:
         """Forget a worker; retry its idempotent requests, fail the others. Caller dispatches."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -85,7 +86,7 @@ def verify_ecdsa(tpm2b_public: bytes, signature: bytes, message: bytes) -> None:
     public_key(tpm2b_public).verify(der, message, ec.ECDSA(hashes.SHA256()))
 
 
-def parse_attest(attest: bytes) -> object:
+def parse_attest(attest: bytes) -> Any:
     parsed, used = TPMS_ATTEST.unmarshal(attest)
     assert used == len(attest)
     assert parsed.magic == TPM2_GENERATED.VALUE
@@ -401,11 +402,12 @@ def test_cloned_home_blobs_do_not_load_on_another_tpm(
         assert other_tpm.srk_public() != tpm.srk_public()
         # the endorsement seed is untouched: same EK, and it still matches the cert
         assert other_tpm.endorsement() == tpm.endorsement()
-        for attempt in (
+        attempts: tuple[Callable[[], object], ...] = (
             lambda: other_tpm.unseal(sealed),
             lambda: other_tpm.sign(post_key, bytes(32)),
             lambda: other_tpm.hmac(hmac_key, b"x"),
-        ):
+        )
+        for attempt in attempts:
             with pytest.raises(AttestgateError) as err:
                 attempt()
             assert err.value.code is ErrorCode.TPM_ERROR
@@ -502,7 +504,7 @@ def test_bad_selection(tpm: Tpm, selection: str) -> None:
 
 def test_bad_arguments_never_reach_the_tpm(tpm: Tpm) -> None:
     post_key = tpm.create_post_key()
-    cases = [
+    cases: list[Callable[[], object]] = [
         lambda: tpm.quote(bytes(65), SEL8),
         lambda: tpm.sign(post_key, bytes(31)),
         lambda: tpm.seal(b""),

@@ -181,10 +181,11 @@ def _write_localca_config(ca_dir: Path) -> Path:
 def provision_template(directory: Path, ca_name: str = DEFAULT_CA_NAME) -> TemplateTpm:
     """Run swtpm_setup once into ``directory/<ca_name>`` with a fresh CA called ``ca_name``.
 
-    Slow (~0.65-1.2 s): call it once per test session per CA and share the
-    result. Two calls give two different TPMs (different seeds and EKs); with
-    different ``ca_name`` values their EK certificates chain to different CAs,
-    which is what an "unknown CA" test needs.
+    ``directory/<ca_name>`` must not exist yet. Slow (~0.65-1.2 s): call it
+    once per test session per CA and share the result. Two calls give two
+    different TPMs (different seeds and EKs); with different ``ca_name``
+    values their EK certificates chain to different CAs, which is what an
+    "unknown CA" test needs.
 
     Raises SwtpmUnavailable if swtpm is not installed, SwtpmError if setup fails.
     """

@@ -1,6 +1,7 @@
 """A worker process for the bus integration tests: ``run_worker`` around a test handler.
 
     python bus_worker.py SERVICE BUS_ENDPOINTS EVENTS_ENDPOINTS [--interval S] [--markers DIR]
+                         [--curve SERVER_PUBLIC,PUBLIC,SECRET]
 
 Endpoint lists are comma-separated. Ops:
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from shared.bus.interface import BusEvent, Reply, Request
+from shared.bus.zmq_bus import CurveClientKeys
 from shared.errors import ErrorCode
 from shared.worker import install_stop_signals, run_worker
 
@@ -57,8 +59,13 @@ def main() -> None:
     parser.add_argument("events")
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--markers", type=Path)
+    parser.add_argument("--curve", help="server_public,public,secret (Z85)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"worker[{os.getpid()}] %(message)s")
+    curve = None
+    if args.curve:
+        server_public, public, secret = (k.encode() for k in args.curve.split(","))
+        curve = CurveClientKeys(server_public, public, secret)
     stop = threading.Event()
     install_stop_signals(stop)
     run_worker(
@@ -71,6 +78,7 @@ def main() -> None:
         heartbeat_interval=args.interval,
         reconnect_initial=args.interval,
         reconnect_max=4 * args.interval,
+        curve=curve,
     )
 
 

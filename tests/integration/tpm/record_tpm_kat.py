@@ -13,16 +13,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import swtpm_tpm_helper as helper  # noqa: E402
-from tpm2_pytss import ESAPI  # noqa: E402
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RH, TPM2_ST, TPMA_OBJECT  # noqa: E402
-from tpm2_pytss.types import (  # noqa: E402
+import swtpm_tpm_helper as helper
+from tpm2_pytss import ESAPI
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RH, TPM2_ST, TPMA_OBJECT
+from tpm2_pytss.types import (
     TPM2B_PUBLIC,
     TPMT_PUBLIC,
     TPMT_SIG_SCHEME,
     TPMT_TK_HASHCHECK,
 )
-from tpm2_pytss.utils import NVReadEK, create_ek_template  # noqa: E402
+from tpm2_pytss.utils import NVReadEK, create_ek_template
 
 A = TPMA_OBJECT
 AK_ATTRS = (A.FIXEDTPM | A.FIXEDPARENT | A.SENSITIVEDATAORIGIN | A.USERWITHAUTH

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 import swtpm_tpm_helper as helper
 
 pytestmark = [
@@ -129,9 +128,9 @@ def test_ek_cert_chain_match_and_credential_activation(ectx: ESAPI,
 
 
 def test_credential_for_another_name_is_refused_by_the_tpm(ectx: ESAPI) -> None:
-    cert_der, templ = create_ek_template("EK-HIGH-ECC384", NVReadEK(ectx))
+    _, templ = create_ek_template("EK-HIGH-ECC384", NVReadEK(ectx))
     ek, ek_pub, *_ = ectx.create_primary(None, templ, ESYS_TR.ENDORSEMENT)
-    ak, ak_pub = _ak(ectx)
+    ak, _ = _ak(ectx)
     other = b"\x00\x0b" + hashlib.sha256(b"not the ak").digest()
     id_object, enc_secret = make_credential(ek_pub.marshal(), other, b"s" * 32,
                                             secrets.token_bytes)

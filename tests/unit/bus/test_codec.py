@@ -28,7 +28,7 @@ REQUEST = Request(
 
 
 def raw(*items: object) -> bytes:
-    return codec.PREFIX + msgpack.packb(list(items), use_bin_type=True)
+    return codec.PREFIX + bytes(msgpack.packb(list(items), use_bin_type=True))
 
 
 def code_of(data: bytes) -> ErrorCode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import shutil
@@ -123,8 +124,6 @@ def test_nuvoton_certs_do_not_crash() -> None:
 
 
 def x509_pem_body(path: Path) -> bytes:
-    import base64
-
     lines = path.read_text().strip().splitlines()
     return base64.b64decode("".join(line for line in lines if not line.startswith("-----")))
 

@@ -195,7 +195,8 @@ def test_pcr_digest_and_diff() -> None:
     del changed[7]
     changed[9] = bytes(32)
     assert pcr_diff(PCRS, changed) == (
-        PcrChange(4, PCRS[4], bytes(32)), PcrChange(7, PCRS[7], None), PcrChange(9, None, bytes(32)))
+        PcrChange(4, PCRS[4], bytes(32)), PcrChange(7, PCRS[7], None),
+        PcrChange(9, None, bytes(32)))
     assert pcr_diff(PCRS, dict(PCRS)) == ()
 
 

@@ -26,6 +26,7 @@ TESTDATA = Path("/work/shared/testdata")
 AK_ATTRS = (ObjectAttr.FIXEDTPM | ObjectAttr.FIXEDPARENT | ObjectAttr.SENSITIVEDATAORIGIN
             | ObjectAttr.USERWITHAUTH | ObjectAttr.RESTRICTED | ObjectAttr.SIGN_ENCRYPT)
 MAGIC = 0xFF544347
+AK_SCHEME = Scheme(Alg.ECDSA, Alg.SHA256)
 
 
 def require_testdata() -> Path:
@@ -35,7 +36,7 @@ def require_testdata() -> Path:
 
 
 def ecc_public(key: ec.EllipticCurvePrivateKey, attrs: int = AK_ATTRS,
-               scheme: Scheme = Scheme(Alg.ECDSA, Alg.SHA256)) -> TpmPublic:
+               scheme: Scheme = AK_SCHEME) -> TpmPublic:
     nums = key.public_key().public_numbers()
     return build_public(Alg.ECC, Alg.SHA256, attrs, b"",
                         parameters=EccParms(SYM_NULL, scheme, Curve.NIST_P256, SCHEME_NULL),

@@ -1,0 +1,318 @@
+"""``attestgate`` — the device's command line.
+
+Exit codes: 0 ok; 2 usage; 3 refused by the server (or, for ``check``, the
+machine's state differs from its enrollment); 4 network; 5 TPM; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.errors import AttestgateError, ErrorCode
+from shared.wire import Command, Push
+
+from client import flows
+from client import state as st
+from client.channel import NetworkError, Refused
+from client.explain import explain_refusal, pcr_meaning
+from client.tpm import KeyBlob, Tpm
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
+
+_TPM_CODES = {ErrorCode.TPM_ERROR, ErrorCode.TPM_UNAVAILABLE}
+
+
+class Out:
+    """Human lines on stderr/stdout, or one JSON document on stdout with --json."""
+
+    def __init__(self, as_json: bool, quiet: bool = False) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+
+    def progress(self, line: str) -> None:
+        if not self.quiet:
+            print(f"  .. {line}", file=sys.stderr, flush=True)
+
+    def result(self, data: dict[str, Any], human: str) -> None:
+        if self.as_json:
+            print(json.dumps(data, sort_keys=True, default=_json_default), flush=True)
+        else:
+            print(human, flush=True)
+
+
+def _json_default(v: object) -> object:
+    if isinstance(v, bytes):
+        return v.hex()
+    raise TypeError(type(v).__name__)
+
+
+def _tpm(args: argparse.Namespace) -> Tpm:
+    tcti = args.tpm or os.environ.get("ATTESTGATE_TPM")
+    if not tcti:
+        raise AttestgateError(ErrorCode.TPM_UNAVAILABLE,
+                              "no TPM given: use --tpm or ATTESTGATE_TPM (e.g. device:/dev/tpmrm0)")
+    return Tpm(tcti)
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
+    home = st.home_dir(args.home)
+    if (home / st.STATE_FILE).exists() and not args.force:
+        raise AttestgateError(ErrorCode.ALREADY_ENROLLED,
+                              f"{home} already holds an enrollment (use --force to replace it)")
+    pin = flows.ServerPin(args.server_key, args.tofu)
+    with _tpm(args) as tpm:
+        state = flows.enroll(tpm, home, args.server, args.name, args.token, pin, args.bind_pcrs,
+                             out.progress)
+    out.result({"device_id": state.device_id, "name": state.name, "server": state.server,
+                "selection": state.selection, "home": str(home)},
+               f"enrolled {state.name} (device {state.device_id}) at {state.server}\n"
+               f"PCR baseline {state.selection} recorded; state in {home}")
+    return EXIT_OK
+
+
+def _with_session(args: argparse.Namespace, out: Out,
+                  body: Callable[[Tpm, st.ClientState, Any], int]) -> int:
+    state = st.load(st.home_dir(args.home))
+    with _tpm(args) as tpm:
+        ch = flows.connect(tpm, state, out.progress)
+        with ch:
+            return body(tpm, state, ch)
+
+
+def cmd_post(args: argparse.Namespace, out: Out) -> int:
+    def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        reply = flows.post(tpm, state, ch, args.text)
+        out.result(dict(reply), f"posted {reply['post_id']}")
+        return EXIT_OK
+
+    return _with_session(args, out, run)
+
+
+def _format_post(p: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(p["ts"])))
+    mark = "verified" if p.get("verified") else "UNVERIFIED"
+    return f"[{p['post_id']}] {when} {p['author']} ({mark} TPM signature)\n    {p['text']}"
+
+
+def cmd_read(args: argparse.Namespace, out: Out) -> int:
+    def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        reply = ch.request(Command.READ, since=args.since, limit=args.limit)
+        posts = list(reply["posts"])
+        out.result({"posts": posts},
+                   "\n".join(_format_post(p) for p in posts) or "(no posts)")
+        return EXIT_OK
+
+    return _with_session(args, out, run)
+
+
+def cmd_follow(args: argparse.Namespace, out: Out) -> int:
+    def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        ch.request(Command.FOLLOW)
+        if not out.as_json:
+            print("following the board (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        seen = 0
+        while args.count is None or seen < args.count:
+            msg = ch.next_push(None)
+            if msg.push is Push.REATTEST:
+                flows.reattest(tpm, state, ch, bytes(msg.body["nonce"]))
+                continue
+            if msg.push is Push.POST:
+                seen += 1
+                post = {k: v for k, v in msg.body.items() if k != "push"}
+                out.result(post, _format_post(post))
+        return EXIT_OK
+
+    return _with_session(args, out, run)
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        reply = ch.request(Command.STATUS)
+        out.result(dict(reply), "\n".join(f"{k:>18}: {v}" for k, v in sorted(reply.items())))
+        return EXIT_OK
+
+    return _with_session(args, out, run)
+
+
+def cmd_check(args: argparse.Namespace, out: Out) -> int:
+    """Offline self-check: current PCRs against the enrolled baseline; keys load."""
+    state = st.load(st.home_dir(args.home))
+    problems: list[str] = []
+    with _tpm(args) as tpm:
+        current = tpm.pcr_read(state.selection)
+        changed = [
+            {"pcr": int(i), "enrolled": v, "current": current.get(int(i), b"").hex(),
+             "meaning": pcr_meaning(int(i))}
+            for i, v in sorted(state.baseline.items(), key=lambda kv: int(kv[0]))
+            if current.get(int(i), b"").hex() != v
+        ]
+        keys: dict[str, str] = {}
+        for label, action in (
+            ("noise key", lambda: flows.unseal_static(tpm, state)),
+            ("device secret", lambda: tpm.hmac(KeyBlob.from_bytes(bytes.fromhex(state.psk_key)),
+                                               b"self-check")),
+            ("post key", lambda: tpm.sign(KeyBlob.from_bytes(bytes.fromhex(state.post_key)),
+                                          b"\x00" * 32)),
+        ):
+            try:
+                action()
+                keys[label] = "ok"
+            except AttestgateError as exc:
+                keys[label] = exc.code.value
+                problems.append(f"the {label} does not work in this TPM ({exc.code.value})")
+    lines = [f"device {state.name} ({state.device_id}), server {state.server}"]
+    if changed:
+        lines.append(f"PCR state differs from enrollment in {len(changed)} PCR(s):")
+        lines += [f"  PCR {c['pcr']:>2} ({c['meaning']})\n      enrolled {c['enrolled']}\n"
+                  f"      now      {c['current']}" for c in changed]
+        lines.append("The server will refuse this machine until an operator approves the new"
+                     " state (attestgate-admin approve) or you enroll again.")
+    else:
+        lines.append(f"PCRs {state.selection} match the enrolled baseline.")
+    lines += [f"{k}: {v}" for k, v in keys.items()]
+    ok = not changed and not problems
+    lines.append("self-check passed" if ok else "self-check FAILED")
+    out.result({"ok": ok, "changed": changed, "keys": keys}, "\n".join(lines))
+    return EXIT_OK if ok else EXIT_REFUSED
+
+
+def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
+    from cryptography import x509
+
+    selection = args.selection
+    with _tpm(args) as tpm:
+        info = tpm.info()
+        ek = tpm.endorsement()
+        values = tpm.pcr_read(selection)
+    subject = issuer = ""
+    if ek.certificate:
+        try:
+            cert = x509.load_der_x509_certificate(ek.certificate)
+            subject, issuer = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+        except ValueError:
+            subject = "(certificate does not parse)"
+    data = {"manufacturer": info.manufacturer, "vendor": info.vendor_string,
+            "firmware": f"{info.firmware_version:#018x}", "pcr_banks": list(info.pcr_banks),
+            "ek_kind": ek.kind, "ek_cert_subject": subject, "ek_cert_issuer": issuer,
+            "pcrs": {str(i): v.hex() for i, v in sorted(values.items())}}
+    human = [f"manufacturer: {info.manufacturer} ({info.vendor_string})",
+             f"firmware:     {data['firmware']}", f"PCR banks:    {', '.join(info.pcr_banks)}",
+             f"EK:           {ek.kind}",
+             f"EK cert:      {subject or '(none in NV)'}" + (f"\n  issued by   {issuer}"
+                                                             if issuer else ""),
+             f"PCRs {selection}:"]
+    human += [f"  {i:>2}: {v.hex()}" for i, v in sorted(values.items())]
+    out.result(data, "\n".join(human))
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    common.add_argument("--tpm", metavar="TCTI",
+                        help="TPM in TCTI notation: device:/dev/tpmrm0, swtpm:host=H,port=P, "
+                             "swtpm:path=SOCK, mssim:host=H,port=P, tabrmd "
+                             "(default: $ATTESTGATE_TPM; there is no silent default)")
+    common.add_argument("--home", metavar="DIR",
+                        help="client state directory (default: $ATTESTGATE_HOME or ~/.attestgate)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p = argparse.ArgumentParser(
+        prog="attestgate",
+        description="Talk to an attestgate server over a Noise channel that opens only while "
+                    "this machine is in the state it was enrolled in.",
+        epilog="exit codes: 0 ok, 2 usage, 3 refused by the server (or check failed), "
+               "4 network, 5 TPM, 1 other",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("enroll", parents=[common], help="enroll this machine (once)",
+                       description="Prove this TPM's identity and state to the server and "
+                                   "receive a device secret only this TPM can use.")
+    e.add_argument("--server", required=True, metavar="HOST:PORT")
+    e.add_argument("--name", required=True, help="device name shown on the board (unique)")
+    e.add_argument("--token", help="enrollment token from the operator (<id>.<secret>)")
+    pin = e.add_mutually_exclusive_group()
+    pin.add_argument("--server-key", metavar="FINGERPRINT",
+                     help="the server key fingerprint (attestgate-admin server-key)")
+    pin.add_argument("--tofu", action="store_true",
+                     help="trust the server key on first use and print its fingerprint")
+    e.add_argument("--bind-pcrs", action="store_true",
+                   help="also seal the channel key to the current PCRs: in another state the "
+                        "key cannot be used at all")
+    e.add_argument("--force", action="store_true", help="replace an existing enrollment in --home")
+    e.set_defaults(func=cmd_enroll)
+
+    po = sub.add_parser("post", parents=[common], help="post a TPM-signed message to the board")
+    po.add_argument("text", help="UTF-8, at most 4096 bytes; no control characters but \\n \\t")
+    po.set_defaults(func=cmd_post)
+
+    r = sub.add_parser("read", parents=[common], help="read board posts")
+    r.add_argument("--since", metavar="ID", help="only posts after this post id")
+    r.add_argument("--limit", type=int, default=50, metavar="N", help="at most N posts (<= 500)")
+    r.set_defaults(func=cmd_read)
+
+    f = sub.add_parser("follow", parents=[common], help="print new posts as they arrive")
+    f.add_argument("--count", type=int, metavar="N", help="stop after N posts")
+    f.set_defaults(func=cmd_follow)
+
+    s = sub.add_parser("status", parents=[common], help="this device's record on the server")
+    s.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("check", parents=[common],
+                       help="offline self-check: PCRs against the enrolled baseline, keys load")
+    c.set_defaults(func=cmd_check)
+
+    t = sub.add_parser("tpm-info", parents=[common], help="show the TPM, its EK and PCRs")
+    t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", help="PCRs to show")
+    t.set_defaults(func=cmd_tpm_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Out(args.json, args.quiet or args.json)
+    try:
+        rc: int = args.func(args, out)
+        return rc
+    except Refused as exc:
+        return _fail(out, EXIT_REFUSED, exc.code, explain_refusal(exc.code, exc.body), exc.body)
+    except NetworkError as exc:
+        return _fail(out, EXIT_NETWORK, None, f"network: {exc}", {})
+    except AttestgateError as exc:
+        if exc.code in _TPM_CODES:
+            return _fail(out, EXIT_TPM, exc.code, f"TPM: {exc.detail or exc.code.value}", {})
+        if exc.code is ErrorCode.PCR_MISMATCH:
+            msg = ("this machine's PCR state changed since enrollment, so its channel key "
+                   "(bound with --bind-pcrs) cannot be unsealed; run `attestgate check`")
+            return _fail(out, EXIT_REFUSED, exc.code, msg, {})
+        usage = {ErrorCode.BAD_REQUEST, ErrorCode.INVALID_TEXT, ErrorCode.BAD_TOKEN,
+                 ErrorCode.UNKNOWN_DEVICE, ErrorCode.ALREADY_ENROLLED, ErrorCode.VERSION}
+        rc = EXIT_USAGE if exc.code in usage else EXIT_REFUSED
+        return _fail(out, rc, exc.code, exc.detail or exc.code.value, {})
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _fail(out: Out, rc: int, code: ErrorCode | None, message: str, body: dict[str, Any]) -> int:
+    if out.as_json:
+        print(json.dumps({"error": code.value if code else "network", "message": message,
+                          **body}, sort_keys=True, default=_json_default), flush=True)
+    else:
+        print(f"attestgate: {message}" + (f" ({code.value})" if code else ""), file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Path", "main"]

@@ -1,0 +1,73 @@
+"""Plain words for refusals: what changed, what it usually means, what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import ErrorCode
+
+_PCR_MEANING = {
+    0: "firmware code (BIOS/UEFI)",
+    1: "firmware configuration",
+    2: "option ROMs / extension code",
+    3: "option ROM configuration",
+    4: "boot loader and boot attempts",
+    5: "boot loader configuration, partition table",
+    6: "platform manufacturer events",
+    7: "Secure Boot policy (keys, db/dbx, on/off)",
+    8: "kernel command line / boot loader commands",
+    9: "kernel, initrd and files the boot loader read",
+    10: "IMA measurements",
+    11: "unified kernel image / OS-defined",
+    14: "shim MOK certificates",
+    16: "debug PCR (resettable)",
+    23: "application-defined (resettable)",
+}
+
+
+def pcr_meaning(index: int) -> str:
+    return _PCR_MEANING.get(index, "OS or application defined")
+
+
+_SIMPLE = {
+    ErrorCode.REVOKED: "this device was revoked by the operator; it must enroll again under a "
+                       "new identity",
+    ErrorCode.LOCKED: "this device is locked after repeated failed attestations; ask the "
+                      "operator to check it and run `attestgate-admin unlock` or `approve`",
+    ErrorCode.REENROLL_REQUIRED: "the server requires this device to enroll again",
+    ErrorCode.OUTSIDE_WINDOW: "connections from this device are not allowed at this time",
+    ErrorCode.UNKNOWN_DEVICE: "the server does not know this device (not enrolled, revoked "
+                              "and removed, or its key is not the enrolled one)",
+    ErrorCode.BAD_TOKEN: "the server refused the enrollment token (unknown, used or expired) "
+                         "or open enrollment is off",
+    ErrorCode.EK_UNTRUSTED: "the server does not trust this TPM's endorsement key certificate",
+    ErrorCode.EK_MISMATCH: "this TPM's endorsement key does not match its certificate",
+    ErrorCode.NAME_TAKEN: "that device name is already enrolled; pick another --name",
+    ErrorCode.ALREADY_ENROLLED: "this TPM is already enrolled",
+    ErrorCode.QUOTE_BINDING: "the TPM quote was not bound to this channel",
+    ErrorCode.CLOCK_ROLLBACK: "the TPM's clock or reset counter went backwards",
+    ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
+    ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer; try again",
+}
+
+
+def explain_refusal(code: ErrorCode, body: dict[str, Any]) -> str:
+    if code is not ErrorCode.PCR_MISMATCH:
+        return "refused: " + _SIMPLE.get(code, code.value.replace("_", " "))
+    changed = body.get("changed") or []
+    lines = [f"refused: this machine's measured state differs from its enrollment in "
+             f"{len(changed)} PCR(s):"]
+    for c in changed:
+        i = int(c.get("pcr", -1))
+        lines.append(f"  PCR {i:>2} — {pcr_meaning(i)}\n"
+                     f"      enrolled {c.get('enrolled') or '(none)'}\n"
+                     f"      now      {c.get('current') or '(none)'}")
+    lines += [
+        "This usually means a firmware update, a new boot loader or kernel, or a changed Secure"
+        " Boot setting — or tampering.",
+        "If the change was intended, ask the operator to approve the new state"
+        " (attestgate-admin approve <device>); otherwise investigate, or enroll again.",
+        f"Failed attempts: {body.get('failures', '?')} of {body.get('max_failures', '?')}"
+        f" (device status: {body.get('status', '?')}).",
+    ]
+    return "\n".join(lines)

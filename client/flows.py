@@ -1,0 +1,153 @@
+"""What the client does with its TPM and a channel: enroll, connect (attested), post.
+
+``progress`` callbacks receive one line per step for the CLI to show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.config import parse_host_port
+from shared.errors import AttestgateError, ErrorCode
+from shared.keys import Psk, StaticKey, fingerprint, fingerprint_matches, session_psk_message
+from shared.posts import post_digest, validate_text
+from shared.wire import LABEL_ACTIVATE, LABEL_QUOTE, LABEL_REATTEST, Command
+
+from client import state as st
+from client.channel import Channel, open_connect, open_enroll
+from client.tpm import KeyBlob, Tpm
+
+Progress = Callable[[str], None]
+
+
+def quote_nonce(h: bytes) -> bytes:
+    return hashlib.sha256(LABEL_QUOTE + h).digest()
+
+
+def _pcr_map(values: dict[int, bytes]) -> dict[str, bytes]:
+    return {str(i): v for i, v in values.items()}
+
+
+@dataclass(frozen=True)
+class ServerPin:
+    fingerprint: str | None  # expected fingerprint, or None with tofu
+    tofu: bool
+
+
+def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
+           token: str | None, pin: ServerPin, bind_pcrs: bool, progress: Progress
+           ) -> st.ClientState:
+    from pathlib import Path
+
+    home = Path(home_path)
+    host, port = parse_host_port(server)
+    progress("reading the TPM's endorsement key and certificate")
+    ek = tpm.endorsement()
+    static = StaticKey.generate()
+
+    def check_server(public: bytes) -> None:
+        if pin.fingerprint is not None:
+            if not fingerprint_matches(public, pin.fingerprint):
+                raise AttestgateError(ErrorCode.PROTOCOL,
+                                      "the server's key does not match --server-key")
+        elif pin.tofu:
+            progress(f"trusting server key on first use: {fingerprint(public)}")
+        else:
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "give --server-key or --tofu")
+
+    progress(f"opening the enrollment channel to {host}:{port}")
+    ch, hello = open_enroll(host, port, static, token, check_server)
+    with ch:
+        nonce = quote_nonce(ch.handshake_hash)
+        progress("creating the attestation key and the post-signing key in the TPM")
+        ak_public = tpm.ak_public()
+        srk_public = tpm.srk_public()
+        post_key = tpm.create_post_key()
+        srk_cert = tpm.certify_srk(nonce)
+        post_cert = tpm.certify_key(post_key, nonce)
+        progress(f"quoting PCRs {hello.selection} bound to this channel")
+        quote = tpm.quote(nonce, hello.selection)
+        progress("sending the evidence to the server")
+        challenge = ch.request(
+            Command.ENROLL, name=name, ek_public=ek.public, ek_cert=ek.certificate or b"",
+            ak_public=ak_public, srk_public=srk_public, srk_attest=srk_cert.attest,
+            srk_signature=srk_cert.signature, post_public=post_key.public,
+            post_attest=post_cert.attest, post_signature=post_cert.signature,
+            quote_attest=quote.attest, quote_signature=quote.signature,
+            pcrs=_pcr_map(quote.pcrs()),
+        )
+        progress("activating the credential and importing the device secret into the TPM")
+        answer = tpm.activate_credential(bytes(challenge["id_object"]),
+                                         bytes(challenge["encrypted_secret"]))
+        psk_key = tpm.import_hmac_key(bytes(challenge["psk_public"]),
+                                      bytes(challenge["psk_duplicate"]),
+                                      bytes(challenge["psk_seed"]))
+        mac = tpm.hmac(psk_key, LABEL_ACTIVATE + ch.handshake_hash)
+        done = ch.request(Command.ACTIVATE, challenge=answer, mac=mac)
+        server_public = hello.server_public
+    progress("sealing this device's Noise key to the TPM"
+             + (" and its current PCR state" if bind_pcrs else ""))
+    secret = os.urandom(32)
+    sealed = tpm.seal(secret, hello.selection if bind_pcrs else None)
+    state = st.ClientState(
+        version=st.STATE_VERSION, server=server, server_public=server_public.hex(),
+        device_id=str(done["device_id"]), name=name, selection=hello.selection,
+        baseline={str(i): v.hex() for i, v in quote.pcrs().items()}, bind_pcrs=bind_pcrs,
+        noise_sealed=sealed.to_bytes().hex(),
+        noise_encrypted=st.encrypt_static(static, secret, os.urandom(12)).hex(),
+        noise_public=static.public.hex(), psk_key=psk_key.to_bytes().hex(),
+        post_key=post_key.to_bytes().hex(), enrolled_at=time.time(),
+    )
+    st.save(home, state)
+    return state
+
+
+def unseal_static(tpm: Tpm, state: st.ClientState) -> StaticKey:
+    """The Noise static key; PCR_MISMATCH when it is bound to PCRs that changed."""
+    sealed = KeyBlob.from_bytes(bytes.fromhex(state.noise_sealed))
+    secret = tpm.unseal(sealed, state.selection if state.bind_pcrs else None)
+    return st.decrypt_static(bytes.fromhex(state.noise_encrypted), secret)
+
+
+def connect(tpm: Tpm, state: st.ClientState, progress: Progress) -> Channel:
+    """Open an attested session: IKpsk2 with the TPM-computed PSK, then the bound quote."""
+    host, port = parse_host_port(state.server)
+    static = unseal_static(tpm, state)
+    psk_key = KeyBlob.from_bytes(bytes.fromhex(state.psk_key))
+
+    def session_psk(e_i: bytes, e_r: bytes) -> Psk:
+        return Psk(tpm.hmac(psk_key, session_psk_message(e_i, e_r)))
+
+    progress(f"connecting to {host}:{port}")
+    ch = open_connect(host, port, static, bytes.fromhex(state.server_public), time.time_ns(),
+                      session_psk)
+    try:
+        progress("attesting: quote bound to this channel")
+        quote = tpm.quote(quote_nonce(ch.handshake_hash), state.selection)
+        ch.request(Command.ATTEST, attest=quote.attest, signature=quote.signature,
+                   pcrs=_pcr_map(quote.pcrs()))
+        return ch
+    except BaseException:
+        ch.close()
+        raise
+
+
+def reattest(tpm: Tpm, state: st.ClientState, ch: Channel, server_nonce: bytes) -> None:
+    """Answer the server's re-attestation request (sent without waiting for a reply)."""
+    q = hashlib.sha256(LABEL_REATTEST + ch.handshake_hash + server_nonce).digest()
+    quote = tpm.quote(q, state.selection)
+    ch.send(Command.REATTEST, attest=quote.attest, signature=quote.signature,
+            pcrs=_pcr_map(quote.pcrs()))
+
+
+def post(tpm: Tpm, state: st.ClientState, ch: Channel, text: str) -> dict[str, object]:
+    """Sign and send one post; the random key makes a retry idempotent."""
+    text = validate_text(text)
+    key = os.urandom(16)
+    signature = tpm.sign(KeyBlob.from_bytes(bytes.fromhex(state.post_key)),
+                         post_digest(state.device_id, key, text))
+    return ch.request(Command.POST, text=text, key=key, signature=signature)

@@ -1,0 +1,27 @@
+"""python -m services.attestor — one attestor worker."""
+
+import sys
+
+from shared.config import ServerConfig
+from shared.service_main import serve
+from shared.store.redis_store import RedisStore
+from shared.vault import Vault
+from shared.wire import Service
+
+from services.attestor.enroll import EnrollSettings
+from services.attestor.handler import AttestorDeps, handle
+from services.attestor.policy import AttestPolicy
+
+
+def deps(cfg: ServerConfig, store: RedisStore) -> AttestorDeps:
+    return AttestorDeps(
+        store=store,
+        vault=Vault.open(cfg.server_home),
+        enroll=EnrollSettings.load(cfg.enroll_policy, cfg.ek_ca_dir, cfg.ek_allowlist,
+                                   cfg.pcr_selection),
+        policy=AttestPolicy(cfg.pcr_selection, cfg.max_failures, cfg.consequence,
+                            AttestPolicy.parse_window(cfg.connect_window)),
+    )
+
+
+sys.exit(serve(Service.ATTESTOR.value, handle, deps))

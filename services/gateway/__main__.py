@@ -1,0 +1,56 @@
+"""python -m services.gateway — the Noise gateway and bus broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from shared.bus.zmq_bus import ZmqBus
+from shared.config import ServerConfig
+from shared.errors import AttestgateError
+from shared.keys import fingerprint
+from shared.service_main import setup_logging
+from shared.vault import server_static
+
+from services.gateway.limits import GatewayLimits
+from services.gateway.server import Gateway
+
+log = logging.getLogger("attestgate.gateway")
+
+
+async def run(cfg: ServerConfig) -> None:
+    static = server_static(cfg.server_home)
+    bus = ZmqBus(cfg.bus_endpoints[0], cfg.events_endpoints[0])
+    await bus.start()
+    gateway = Gateway(bus, static, cfg.pcr_selection,
+                      GatewayLimits(reattest_interval=cfg.reattest_interval))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start(cfg.listen_host, cfg.listen_port)
+    log.info("gateway up listen=%s:%d bus=%s events=%s server-key=%s", cfg.listen_host,
+             cfg.listen_port, bus.bus_endpoint, bus.events_endpoint, fingerprint(static.public))
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway stopping")
+        await gateway.stop()
+        await bus.close()
+
+
+def main() -> int:
+    try:
+        cfg = ServerConfig.from_env()
+    except AttestgateError as exc:
+        print(f"attestgate-gateway: configuration: {exc.detail}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    asyncio.run(run(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
