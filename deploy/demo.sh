@@ -1,6 +1,87 @@
 #!/usr/bin/env bash
-# Placeholder: the demo (start the stack and a swtpm, enroll, post, change a PCR, show the
-# refusal) is not written yet.
+# The whole attestgate story on one machine (run by `make demo`, after `make setup`):
+#   a software TPM with an EK certificate from a demo CA, the stack under honcho,
+#   enroll (EK chain + credential activation), post, a PCR extended in the TPM,
+#   the refusal with its diff, the operator's approval, a successful post.
+# Everything lives in run/demo/ and on ports of its own (override with DEMO_PORT_BASE).
 set -euo pipefail
-echo "demo not written yet" >&2
-exit 1
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+base=${DEMO_PORT_BASE:-17400}
+demo=$PWD/run/demo
+rm -rf "$demo"
+mkdir -p "$demo"
+export PATH="$PWD/.venv/bin:$PATH"
+export TSS2_LOG=all+none
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+step "1. a software TPM (swtpm) provisioned with an EK certificate from a demo CA"
+read -r tcti ca_dir swtpm_pid < <(python -m deploy.demo_tpm "$demo/swtpm")
+pids+=("$swtpm_pid")
+echo "TPM: $tcti   EK CA: $ca_dir"
+
+step "2. the stack: redis (AOF), gateway, attestor, registry, board — under honcho"
+cat > "$demo/env" <<EOF
+ATTESTGATE_LISTEN=127.0.0.1:$base
+ATTESTGATE_REDIS_PORT=$((base + 1))
+ATTESTGATE_REDIS_DIR=$demo/redis
+ATTESTGATE_REDIS_URL=redis://127.0.0.1:$((base + 1))/0
+ATTESTGATE_BUS=tcp://127.0.0.1:$((base + 2))
+ATTESTGATE_EVENTS=tcp://127.0.0.1:$((base + 3))
+ATTESTGATE_SERVER_HOME=$demo/server
+ATTESTGATE_ENROLL_POLICY=require-ek-cert
+ATTESTGATE_EK_CA_DIR=$ca_dir
+ATTESTGATE_PCR_SELECTION=sha256:0,1,2,3,4,5,6,7,16
+ATTESTGATE_MAX_FAILURES=3
+EOF
+honcho start -f Procfile -e "$demo/env" > "$demo/stack.log" 2>&1 &
+pids+=("$!")
+set -a; . "$demo/env"; set +a
+for _ in $(seq 1 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$base") 2>/dev/null; then break; fi
+    sleep 0.1
+done
+echo "gateway listening on 127.0.0.1:$base (log: $demo/stack.log)"
+
+export ATTESTGATE_TPM=$tcti ATTESTGATE_HOME=$demo/device
+
+step "3. what the device's TPM looks like"
+run attestgate tpm-info --selection sha256:0,1,2,3,4,5,6,7,16
+
+step "4. enroll: EK certificate chain, AK bound by credential activation, device secret into the TPM"
+fpr=$(attestgate-admin server-key --json | python -c 'import json,sys; print(json.load(sys.stdin)["fingerprint"])')
+run attestgate enroll --server "127.0.0.1:$base" --name demo-device --server-key "$fpr"
+
+step "5. post (signed by the TPM post key) and read"
+run attestgate post "hello from a measured machine"
+run attestgate read
+
+step "6. the machine's state changes: PCR 16 is extended in the TPM"
+TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend \
+    16:sha256=0000000000000000000000000000000000000000000000000000000000000001
+run attestgate check || echo "(exit code $? — the offline self-check sees the change)"
+
+step "7. the server refuses the channel and says which PCR changed"
+run attestgate post "this must not get through" || echo "(exit code $? = refused)"
+
+step "8. the operator looks at the device and approves the new state"
+run attestgate-admin show demo-device
+run attestgate-admin approve demo-device
+
+step "9. the same machine, now approved, posts again"
+run attestgate post "approved new state, channel open again"
+run attestgate read --limit 5
+
+step "10. the audit log is hash-chained; verify it"
+run attestgate-admin audit --verify
+
+printf '\n\033[1mdemo complete.\033[0m state in %s\n' "$demo"

@@ -4,5 +4,6 @@
 # Port: ATTESTGATE_REDIS_PORT (default 6379) — keep ATTESTGATE_REDIS_URL pointing at it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-mkdir -p -m 0700 run/redis
-exec redis-server deploy/redis.conf --port "${ATTESTGATE_REDIS_PORT:-6379}" --dir run/redis "$@"
+dir="${ATTESTGATE_REDIS_DIR:-run/redis}"
+mkdir -p -m 0700 "$dir"
+exec redis-server deploy/redis.conf --port "${ATTESTGATE_REDIS_PORT:-6379}" --dir "$dir" "$@"

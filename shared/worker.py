@@ -39,6 +39,7 @@ from shared.timing import (
     BUS_POLL_MAX,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
+    PUBLISH_CONNECT_TIMEOUT,
     RECONNECT_INITIAL,
     RECONNECT_MAX,
 )
@@ -137,6 +138,8 @@ class _WorkerLoop(Generic[D]):
         log.info("worker starting service=%s gateways=%s", self.service,
                  ",".join(link.endpoint for link in self.links))
         try:
+            # Register only once the gateways listen to our events (bounded wait).
+            self.conn.await_subscribers(PUBLISH_CONNECT_TIMEOUT)
             now = time.monotonic()
             for index in range(len(self.links)):
                 self.connect(index, now)

@@ -3,7 +3,7 @@
 Topology (CHANNEL-NOTES §3, design (c))::
 
     worker  DEALER ──connect──▶ ROUTER  (bind, bus endpoint)     gateway: ZmqBus
-    worker  PUB    ──connect──▶ SUB     (bind, events endpoint)  gateway: ZmqBus
+    worker  XPUB   ──connect──▶ SUB     (bind, events endpoint)  gateway: ZmqBus
     CLI     XPUB   ──connect──▶ SUB                              ZmqPublisher
 
 Frames are :mod:`shared.bus.codec` frames, one ZeroMQ part each (the ROUTER adds
@@ -133,6 +133,28 @@ class _AllowList:
         if not allowed:
             log.warning("bus peer refused: unknown CURVE key")
         return allowed
+
+
+def _await_subscribers(sock: zmq.Socket[bytes], expected: int, timeout: float) -> int:
+    """Read an XPUB's subscription messages until ``expected`` came or ``timeout`` passed."""
+    seen = 0
+    end = time.monotonic() + timeout
+    while seen < expected:
+        remaining = end - time.monotonic()
+        if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            break
+        if sock.recv()[:1] == _SUBSCRIBE_PREFIX:
+            seen += 1
+    return seen
+
+
+def _xpub(ctx: zmq.Context[zmq.Socket[bytes]], curve: CurveClientKeys | None,
+          linger: float) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # one subscription message per subscriber
+    sock.setsockopt(zmq.LINGER, int(linger * 1000))
+    _curve_client(sock, curve)
+    return sock
 
 
 def _endpoint(sock: zmq.Socket[Any]) -> str:
@@ -578,30 +600,15 @@ class ZmqPublisher:
     ) -> None:
         self._linger = linger
         self._ctx = zmq.Context()
-        self._sock: zmq.Socket[bytes] | None = self._ctx.socket(zmq.XPUB)
-        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # one subscription message per subscriber
-        self._sock.setsockopt(zmq.LINGER, int(linger * 1000))
-        _curve_client(self._sock, curve)
+        self._sock: zmq.Socket[bytes] | None = _xpub(self._ctx, curve, linger)
         for endpoint in events_endpoints:
             self._sock.connect(endpoint)
-        self.subscribers = self._await_subscribers(len(events_endpoints), connect_timeout)
+        self.subscribers = _await_subscribers(self._sock, len(events_endpoints), connect_timeout)
         if self.subscribers < len(events_endpoints):
             log.warning(
                 "publisher: %d of %d gateways subscribed within %.1fs",
                 self.subscribers, len(events_endpoints), connect_timeout,
             )
-
-    def _await_subscribers(self, expected: int, timeout: float) -> int:
-        assert self._sock is not None
-        seen = 0
-        end = time.monotonic() + timeout
-        while seen < expected:
-            remaining = end - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                break
-            if self._sock.recv()[:1] == _SUBSCRIBE_PREFIX:
-                seen += 1
-        return seen
 
     def publish(self, event: BusEvent) -> None:
         """Queue ``event`` for every subscriber; raises AttestgateError if not encodable."""
@@ -643,11 +650,26 @@ class WorkerConnection:
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._dealers: list[zmq.Socket[bytes] | None] = [None] * len(self.bus_endpoints)
-        self._pub: zmq.Socket[bytes] = self._ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, int(BUS_CLOSE_LINGER * 1000))
-        _curve_client(self._pub, curve)
-        for endpoint in events_endpoints:
+        self._events_endpoints = tuple(events_endpoints)
+        # XPUB rather than PUB: it tells when the gateways' subscriptions arrived.
+        self._pub = _xpub(self._ctx, curve, BUS_CLOSE_LINGER)
+        for endpoint in self._events_endpoints:
             self._pub.connect(endpoint)
+        self._poller.register(self._pub, zmq.POLLIN)
+
+    def await_subscribers(self, timeout: float) -> int:
+        """Wait (bounded) until every events endpoint subscribed; returns how many did.
+
+        Call before the first READY: events from the first requests are then not
+        lost to the slow-joiner problem. A gateway that is down is not waited for
+        longer than ``timeout``.
+        """
+        expected = len(self._events_endpoints)
+        seen = _await_subscribers(self._pub, expected, timeout)
+        if seen < expected:
+            log.warning("events: %d of %d gateways subscribed within %.1fs",
+                        seen, expected, timeout)
+        return seen
 
     def open(self, link: int) -> None:
         """(Re)connect link ``link`` with a fresh socket, hence a fresh identity."""
@@ -686,6 +708,8 @@ class WorkerConnection:
         except zmq.ZMQError as exc:  # EINTR from a signal: the caller re-checks its stop flag
             log.debug("poll interrupted errno=%s", exc.errno)
             return []
+        if self._pub in ready:
+            self._drain_subscriptions()
         out: list[tuple[int, bytes]] = []
         for link, sock in enumerate(self._dealers):
             if sock is None or sock not in ready:
@@ -704,6 +728,14 @@ class WorkerConnection:
                     )
         return out
 
+    def _drain_subscriptions(self) -> None:
+        # (Re)subscriptions of restarted gateways; nothing to do but not let them pile up.
+        for _ in range(_DRAIN_MAX):
+            try:
+                self._pub.recv(flags=zmq.DONTWAIT)
+            except zmq.Again:
+                return
+
     def publish(self, frame: bytes) -> None:
         try:
             self._pub.send(frame, flags=zmq.DONTWAIT)
@@ -714,5 +746,6 @@ class WorkerConnection:
         """Close every socket, letting queued frames (DISCONNECT, events) leave for ``linger``."""
         for link in range(len(self._dealers)):
             self.close_link(link, linger)
+        self._poller.unregister(self._pub)
         self._pub.close(linger=int(linger * 1000))
         self._ctx.term()
