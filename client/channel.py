@@ -7,6 +7,7 @@ for ``Channel.next_push``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections import deque
@@ -29,7 +30,7 @@ class NetworkError(Exception):
 
 
 @dataclass(frozen=True)
-class Refused(Exception):  # noqa: N818 - a refusal is an outcome, not a malfunction
+class Refused(Exception):
     """The server refused: ``code`` and, for attestation, the body (changed PCRs...)."""
 
     code: ErrorCode
@@ -49,10 +50,8 @@ class Channel:
         return self._noise.handshake_hash
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.close()
-        except OSError:
-            pass
 
     def __enter__(self) -> Channel:
         return self

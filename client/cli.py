@@ -12,17 +12,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from shared.errors import AttestgateError, ErrorCode
-from shared.wire import Command, Push
+from cryptography import x509
 
 from client import flows
 from client import state as st
 from client.channel import NetworkError, Refused
 from client.explain import explain_refusal, pcr_meaning
 from client.tpm import KeyBlob, Tpm
+from shared.errors import AttestgateError, ErrorCode
+from shared.wire import Command, Push
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
 
@@ -185,8 +185,6 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
-    from cryptography import x509
-
     selection = args.selection
     with _tpm(args) as tpm:
         info = tpm.info()
@@ -315,4 +313,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Path", "main"]
+

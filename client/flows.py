@@ -10,16 +10,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from client import state as st
+from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll
+from client.tpm import KeyBlob, Tpm
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Psk, StaticKey, fingerprint, fingerprint_matches, session_psk_message
 from shared.posts import post_digest, validate_text
 from shared.wire import LABEL_ACTIVATE, LABEL_QUOTE, LABEL_REATTEST, Command
-
-from client import state as st
-from client.channel import Channel, open_connect, open_enroll
-from client.tpm import KeyBlob, Tpm
 
 Progress = Callable[[str], None]
 
@@ -41,8 +41,6 @@ class ServerPin:
 def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
            token: str | None, pin: ServerPin, bind_pcrs: bool, progress: Progress
            ) -> st.ClientState:
-    from pathlib import Path
-
     home = Path(home_path)
     host, port = parse_host_port(server)
     progress("reading the TPM's endorsement key and certificate")
@@ -72,14 +70,21 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
         progress(f"quoting PCRs {hello.selection} bound to this channel")
         quote = tpm.quote(nonce, hello.selection)
         progress("sending the evidence to the server")
-        challenge = ch.request(
-            Command.ENROLL, name=name, ek_public=ek.public, ek_cert=ek.certificate or b"",
-            ak_public=ak_public, srk_public=srk_public, srk_attest=srk_cert.attest,
-            srk_signature=srk_cert.signature, post_public=post_key.public,
-            post_attest=post_cert.attest, post_signature=post_cert.signature,
-            quote_attest=quote.attest, quote_signature=quote.signature,
-            pcrs=_pcr_map(quote.pcrs()),
-        )
+        try:
+            challenge = ch.request(
+                Command.ENROLL, name=name, ek_public=ek.public, ek_cert=ek.certificate or b"",
+                ak_public=ak_public, srk_public=srk_public, srk_attest=srk_cert.attest,
+                srk_signature=srk_cert.signature, post_public=post_key.public,
+                post_attest=post_cert.attest, post_signature=post_cert.signature,
+                quote_attest=quote.attest, quote_signature=quote.signature,
+                pcrs=_pcr_map(quote.pcrs()),
+            )
+        except NetworkError:
+            # XXpsk3 mixes the token's PSK in only at message 3, which the gateway reads
+            # after we sent it: a wrong token secret shows up here, as a silent close.
+            if token:
+                raise Refused(ErrorCode.BAD_TOKEN, {}) from None
+            raise
         progress("activating the credential and importing the device secret into the TPM")
         answer = tpm.activate_credential(bytes(challenge["id_object"]),
                                          bytes(challenge["encrypted_secret"]))

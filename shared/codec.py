@@ -23,6 +23,11 @@ def pack(value: Mapping[str, Any]) -> bytes:
     return out
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # max_ext_len=0 alone still lets a zero-length ext (c7 00 <type>) through as ExtType.
+    raise ValueError(f"ext type {code}")
+
+
 def unpack_map(data: bytes, *, max_size: int = MAX_MESSAGE) -> dict[str, Any]:
     """Decode one msgpack map; raises TOO_LARGE or BAD_REQUEST, nothing else."""
     if len(data) > max_size:
@@ -37,6 +42,7 @@ def unpack_map(data: bytes, *, max_size: int = MAX_MESSAGE) -> dict[str, Any]:
             max_array_len=1024,
             max_map_len=256,
             max_ext_len=0,
+            ext_hook=_refuse_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise AttestgateError(ErrorCode.BAD_REQUEST, f"msgpack: {type(exc).__name__}") from None
@@ -105,7 +111,8 @@ class Fields:
         if not isinstance(v, dict) or len(v) > max_items:
             raise AttestgateError(ErrorCode.BAD_REQUEST, f"field {key}: map")
         out: dict[int, bytes] = {}
-        for k, val in v.items():
+        for raw_key, val in v.items():
+            k = raw_key
             if isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 2:
                 k = int(k)
             if (

@@ -28,7 +28,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     BAD_SIGNATURE = "bad_signature"  # post signature does not verify under the post key
     # -- registry / enrollment -------------------------------------------------
-    BAD_TOKEN = "bad_token"  # unknown, expired or used enrollment token
+    BAD_TOKEN = "bad_token"  # noqa: S105 - unknown, expired or used enrollment token
     INVALID_NAME = "invalid_name"
     NAME_TAKEN = "name_taken"
     ALREADY_ENROLLED = "already_enrolled"  # this EK or Noise key is already enrolled

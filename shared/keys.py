@@ -59,7 +59,7 @@ def fingerprint_matches(public: bytes, expected: str) -> bool:
 
 
 def enroll_psk(token_secret: bytes) -> Psk:
-    """PSK of the enrollment handshake: HMAC(token secret, label); empty secret = open enrollment."""
+    """Enrollment handshake PSK: HMAC(token secret, label); empty secret = open enrollment."""
     return Psk(hmac.new(token_secret, LABEL_ENROLL_PSK, hashlib.sha256).digest())
 
 

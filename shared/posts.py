@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Any
 
 from shared.errors import AttestgateError, ErrorCode
+from shared.records import Post
+from shared.store.interface import Store
+from shared.tpm.signature import verify_signature
+from shared.tpm.structures import parse_public, parse_signature
 from shared.wire import LABEL_POST, MAX_POST_BYTES
 
 _ALLOWED_CONTROL = frozenset("\n\t")
+# Line/paragraph separators and every bidi control (marks LRM, RLM, ALM; embeddings,
+# overrides and isolates): they reorder or split what other devices display.
+_FORMAT = frozenset("\u2028\u2029\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e"
+                    "\u2066\u2067\u2068\u2069")
 
 
 def validate_text(text: object) -> str:
@@ -30,7 +39,7 @@ def validate_text(text: object) -> str:
         o = ord(ch)
         if (o < 0x20 or 0x7F <= o <= 0x9F) and ch not in _ALLOWED_CONTROL:
             raise AttestgateError(ErrorCode.INVALID_TEXT, f"control character U+{o:04X}")
-        if ch in "\u2028\u2029\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069":
+        if ch in _FORMAT:
             raise AttestgateError(ErrorCode.INVALID_TEXT, f"format character U+{o:04X}")
     return text
 
@@ -41,3 +50,33 @@ def post_digest(device_id: str, key: bytes, text: str) -> bytes:
     for part in (device_id.encode(), key, text.encode("utf-8")):
         h.update(struct.pack(">I", len(part)) + part)
     return h.digest()
+
+
+def post_view(p: Post, *, verified: bool) -> dict[str, Any]:
+    return {
+        "post_id": p.post_id,
+        "device_id": p.device_id,
+        "author": p.author,
+        "text": p.text,
+        "ts": p.created_at,
+        "verified": verified,
+    }
+
+
+def verify_post(store: Store, post: Post) -> bool:
+    """Check a stored post's signature again under its device's post key."""
+    device = store.get_device(post.device_id)
+    if device is None:
+        return False
+    try:
+        check_signature(device.post_public, post.signature, post_digest(post.device_id, post.key,
+                                                                         post.text))
+    except AttestgateError:
+        return False
+    return True
+
+
+def check_signature(post_public: bytes, signature: bytes, digest: bytes) -> None:
+    code = ErrorCode.BAD_SIGNATURE
+    key = parse_public(post_public, code=code)
+    verify_signature(key, parse_signature(signature, code=code), digest, code=code, prehashed=True)

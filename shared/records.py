@@ -81,3 +81,16 @@ class AuditEntry:
     detail: str  # canonical JSON
     prev: str  # hex hash of the previous entry ("" for the first)
     hash: str
+
+
+def status_view(d: Device) -> dict[str, object]:
+    return {
+        "device_id": d.device_id,
+        "name": d.name,
+        "status": d.status.value,
+        "enrolled_at": d.enrolled_at,
+        "failures": d.failures,
+        "last_attest_at": d.last_attest_at,
+        "selection": d.baselines[0].selection if d.baselines else "",
+        "approved_baselines": len(d.baselines),
+    }

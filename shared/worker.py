@@ -6,7 +6,9 @@ A service's ``__main__`` is a few lines::
     install_stop_signals(stop)
     run_worker(Service.BOARD, handle, deps, bus_endpoints=[...], events_endpoints=[...], stop=stop)
 
-The loop connects to every gateway (one link each), sends READY, heartbeats
+The loop connects its event publisher to every gateway, waits (at most
+``PUBLISH_CONNECT_TIMEOUT``) until they subscribed so that no early event is
+lost, connects to every gateway's bus (one link each), sends READY, heartbeats
 every ``heartbeat_interval`` (also while idle), and runs each request through
 ``handler(request, deps, clock())`` — synchronously, one at a time, so a
 handler should be short: while it runs no heartbeats go out, and a gateway
@@ -158,12 +160,13 @@ class _WorkerLoop(Generic[D]):
         wake = now + BUS_POLL_MAX
         for link in self.links:
             wake = min(wake, link.next_heartbeat if link.connected else link.reconnect_at)
+        reopened: set[int] = set()
         for index, data in self.conn.poll(max(0.0, wake - now)):
             link = self.links[index]
             if stop.is_set():
                 return  # the gateway retries or fails what we leave unread
-            if not link.connected:
-                continue
+            if not link.connected or index in reopened:
+                continue  # read from a socket that is closed by now
             try:
                 message = codec.decode(data)
             except AttestgateError as exc:
@@ -187,6 +190,7 @@ class _WorkerLoop(Generic[D]):
                     log.info("gateway asked to reconnect service=%s gateway=%s",
                              self.service, link.endpoint)
                     self.connect(index, arrived)
+                    reopened.add(index)
                 case _:
                     log.warning("bus frame dropped gateway=%s reason=unexpected %s",
                                 link.endpoint, type(message).__name__)

@@ -2,15 +2,14 @@
 
 import sys
 
+from services.attestor.enroll import EnrollSettings
+from services.attestor.handler import AttestorDeps, handle
+from services.attestor.policy import AttestPolicy
 from shared.config import ServerConfig
 from shared.service_main import serve
 from shared.store.redis_store import RedisStore
 from shared.vault import Vault
 from shared.wire import Service
-
-from services.attestor.enroll import EnrollSettings
-from services.attestor.handler import AttestorDeps, handle
-from services.attestor.policy import AttestPolicy
 
 
 def deps(cfg: ServerConfig, store: RedisStore) -> AttestorDeps:

@@ -12,6 +12,16 @@ import logging
 import os
 from dataclasses import dataclass
 
+from services.attestor import enroll
+from services.attestor.policy import (
+    AttestPolicy,
+    Outcome,
+    accepted,
+    check_clock,
+    in_window,
+    matching_baseline,
+    refused,
+)
 from shared.bus.interface import Reply, Request
 from shared.codec import Fields
 from shared.errors import AttestgateError, ErrorCode
@@ -19,22 +29,10 @@ from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
 from shared.records import Baseline, Device, DeviceStatus
 from shared.store.interface import Store
-from shared.tpm.pcrs import PcrChange, PcrSelection, pcr_diff
+from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
 from shared.tpm.quote import verify_quote
 from shared.vault import Vault
 from shared.wire import HASH_LEN, LABEL_REATTEST, MAX_EVIDENCE_FIELD, MAX_PCRS
-
-from services.attestor import enroll
-from services.attestor.policy import (
-    AttestPolicy,
-    Outcome,
-    accepted,
-    check_clock,
-    diff_view,
-    in_window,
-    matching_baseline,
-    refused,
-)
 
 _log = logging.getLogger("attestgate.attestor")
 

@@ -115,10 +115,3 @@ def check_clock(device: Device, reset_count: int, clock: int) -> None:
             ErrorCode.CLOCK_ROLLBACK,
             f"reset {device.last_reset_count}->{reset_count} clock {device.last_clock}->{clock}",
         )
-
-
-def diff_view(diff: tuple[PcrChange, ...]) -> list[dict[str, object]]:
-    return [
-        {"pcr": c.index, "enrolled": (c.enrolled or b"").hex(), "current": (c.current or b"").hex()}
-        for c in diff
-    ]

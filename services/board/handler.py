@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from shared.bus.interface import BusEvent, Reply, Request
 from shared.codec import Fields
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
-from shared.posts import post_digest, validate_text
+from shared.posts import check_signature, post_digest, post_view, validate_text
 from shared.records import Post
 from shared.store.interface import Store
 from shared.store.serialize import post_fields
-from shared.tpm.signature import verify_signature
-from shared.tpm.structures import parse_public, parse_signature
 from shared.wire import DEFAULT_READ_LIMIT, MAX_NAME_LEN, MAX_POST_BYTES, MAX_READ_LIMIT, Event
 
 KEY_LEN = 16
@@ -30,36 +27,6 @@ MAX_SIGNATURE = 512
 @dataclass(frozen=True)
 class BoardDeps:
     store: Store
-
-
-def post_view(p: Post, *, verified: bool) -> dict[str, Any]:
-    return {
-        "post_id": p.post_id,
-        "device_id": p.device_id,
-        "author": p.author,
-        "text": p.text,
-        "ts": p.created_at,
-        "verified": verified,
-    }
-
-
-def verify_post(store: Store, post: Post) -> bool:
-    """Check a stored post's signature again under its device's post key."""
-    device = store.get_device(post.device_id)
-    if device is None:
-        return False
-    try:
-        check_signature(device.post_public, post.signature, post_digest(post.device_id, post.key,
-                                                                         post.text))
-    except AttestgateError:
-        return False
-    return True
-
-
-def check_signature(post_public: bytes, signature: bytes, digest: bytes) -> None:
-    code = ErrorCode.BAD_SIGNATURE
-    key = parse_public(post_public, code=code)
-    verify_signature(key, parse_signature(signature, code=code), digest, code=code, prehashed=True)
 
 
 def _post(req: Request, deps: BoardDeps, now: float) -> Reply:

@@ -7,15 +7,14 @@ import logging
 import signal
 import sys
 
+from services.gateway.limits import GatewayLimits
+from services.gateway.server import Gateway
 from shared.bus.zmq_bus import ZmqBus
 from shared.config import ServerConfig
 from shared.errors import AttestgateError
 from shared.keys import fingerprint
 from shared.service_main import setup_logging
 from shared.vault import server_static
-
-from services.gateway.limits import GatewayLimits
-from services.gateway.server import Gateway
 
 log = logging.getLogger("attestgate.gateway")
 

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from services.gateway.peer import Peer
 from shared.bus.interface import BusClient, Reply
 from shared.codec import pack
 from shared.errors import AttestgateError, ErrorCode
@@ -19,8 +20,6 @@ from shared.keys import Psk, StaticKey
 from shared.messages import decode_request, encode_error, encode_push, encode_reply
 from shared.noise_session import NoiseSession
 from shared.wire import PROTOCOL_VERSION, TOKEN_ID_LEN, Command, Push, Service
-
-from services.gateway.peer import Peer
 
 log = logging.getLogger("attestgate.gateway")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import FrameDecoder, encode_frame
@@ -76,7 +77,5 @@ class Peer:
         if self._writer.is_closing():
             return
         self._writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
-        except (ConnectionError, TimeoutError):
-            pass

@@ -12,17 +12,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from services.gateway import handshake
+from services.gateway.limits import GatewayLimits
+from services.gateway.peer import Peer, PeerClosed
+from services.gateway.session import Session
 from shared.bus.interface import BusClient, BusEvent
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import Mode, parse_preamble
 from shared.keys import StaticKey
 from shared.messages import encode_push
 from shared.wire import Event, Push
-
-from services.gateway import handshake
-from services.gateway.limits import GatewayLimits
-from services.gateway.peer import Peer, PeerClosed
-from services.gateway.session import Session
 
 log = logging.getLogger("attestgate.gateway")
 

@@ -14,14 +14,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from services.gateway.handshake import Closed, Identity, call
+from services.gateway.limits import GatewayLimits
+from services.gateway.peer import Peer, PeerClosed
 from shared.bus.interface import BusClient
 from shared.errors import AttestgateError, ErrorCode
 from shared.messages import ClientMessage, decode_request, encode_error, encode_push, encode_reply
 from shared.wire import Command, Push, Service
-
-from services.gateway.handshake import Closed, Identity, call
-from services.gateway.limits import GatewayLimits
-from services.gateway.peer import Peer, PeerClosed
 
 log = logging.getLogger("attestgate.gateway")
 

@@ -2,11 +2,10 @@
 
 import sys
 
+from services.registry.handler import RegistryDeps, handle
 from shared.service_main import serve
 from shared.vault import Vault
 from shared.wire import Service
-
-from services.registry.handler import RegistryDeps, handle
 
 sys.exit(serve(Service.REGISTRY.value, handle, lambda cfg, store: RegistryDeps(
     store, Vault.open(cfg.server_home), cfg.open_enrollment)))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from services.board.handler import post_view, verify_post
 from services.registry import admin_output as out
 from shared.audit import verify_chain
 from shared.bus.interface import BusEvent
@@ -33,6 +32,7 @@ from shared.bus.zmq_bus import ZmqPublisher
 from shared.config import ServerConfig
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, enroll_psk, fingerprint
+from shared.posts import post_view, verify_post
 from shared.records import Device, DeviceStatus, Token
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL

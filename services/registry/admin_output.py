@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
-from services.attestor.policy import diff_view
-from services.registry.handler import status_view
 from shared.errors import AttestgateError
-from shared.records import AuditEntry, Baseline, Device
+from shared.records import AuditEntry, Baseline, Device, status_view
 from shared.tpm.constants import Alg, Curve
 from shared.tpm.ekcert import load_ek_cert
+from shared.tpm.pcrs import diff_view
 from shared.tpm.structures import EccParms, RsaParms, parse_public
 
 Doc = dict[str, Any]
@@ -176,7 +175,7 @@ def render_device(doc: Doc) -> str:
         ("failures", doc["failures"]),
         ("enrolled at", doc["enrolled_at"]),
         ("last attestation", doc["last_attest_at"] or "never"),
-        ("TPM reset count", doc["last_reset_count"]),
+        ("TPM reset count", doc["last_reset_count"] if doc["last_reset_count"] >= 0 else None),
         ("noise key", doc["noise_public"]),
         ("EK fingerprint", ek["fingerprint"]),
         ("EK", _key_text(ek)),
@@ -193,7 +192,7 @@ def render_device(doc: Doc) -> str:
     for n, b in enumerate(doc["baselines"]):
         parts.append(_baseline_text(b, "enrolled baseline" if n == 0 else f"approved baseline {n}"))
     if doc["last_refused"]:
-        parts.append(_baseline_text(doc["last_refused"], "last refused state (see: approve)"))
+        parts.append(_baseline_text(doc["last_refused"], "last refused state"))
     else:
         parts.append("last refused state: none")
     if doc["last_diff"]:

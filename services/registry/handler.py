@@ -19,7 +19,7 @@ from shared.codec import Fields
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
 from shared.keys import device_id_for, enroll_psk, session_psk
-from shared.records import Device, DeviceStatus
+from shared.records import DeviceStatus, status_view
 from shared.store.interface import Store
 from shared.store.serialize import device_from_bytes
 from shared.vault import Vault
@@ -98,19 +98,6 @@ def _status(req: Request, deps: RegistryDeps, now: float) -> Reply:
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
     return Reply(req.id, status_view(device))
-
-
-def status_view(d: Device) -> dict[str, object]:
-    return {
-        "device_id": d.device_id,
-        "name": d.name,
-        "status": d.status.value,
-        "enrolled_at": d.enrolled_at,
-        "failures": d.failures,
-        "last_attest_at": d.last_attest_at,
-        "selection": d.baselines[0].selection if d.baselines else "",
-        "approved_baselines": len(d.baselines),
-    }
 
 
 def refusal_for(status: DeviceStatus) -> ErrorCode | None:

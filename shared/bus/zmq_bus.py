@@ -203,6 +203,12 @@ class ZmqBus:
     :attr:`events_endpoint`). Call :meth:`start` (or use ``async with``) inside
     the event loop before the first request, and :meth:`close` at the end.
 
+    ``worker_window`` is how many requests one worker may hold: 1 (Majordomo)
+    means a worker's death costs at most one request, and a non-idempotent
+    request is never stuck behind another; more buys throughput (requests wait
+    in the worker's socket instead of the gateway's queue, and are retried or
+    failed with it when it dies).
+
     ``clock`` sets the requests' absolute deadlines (seconds since the epoch,
     the workers compare them with their own clock); timers run on the event
     loop's monotonic clock.
@@ -217,8 +223,10 @@ class ZmqBus:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         liveness: int = HEARTBEAT_LIVENESS,
         curve: CurveServerKeys | None = None,
+        worker_window: int = 1,
     ) -> None:
         self._clock = clock
+        self._window = worker_window
         self._interval = heartbeat_interval
         self._liveness = liveness
         self._curve = curve
@@ -375,10 +383,11 @@ class ZmqBus:
         return svc
 
     def _dispatch(self, svc: _Service) -> None:
-        """Give queued requests to idle workers, least recently used first."""
-        while svc.queue:
-            worker = next((w for w in svc.workers.values() if not w.inflight), None)
-            if worker is None:
+        """Give queued requests to workers with a free slot, least loaded first."""
+        while svc.queue and svc.workers:
+            # Least loaded; among equals the least recently used (OrderedDict order).
+            worker = min(svc.workers.values(), key=lambda w: len(w.inflight))
+            if len(worker.inflight) >= self._window:
                 return
             request_id = svc.queue.popleft()
             pending = self._pending.get(request_id)

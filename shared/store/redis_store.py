@@ -204,7 +204,8 @@ class RedisStore:
         for k, v in fields.items():
             argv += [k, v]
         with _mapped():
-            post_id, created = self._add_post(keys=[POSTS, BOARD + "dedupe:" + key.hex()], args=argv)
+            keys = [POSTS, BOARD + "dedupe:" + key.hex()]
+            post_id, created = self._add_post(keys=keys, args=argv)
         return post_id.decode(), bool(created)
 
     def read_posts(self, since: str | None, limit: int) -> Sequence[Post]:

@@ -175,3 +175,10 @@ def pcr_diff(baseline: Mapping[int, bytes], current: Mapping[int, bytes]) -> tup
         if old is None or new is None or not hmac.compare_digest(old, new):
             changes.append(PcrChange(i, old, new))
     return tuple(changes)
+
+
+def diff_view(diff: tuple[PcrChange, ...]) -> list[dict[str, object]]:
+    return [
+        {"pcr": c.index, "enrolled": (c.enrolled or b"").hex(), "current": (c.current or b"").hex()}
+        for c in diff
+    ]

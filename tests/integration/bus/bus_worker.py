@@ -1,7 +1,7 @@
 """A worker process for the bus integration tests: ``run_worker`` around a test handler.
 
-    python bus_worker.py SERVICE BUS_ENDPOINTS EVENTS_ENDPOINTS [--interval S] [--markers DIR]
-                         [--curve SERVER_PUBLIC,PUBLIC,SECRET]
+    python bus_worker.py SERVICE BUS_ENDPOINTS EVENTS_ENDPOINTS
+        [--interval S] [--liveness N] [--markers DIR] [--curve SERVER_PUBLIC,PUBLIC,SECRET]
 
 Endpoint lists are comma-separated. Ops:
 
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("bus")
     parser.add_argument("events")
     parser.add_argument("--interval", type=float, default=0.1)
+    parser.add_argument("--liveness", type=int, default=3)
     parser.add_argument("--markers", type=Path)
     parser.add_argument("--curve", help="server_public,public,secret (Z85)")
     args = parser.parse_args()
@@ -76,6 +77,7 @@ def main() -> None:
         events_endpoints=args.events.split(",") if args.events else [],
         stop=stop,
         heartbeat_interval=args.interval,
+        liveness=args.liveness,
         reconnect_initial=args.interval,
         reconnect_max=4 * args.interval,
         curve=curve,

@@ -1,0 +1,64 @@
+"""Shared helpers: the result row and simple timing loops."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+
+    @property
+    def seconds(self) -> float:
+        """How long each throughput loop runs."""
+        return 0.3 if self.quick else 1.5
+
+
+@dataclass(frozen=True)
+class Result:
+    section: str
+    name: str
+    figure: float
+    unit: str  # "ops/s" (higher is better) or "ms" (lower is better)
+    baseline: str
+    baseline_figure: float
+
+    @property
+    def ratio(self) -> float:
+        """figure / baseline figure, in the row's unit."""
+        return self.figure / self.baseline_figure if self.baseline_figure else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def rate(fn: Callable[[], object], seconds: float, warmup: int = 3) -> float:
+    """Calls of ``fn`` per second, running it back to back for about ``seconds``."""
+    for _ in range(warmup):
+        fn()
+    n = 0
+    start = time.perf_counter()
+    end = start + seconds
+    now = start
+    while now < end:
+        fn()
+        n += 1
+        now = time.perf_counter()
+    return n / (now - start)
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
+    """Median wall time of ``runs`` calls of ``fn``, in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
