@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import unicodedata
 from typing import Any
 
 from shared.errors import AttestgateError, ErrorCode
@@ -24,8 +25,8 @@ def validate_text(text: object) -> str:
     """UTF-8 text of at most MAX_POST_BYTES, no control characters but newline and tab.
 
     Raises INVALID_TEXT. Surrogates (not encodable as UTF-8) and every character of
-    Unicode category C* other than newline/tab (controls, format, unassigned-private
-    used as controls) are refused.
+    Unicode category C* other than newline/tab (controls, format characters such as
+    bidi overrides and zero-width spaces, private use, unassigned) are refused.
     """
     if not isinstance(text, str) or not text.strip():
         raise AttestgateError(ErrorCode.INVALID_TEXT, "empty or not text")
@@ -36,11 +37,8 @@ def validate_text(text: object) -> str:
     if len(encoded) > MAX_POST_BYTES:
         raise AttestgateError(ErrorCode.INVALID_TEXT, f"{len(encoded)} bytes")
     for ch in text:
-        o = ord(ch)
-        if (o < 0x20 or 0x7F <= o <= 0x9F) and ch not in _ALLOWED_CONTROL:
-            raise AttestgateError(ErrorCode.INVALID_TEXT, f"control character U+{o:04X}")
-        if ch in _FORMAT:
-            raise AttestgateError(ErrorCode.INVALID_TEXT, f"format character U+{o:04X}")
+        if ch not in _ALLOWED_CONTROL and unicodedata.category(ch).startswith("C"):
+            raise AttestgateError(ErrorCode.INVALID_TEXT, f"control/format character U+{ord(ch):04X}")
     return text
 
 

@@ -17,7 +17,6 @@ from services.attestor.policy import (
     AttestPolicy,
     accepted,
     check_clock,
-    diff_view,
     in_window,
     matching_baseline,
     refused,
@@ -28,7 +27,7 @@ from shared.errors import AttestgateError, ErrorCode
 from shared.records import Baseline, Device, DeviceStatus
 from shared.store.memory import MemoryStore
 from shared.tpm.attributes import check_ak
-from shared.tpm.pcrs import PcrChange
+from shared.tpm.pcrs import PcrChange, diff_view
 from shared.vault import Vault
 from shared.wire import Event
 
@@ -210,7 +209,7 @@ def test_diff_view() -> None:
         {"pcr": 3, "enrolled": "01", "current": ""}]
 
 
-# -- the attest op ----------------------------------------------------------------------------------
+# -- the attest op ------------------------------------------------------------------------------
 
 
 @pytest.fixture

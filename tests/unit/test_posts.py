@@ -87,9 +87,6 @@ def test_bidi_and_separator_characters_are_refused(ch: str) -> None:
     assert refused(f"user{ch}admin")
 
 
-@pytest.mark.xfail(strict=True, reason="validate_text's docstring says every Unicode C* character "
-                   "but newline/tab is refused; invisible Cf/Co/Cn characters such as U+200B, "
-                   "U+FEFF, U+2060, U+E000, U+0378 are accepted (design decision pending)")
 @pytest.mark.parametrize("ch", ["\u200b", "\ufeff", "\u2060", "\ue000", "\u0378"])
 def test_other_category_c_characters_are_refused(ch: str) -> None:
     assert refused(f"ab{ch}cd")
