@@ -15,6 +15,7 @@ from shared.tpm.structures import parse_public, parse_signature
 from shared.wire import LABEL_POST, MAX_POST_BYTES
 
 _ALLOWED_CONTROL = frozenset("\n\t")
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Line/paragraph separators and every bidi control (marks LRM, RLM, ALM; embeddings,
 # overrides and isolates): they reorder or split what other devices display.
 _FORMAT = frozenset("\u2028\u2029\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e"
@@ -37,8 +38,10 @@ def validate_text(text: object) -> str:
     if len(encoded) > MAX_POST_BYTES:
         raise AttestgateError(ErrorCode.INVALID_TEXT, f"{len(encoded)} bytes")
     for ch in text:
-        if ch not in _ALLOWED_CONTROL and unicodedata.category(ch).startswith("C"):
-            raise AttestgateError(ErrorCode.INVALID_TEXT, f"control/format character U+{ord(ch):04X}")
+        # C*: controls, format (bidi overrides, zero-width), private use, unassigned;
+        # Zl/Zp: line and paragraph separators, which break one-post-per-line output.
+        if ch not in _ALLOWED_CONTROL and unicodedata.category(ch) in _REFUSED_CATEGORIES:
+            raise AttestgateError(ErrorCode.INVALID_TEXT, f"character U+{ord(ch):04X}")
     return text
 
 
