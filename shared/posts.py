@@ -14,7 +14,7 @@ from shared.tpm.signature import verify_signature
 from shared.tpm.structures import parse_public, parse_signature
 from shared.wire import LABEL_POST, MAX_POST_BYTES
 
-_ALLOWED_CONTROL = frozenset("\n\t")
+_ALLOWED_CONTROL = frozenset("\n\t\u200d")  # ZWJ joins emoji sequences
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Line/paragraph separators and every bidi control (marks LRM, RLM, ALM; embeddings,
 # overrides and isolates): they reorder or split what other devices display.

@@ -642,3 +642,17 @@ def test_any_bytes_as_transport_message(data: bytes) -> None:
     with pytest.raises(AttestgateError) as e:
         pair.server.decrypt(data)
     assert e.value.code is ErrorCode.PROTOCOL
+
+
+@pytest.mark.parametrize("mode", list(PAIRS))
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00" * 10, b"\x00" * 32, b"\x00" * 104, b"\xff" * 104,
+     (1).to_bytes(32, "little") + b"\x00" * 72],  # empty, truncated, low-order points
+)
+def test_malformed_message_1(mode: str, data: bytes) -> None:
+    s = _responder_for(mode)
+    with pytest.raises(AttestgateError) as e:
+        s.read_handshake(data)
+    assert e.value.code is ErrorCode.PROTOCOL
+    assert_final(s)
