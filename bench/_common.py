@@ -62,3 +62,23 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> float:
         fn()
         samples.append((time.perf_counter() - t0) * 1000)
     return statistics.median(samples)
+
+
+ROUNDS = 5
+
+
+def paired(
+    baseline: Callable[[float], float], subject: Callable[[float], float], seconds: float,
+    rounds: int = ROUNDS,
+) -> tuple[float, float]:
+    """(baseline, subject) rates, alternating short rounds and keeping each side's best.
+
+    ``baseline`` and ``subject`` take a duration and return a rate. Alternating
+    spreads background noise (other processes on a shared machine) over both sides;
+    the best round is the least disturbed one.
+    """
+    base = ours = 0.0
+    for _ in range(rounds):
+        base = max(base, baseline(seconds / rounds))
+        ours = max(ours, subject(seconds / rounds))
+    return base, ours

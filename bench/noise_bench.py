@@ -8,7 +8,7 @@ import time
 
 from noise.connection import Keypair, NoiseConnection
 
-from bench._common import Result, Settings, median_ms, rate
+from bench._common import Result, Settings, median_ms, paired, rate
 from shared.framing import Mode, preamble
 from shared.keys import Psk, StaticKey, session_psk
 from shared.noise_session import NoiseSession, responder_ephemeral
@@ -87,8 +87,8 @@ def bare_xx_ms(runs: int = 50) -> float:
 def run(s: Settings) -> list[Result]:
     k = _Keys()
     out = []
-    base = rate(lambda: bare_ikpsk2(k), s.seconds)
-    ours = rate(lambda: attestgate_connect(k), s.seconds)
+    base, ours = paired(lambda t: rate(lambda: bare_ikpsk2(k), t),
+                        lambda t: rate(lambda: attestgate_connect(k), t), s.seconds)
     out.append(Result("noise", "NoiseSession CONNECT handshake", ours, "ops/s",
                       "bare IKpsk2 handshake", base))
 
@@ -101,8 +101,8 @@ def run(s: Settings) -> list[Result]:
     def session_roundtrip() -> None:
         ar.decrypt(ai.encrypt(PAYLOAD_1K))
 
-    base = rate(raw_roundtrip, s.seconds)
-    ours = rate(session_roundtrip, s.seconds)
+    base, ours = paired(lambda t: rate(raw_roundtrip, t), lambda t: rate(session_roundtrip, t),
+                        s.seconds)
     out.append(Result("noise", "NoiseSession 1 KiB encrypt+decrypt", ours, "ops/s",
                       "raw noiseprotocol 1 KiB", base))
     return out

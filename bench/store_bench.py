@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from bench._common import Result, Settings, rate
+from bench._common import Result, Settings, paired, rate
 from shared.records import Post
 from shared.store.redis_store import RedisStore
 from shared.store.serialize import post_fields
@@ -71,8 +71,8 @@ def run(s: Settings) -> list[Result]:
             for label in ("AOF off", "AOF always"):
                 if label == "AOF always":
                     enable_aof_always(server.url)
-                base = raw_xadd_rate(server.url, s.seconds)
-                ours = add_post_rate(server.url, s.seconds)
+                base, ours = paired(lambda t: raw_xadd_rate(server.url, t),
+                                    lambda t: add_post_rate(server.url, t), s.seconds)
                 out.append(Result("store", f"RedisStore.add_post ({label})", ours, "ops/s",
                                   f"raw XADD ({label})", base))
         finally:

@@ -14,6 +14,7 @@ from shared.config import ServerConfig
 from shared.errors import AttestgateError
 from shared.keys import fingerprint
 from shared.service_main import setup_logging
+from shared.timing import REATTEST_GRACE
 from shared.vault import server_static
 
 log = logging.getLogger("attestgate.gateway")
@@ -23,8 +24,10 @@ async def run(cfg: ServerConfig) -> None:
     static = server_static(cfg.server_home)
     bus = ZmqBus(cfg.bus_endpoints[0], cfg.events_endpoints[0])
     await bus.start()
+    # A device gets REATTEST_GRACE to answer, but never more than one interval (at least 1 s).
+    grace = min(REATTEST_GRACE, max(1.0, cfg.reattest_interval))
     gateway = Gateway(bus, static, cfg.pcr_selection,
-                      GatewayLimits(reattest_interval=cfg.reattest_interval))
+                      GatewayLimits(reattest_interval=cfg.reattest_interval, reattest_grace=grace))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
