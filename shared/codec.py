@@ -23,7 +23,7 @@ def pack(value: Mapping[str, Any]) -> bytes:
     return out
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def refuse_ext(code: int, data: bytes) -> Any:
     # max_ext_len=0 alone still lets a zero-length ext (c7 00 <type>) through as ExtType.
     raise ValueError(f"ext type {code}")
 
@@ -42,7 +42,7 @@ def unpack_map(data: bytes, *, max_size: int = MAX_MESSAGE) -> dict[str, Any]:
             max_array_len=1024,
             max_map_len=256,
             max_ext_len=0,
-            ext_hook=_refuse_ext,
+            ext_hook=refuse_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
         raise AttestgateError(ErrorCode.BAD_REQUEST, f"msgpack: {type(exc).__name__}") from None

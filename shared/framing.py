@@ -69,9 +69,9 @@ def encode_frame(message: bytes) -> bytes:
 class FrameDecoder:
     """Reassembles length-prefixed frames from a byte stream.
 
-    The buffer never holds more than one maximal frame plus its header, so a peer
-    cannot make us buffer without bound: ``feed`` more than that without taking
-    frames out and it raises TOO_LARGE.
+    The buffer never holds more than two maximal frames with their headers (one
+    being reassembled, one read ahead), so a peer cannot make us buffer without
+    bound: ``feed`` more than that without taking frames out and it raises TOO_LARGE.
     """
 
     LIMIT = FRAME_HEADER_LEN + MAX_NOISE_MESSAGE

@@ -18,8 +18,6 @@ _ALLOWED_CONTROL = frozenset("\n\t\u200d")  # ZWJ joins emoji sequences
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # Line/paragraph separators and every bidi control (marks LRM, RLM, ALM; embeddings,
 # overrides and isolates): they reorder or split what other devices display.
-_FORMAT = frozenset("\u2028\u2029\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e"
-                    "\u2066\u2067\u2068\u2069")
 
 
 def validate_text(text: object) -> str:

@@ -43,7 +43,8 @@ class AttestPolicy:
 def _minutes(hhmm: str) -> int:
     h, m = hhmm.strip().split(":")
     value = int(h) * 60 + int(m)
-    if not 0 <= value <= 24 * 60:
+    # Minutes past 59 would wrap silently: "08:75-09:00" became a window over midnight.
+    if not 0 <= int(m) < 60 or not 0 <= value <= 24 * 60:
         raise ValueError(hhmm)
     return value
 

@@ -32,6 +32,7 @@ from typing import Any, Final
 import msgpack
 
 from shared.bus.interface import Body, BusEvent, Reply, Request
+from shared.codec import refuse_ext
 from shared.errors import AttestgateError, ErrorCode, parse_code
 from shared.wire import MAX_BUS_MESSAGE
 
@@ -163,6 +164,7 @@ def decode(data: bytes) -> Frame:
             max_array_len=MAX_CONTAINER_LEN,
             max_map_len=MAX_CONTAINER_LEN,
             max_ext_len=0,  # no ext types at all, timestamps included
+            ext_hook=refuse_ext,  # ...not even zero-length ones
         )
     except (ValueError, TypeError) as exc:  # msgpack's errors, trailing data included
         raise AttestgateError(ErrorCode.PROTOCOL, f"msgpack: {type(exc).__name__}") from None

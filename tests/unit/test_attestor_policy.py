@@ -181,7 +181,7 @@ def test_parse_window() -> None:
 
 
 @pytest.mark.parametrize("text", ["8-17", "25:00-01:00", "08:00", "08:00-09:00-10:00", "a:b-c:d",
-                                  "-1:00-02:00"])
+                                  "-1:00-02:00", "08:75-09:00", "08:00-09:-5", "24:30-01:00"])
 def test_parse_bad_window(text: str) -> None:
     with pytest.raises(AttestgateError) as e:
         AttestPolicy.parse_window(text)
