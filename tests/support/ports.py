@@ -6,6 +6,7 @@ the caller binds it. Callers that start a server must retry on a bind failure.
 
 from __future__ import annotations
 
+import random
 import socket
 
 _HOST = "127.0.0.1"
@@ -19,21 +20,23 @@ def free_port() -> int:
         return port
 
 
-def free_port_pair(attempts: int = 50) -> int:
+def free_port_pair(attempts: int = 200) -> int:
     """Return P such that P and P+1 on 127.0.0.1 were both free a moment ago.
 
-    swtpm's TCTI derives the control port as P+1, so both must be free.
+    swtpm's TCTI derives the control port as P+1, so both must be free. Candidates
+    come from below the kernel's ephemeral range (32768+), where outgoing
+    connections and their TIME_WAIT entries do not crowd adjacent pairs.
     """
+    rng = random.SystemRandom()
     for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:
-            first.bind((_HOST, 0))
-            port: int = first.getsockname()[1]
-            if port >= 65535:
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first, socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM
+        ) as second:
+            try:
+                first.bind((_HOST, port))
+                second.bind((_HOST, port + 1))
+            except OSError:
                 continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
-                try:
-                    second.bind((_HOST, port + 1))
-                except OSError:
-                    continue
-                return port
+            return port
     raise RuntimeError(f"no free port pair on {_HOST} after {attempts} attempts")

@@ -142,7 +142,7 @@ def test_two_workers_share_the_load(workers: Workers) -> None:
             await wait_until(lambda: bus.live_workers("board") == 2)
             n, delay = 20, 0.05
             replies, elapsed = await timed(asyncio.gather(*(
-                bus.request("board", "slow", {"delay": delay}, request_id=f"r{i}", timeout=5)
+                bus.request("board", "slow", {"delay": delay}, request_id=f"r{i}", timeout=15)
                 for i in range(n)
             )))
             assert all(r.ok for r in replies)
@@ -212,7 +212,7 @@ def test_frozen_worker_expires_and_its_request_is_retried(workers: Workers) -> N
             b = workers.start("board", [bus.bus_endpoint])
             await wait_until(lambda: bus.live_workers("board") == 2)
             tasks = [asyncio.create_task(bus.request(
-                "board", "slow", {"delay": 0.2}, request_id=f"r{i}", timeout=5))
+                "board", "slow", {"delay": 0.2}, request_id=f"r{i}", timeout=15))
                 for i in range(2)]
             victim = await marker_pid(workers.markers, "r0")
             os.kill(victim, signal.SIGSTOP)  # hung: connected but silent
@@ -347,7 +347,7 @@ def test_worker_events_reach_events(workers: Workers) -> None:
             for i in range(3):
                 reply = await bus.request(
                     "board", "emit", {"topic": "post", "event": {"i": i}},
-                    request_id=f"r{i}", timeout=5)
+                    request_id=f"r{i}", timeout=15)
                 assert reply.ok
             got = [await asyncio.wait_for(anext(stream), 5) for _ in range(3)]
             assert got == [BusEvent("post", {"i": i}) for i in range(3)]
@@ -461,7 +461,7 @@ def test_curve_admits_listed_workers_only(workers: Workers, tmp_path: Path) -> N
             stream = bus.events()
             for i in range(4):
                 reply = await bus.request("board", "emit", {"topic": "post", "event": {}},
-                                          request_id=f"r{i}", timeout=5)
+                                          request_id=f"r{i}", timeout=15)
                 assert reply.body["pid"] == good.pid
             assert bus.live_workers("board") == 1
             assert bad.poll() is None  # still trying, never admitted
