@@ -20,6 +20,8 @@ from shared.records import Baseline, Device, DeviceStatus
 from shared.tpm.pcrs import PcrChange, pcr_diff
 from shared.wire import Event
 
+CLOCK_SKEW_MS = 60_000  # TPM clock (ms) may lag the newest seen by this much in one boot
+
 
 @dataclass(frozen=True)
 class AttestPolicy:
@@ -104,13 +106,16 @@ def refused(device: Device, policy: AttestPolicy, diff: tuple[PcrChange, ...],
 
 
 def check_clock(device: Device, reset_count: int, clock: int) -> None:
-    """The TPM's reset counter and clock must not go backwards (a replayed or rolled-back TPM).
+    """The TPM's reset counter and clock must not go backwards (a rolled-back TPM).
 
     A reboot increments resetCount and may move the clock back a little (swtpm
-    persists it only periodically), so the clock is compared only within one boot.
+    persists it only periodically), so the clock is compared only within one boot,
+    and with CLOCK_SKEW_MS of slack: concurrent sessions of one device may have
+    their quotes verified out of order. Replay needs no clock: quotes are bound to
+    the session's handshake hash.
     """
     if reset_count < device.last_reset_count or (
-        reset_count == device.last_reset_count and clock < device.last_clock
+        reset_count == device.last_reset_count and clock + CLOCK_SKEW_MS < device.last_clock
     ):
         raise AttestgateError(
             ErrorCode.CLOCK_ROLLBACK,
