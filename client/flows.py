@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -15,17 +14,14 @@ from pathlib import Path
 from client import state as st
 from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll
 from client.tpm import KeyBlob, Tpm
+from shared.binding import activation_message, quote_nonce, reattest_nonce
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Psk, StaticKey, fingerprint, fingerprint_matches, session_psk_message
 from shared.posts import post_digest, validate_text
-from shared.wire import LABEL_ACTIVATE, LABEL_QUOTE, LABEL_REATTEST, Command
+from shared.wire import Command
 
 Progress = Callable[[str], None]
-
-
-def quote_nonce(h: bytes) -> bytes:
-    return hashlib.sha256(LABEL_QUOTE + h).digest()
 
 
 def _pcr_map(values: dict[int, bytes]) -> dict[str, bytes]:
@@ -91,7 +87,7 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
         psk_key = tpm.import_hmac_key(bytes(challenge["psk_public"]),
                                       bytes(challenge["psk_duplicate"]),
                                       bytes(challenge["psk_seed"]))
-        mac = tpm.hmac(psk_key, LABEL_ACTIVATE + ch.handshake_hash)
+        mac = tpm.hmac(psk_key, activation_message(ch.handshake_hash))
         done = ch.request(Command.ACTIVATE, challenge=answer, mac=mac)
         server_public = hello.server_public
     progress("sealing this device's Noise key to the TPM"
@@ -143,8 +139,7 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress) -> Channel:
 
 def reattest(tpm: Tpm, state: st.ClientState, ch: Channel, server_nonce: bytes) -> None:
     """Answer the server's re-attestation request (sent without waiting for a reply)."""
-    q = hashlib.sha256(LABEL_REATTEST + ch.handshake_hash + server_nonce).digest()
-    quote = tpm.quote(q, state.selection)
+    quote = tpm.quote(reattest_nonce(ch.handshake_hash, server_nonce), state.selection)
     ch.send(Command.REATTEST, attest=quote.attest, signature=quote.signature,
             pcrs=_pcr_map(quote.pcrs()))
 

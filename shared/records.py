@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from shared.errors import ErrorCode
 from shared.tpm.pcrs import PcrChange
 
 
@@ -94,3 +95,13 @@ def status_view(d: Device) -> dict[str, object]:
         "selection": d.baselines[0].selection if d.baselines else "",
         "approved_baselines": len(d.baselines),
     }
+
+
+def refusal_for(status: DeviceStatus) -> ErrorCode | None:
+    """The code a device in ``status`` is refused with, or None if it may connect."""
+    return {
+        DeviceStatus.ACTIVE: None,
+        DeviceStatus.LOCKED: ErrorCode.LOCKED,
+        DeviceStatus.REVOKED: ErrorCode.REVOKED,
+        DeviceStatus.REENROLL: ErrorCode.REENROLL_REQUIRED,
+    }[status]

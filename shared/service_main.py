@@ -25,15 +25,23 @@ def setup_logging(level: str) -> None:
     )
 
 
-def serve(service: str, handler: Handler[D], make_deps: Callable[[ServerConfig, RedisStore], D]
-          ) -> int:
-    """Run one worker of ``service`` until SIGTERM/SIGINT; returns the exit code."""
+def load_config(service: str) -> ServerConfig | None:
+    """Read the environment and set up logging; None (after saying why) on a bad setting."""
     try:
         cfg = ServerConfig.from_env()
     except AttestgateError as exc:
         print(f"attestgate-{service}: configuration: {exc.detail}", file=sys.stderr)
-        return 2
+        return None
     setup_logging(cfg.log_level)
+    return cfg
+
+
+def serve(service: str, handler: Handler[D], make_deps: Callable[[ServerConfig, RedisStore], D]
+          ) -> int:
+    """Run one worker of ``service`` until SIGTERM/SIGINT; returns the exit code."""
+    cfg = load_config(service)
+    if cfg is None:
+        return 2
     log = logging.getLogger(f"attestgate.{service}")
     wait_ready(cfg.redis_url, timeout=30.0)
     store = RedisStore(cfg.redis_url)

@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.binding import activation_message, quote_nonce
 from shared.codec import Fields, pack, unpack_map
 from shared.config import EnrollPolicy
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, device_id_for
 from shared.records import Baseline, Device, DeviceStatus
-from shared.store.interface import Store
+from shared.store.interface import PENDING_ENROLLED, Store
 from shared.store.serialize import device_from_bytes, device_to_bytes
 from shared.tpm.attributes import check_ak, check_post_key, check_srk
 from shared.tpm.certify import verify_certify
@@ -42,8 +43,6 @@ from shared.vault import Vault
 from shared.wire import (
     DH_LEN,
     HASH_LEN,
-    LABEL_ACTIVATE,
-    LABEL_QUOTE,
     MAX_EVIDENCE_FIELD,
     MAX_NAME_LEN,
     MAX_PCRS,
@@ -51,7 +50,6 @@ from shared.wire import (
 )
 
 PENDING_BEGIN = "begin:"
-PENDING_ENROLLED = "enrolled:"  # consumed by the registry's ``register``
 PENDING_TTL = 120.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -115,13 +113,8 @@ class Evidence:
         )
 
 
-def quote_nonce(h: bytes) -> bytes:
-    """Qualifying data of every quote and certification bound to a session."""
-    return hashlib.sha256(LABEL_QUOTE + h).digest()
-
-
 def activation_mac(psk: bytes, h: bytes) -> bytes:
-    return hmac.new(psk, LABEL_ACTIVATE + h, hashlib.sha256).digest()
+    return hmac.new(psk, activation_message(h), hashlib.sha256).digest()
 
 
 def check_ek(ev: Evidence, settings: EnrollSettings, now: float) -> str:

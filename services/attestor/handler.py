@@ -7,7 +7,6 @@ re-attestation), bound to the session's handshake hash ``h``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -22,17 +21,18 @@ from services.attestor.policy import (
     matching_baseline,
     refused,
 )
+from shared.binding import quote_nonce, reattest_nonce
 from shared.bus.interface import Reply, Request
 from shared.codec import Fields
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
-from shared.records import Baseline, Device, DeviceStatus
+from shared.records import Baseline, Device, refusal_for
 from shared.store.interface import Store
 from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
 from shared.tpm.quote import verify_quote
 from shared.vault import Vault
-from shared.wire import HASH_LEN, LABEL_REATTEST, MAX_EVIDENCE_FIELD, MAX_PCRS
+from shared.wire import HASH_LEN, MAX_EVIDENCE_FIELD, MAX_PCRS
 
 _log = logging.getLogger("attestgate.attestor")
 
@@ -70,10 +70,6 @@ def _enroll_finish(req: Request, deps: AttestorDeps, now: float) -> Reply:
     return Reply(req.id, {"device_id": device.device_id})
 
 
-def reattest_nonce(h: bytes, server_nonce: bytes) -> bytes:
-    return hashlib.sha256(LABEL_REATTEST + h + server_nonce).digest()
-
-
 def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     f = Fields(req.body)
     device_id = f.text("device_id", 64)
@@ -85,14 +81,13 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     device = deps.store.get_device(device_id)
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
-    code = {DeviceStatus.LOCKED: ErrorCode.LOCKED, DeviceStatus.REVOKED: ErrorCode.REVOKED,
-            DeviceStatus.REENROLL: ErrorCode.REENROLL_REQUIRED}.get(device.status)
+    code = refusal_for(device.status)
     if code is not None:
         raise AttestgateError(code, device_id)
     if not in_window(deps.policy.window, now):
         deps.store.append_audit("attest_refused", device_id, {"code": "outside_window"}, now)
         raise AttestgateError(ErrorCode.OUTSIDE_WINDOW, device_id)
-    nonce = reattest_nonce(h, server_nonce) if server_nonce else enroll.quote_nonce(h)
+    nonce = reattest_nonce(h, server_nonce) if server_nonce else quote_nonce(h)
     selection_text = device.baselines[0].selection
     try:
         info = verify_quote(device.ak_public, attest, signature, qualifying_data=nonce,

@@ -11,9 +11,8 @@ from services.gateway.limits import GatewayLimits
 from services.gateway.server import Gateway
 from shared.bus.zmq_bus import ZmqBus
 from shared.config import ServerConfig
-from shared.errors import AttestgateError
 from shared.keys import fingerprint
-from shared.service_main import setup_logging
+from shared.service_main import load_config
 from shared.timing import REATTEST_GRACE
 from shared.vault import server_static
 
@@ -44,12 +43,9 @@ async def run(cfg: ServerConfig) -> None:
 
 
 def main() -> int:
-    try:
-        cfg = ServerConfig.from_env()
-    except AttestgateError as exc:
-        print(f"attestgate-gateway: configuration: {exc.detail}", file=sys.stderr)
+    cfg = load_config("gateway")
+    if cfg is None:
         return 2
-    setup_logging(cfg.log_level)
     asyncio.run(run(cfg))
     return 0
 

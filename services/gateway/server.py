@@ -8,9 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections import defaultdict
-from collections.abc import Callable
 
 from services.gateway import handshake
 from services.gateway.limits import GatewayLimits
@@ -28,13 +26,11 @@ log = logging.getLogger("attestgate.gateway")
 
 class Gateway:
     def __init__(self, bus: BusClient, static: StaticKey, selection: str,
-                 limits: GatewayLimits | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 limits: GatewayLimits | None = None) -> None:
         self.bus = bus
         self.static = static
         self.selection = selection
         self.limits = limits or GatewayLimits()
-        self.clock = clock
         self.sessions: dict[str, set[Session]] = defaultdict(set)
         self._handshakes = asyncio.Semaphore(self.limits.max_concurrent_handshakes)
         self._per_address: dict[str, int] = defaultdict(int)
@@ -152,7 +148,7 @@ class Gateway:
         return await handshake.connect(peer, pre, self.static, self.bus, sid, timeout)
 
     async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
-        session = Session(peer, ident, self.bus, self.limits, sid, self.clock)
+        session = Session(peer, ident, self.bus, self.limits, sid)
         self.sessions[ident.device_id].add(session)
         self.counters["sessions"] += 1
         log.info("session open sid=%s device=%s name=%s", sid, ident.device_id, ident.name)

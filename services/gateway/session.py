@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 from services.gateway.handshake import Closed, Identity, call
@@ -27,13 +26,12 @@ log = logging.getLogger("attestgate.gateway")
 
 class Session:
     def __init__(self, peer: Peer, ident: Identity, bus: BusClient, limits: GatewayLimits,
-                 sid: str, clock: Callable[[], float]) -> None:
+                 sid: str) -> None:
         self.peer = peer
         self.ident = ident
         self.bus = bus
         self.limits = limits
         self.sid = sid
-        self.clock = clock
         self.following = False
         self._pushes: asyncio.Queue[bytes] = asyncio.Queue(limits.max_follow_queue)
         self._inflight = asyncio.Semaphore(limits.max_inflight_per_session)

@@ -19,17 +19,13 @@ from shared.codec import Fields
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
 from shared.keys import device_id_for, enroll_psk, session_psk
-from shared.records import DeviceStatus, status_view
-from shared.store.interface import Store
+from shared.records import status_view
+from shared.store.interface import PENDING_ENROLLED, Store
 from shared.store.serialize import device_from_bytes
 from shared.vault import Vault
 from shared.wire import DH_LEN, TOKEN_ID_LEN
 
 _log = logging.getLogger("attestgate.registry")
-
-# Pending-record namespaces shared with the attestor (written there, consumed here).
-PENDING_ENROLLED = "enrolled:"
-
 
 @dataclass(frozen=True)
 class RegistryDeps:
@@ -98,16 +94,6 @@ def _status(req: Request, deps: RegistryDeps, now: float) -> Reply:
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
     return Reply(req.id, status_view(device))
-
-
-def refusal_for(status: DeviceStatus) -> ErrorCode | None:
-    """The code a device in ``status`` is refused with, or None if it may connect."""
-    return {
-        DeviceStatus.ACTIVE: None,
-        DeviceStatus.LOCKED: ErrorCode.LOCKED,
-        DeviceStatus.REVOKED: ErrorCode.REVOKED,
-        DeviceStatus.REENROLL: ErrorCode.REENROLL_REQUIRED,
-    }[status]
 
 
 _OPS: dict[str, Op[RegistryDeps]] = {

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 from shared.records import AuditEntry, Device, Post, Token
 
+# Pending enrollment verified by the attestor, consumed by the registry's ``register``.
+PENDING_ENROLLED = "enrolled:"
+
 
 class Store(Protocol):
     # -- devices -------------------------------------------------------------------

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from device_builders import NOW, VAULT_KEY, TestDevice, make_device
 
-from services.registry.handler import PENDING_ENROLLED, RegistryDeps, handle, refusal_for
+from services.registry.handler import RegistryDeps, handle
 from shared.bus.interface import Reply, Request
 from shared.errors import ErrorCode
 from shared.keys import enroll_psk, session_psk
-from shared.records import DeviceStatus, Token
+from shared.records import DeviceStatus, Token, refusal_for
+from shared.store.interface import PENDING_ENROLLED
 from shared.store.memory import MemoryStore
 from shared.store.serialize import device_to_bytes
 from shared.vault import Vault
