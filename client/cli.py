@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from client.channel import NetworkError, Refused
 from client.explain import explain_refusal, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
+from shared.post_display import format_post
 from shared.wire import Command, Push
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
@@ -89,7 +89,7 @@ def _with_session(args: argparse.Namespace, out: Out,
 
 def cmd_post(args: argparse.Namespace, out: Out) -> int:
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
-        reply = flows.post(tpm, state, ch, args.text)
+        reply = flows.post(tpm, state, ch, args.text, st.home_dir(args.home))
         out.result(dict(reply), f"posted {reply['post_id']}")
         return EXIT_OK
 
@@ -97,15 +97,13 @@ def cmd_post(args: argparse.Namespace, out: Out) -> int:
 
 
 def _format_post(p: dict[str, Any]) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(p["ts"])))
-    mark = "verified" if p.get("verified") else "UNVERIFIED"
-    return f"[{p['post_id']}] {when} {p['author']} ({mark} TPM signature)\n    {p['text']}"
+    # Only the header starts at column 0; the text's lines are indented and escaped.
+    return format_post(p)
 
 
 def cmd_read(args: argparse.Namespace, out: Out) -> int:
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
-        reply = ch.request(Command.READ, since=args.since, limit=args.limit)
-        posts = list(reply["posts"])
+        posts = flows.read(ch, args.since, args.limit)
         out.result({"posts": posts},
                    "\n".join(_format_post(p) for p in posts) or "(no posts)")
         return EXIT_OK

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from client import pending as pending_post
 from client import state as st
 from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll
 from client.tpm import KeyBlob, Tpm
@@ -144,10 +146,75 @@ def reattest(tpm: Tpm, state: st.ClientState, ch: Channel, server_nonce: bytes) 
             pcrs=_pcr_map(quote.pcrs()))
 
 
-def post(tpm: Tpm, state: st.ClientState, ch: Channel, text: str) -> dict[str, object]:
-    """Sign and send one post; the random key makes a retry idempotent."""
+# A pending post's timestamp older than this is signed again with a fresh one (same
+# key): the board refuses timestamps further than ATTESTGATE_POST_CLOCK_SKEW (default
+# 300 s) from its clock, and the key alone makes the retry idempotent.
+RESIGN_AFTER = 120.0
+# Refusals after which the post may still be stored, or may be retried as it is:
+# keep its key for the retry.
+_KEEP_PENDING = frozenset({ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.STORE_UNAVAILABLE,
+                           ErrorCode.RATE_LIMITED, ErrorCode.BUSY, ErrorCode.INTERNAL})
+
+
+def post(tpm: Tpm, state: st.ClientState, ch: Channel, text: str,
+         home: Path | None = None) -> dict[str, object]:
+    """Sign and send one post (device id, timestamp, key, text); the key makes a retry
+    idempotent. With ``home``, the key of a post not yet acknowledged is kept there
+    (``client.pending``) and reused when the same text is posted again."""
     text = validate_text(text)
-    key = os.urandom(16)
+    now = time.time()
+    pending = pending_post.load(home, now) if home is not None else None
+    if pending is not None and pending.matches(text):
+        key = pending.key
+        fresh = now - pending.signed_at_ms / 1000 <= RESIGN_AFTER
+        signed_at_ms = pending.signed_at_ms if fresh else int(now * 1000)
+    else:
+        key, signed_at_ms = os.urandom(pending_post.KEY_LEN), int(now * 1000)
+    if home is not None:
+        pending_post.save(home, pending_post.PendingPost(text, key, signed_at_ms))
     signature = tpm.sign(KeyBlob.from_bytes(bytes.fromhex(state.post_key)),
-                         post_digest(state.device_id, key, text))
-    return ch.request(Command.POST, text=text, key=key, signature=signature)
+                         post_digest(state.device_id, signed_at_ms, key, text))
+    try:
+        reply = ch.request(Command.POST, text=text, ts=signed_at_ms, key=key,
+                           signature=signature)
+    except Refused as exc:
+        if home is not None and exc.code not in _KEEP_PENDING:
+            pending_post.clear(home)
+        raise
+    if home is not None:
+        pending_post.clear(home)
+    return reply
+
+
+def read(ch: Channel, since: str | None, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` posts (after ``since``, or the latest), oldest first, paging with
+    the board's ``next`` cursor: each reply holds only what fits in one message."""
+    posts: list[dict[str, Any]] = []
+    cursor = since
+    last: tuple[int, int] | None = _id_order(since) if since else None
+    while True:
+        reply = ch.request(Command.READ, since=cursor, limit=limit - len(posts))
+        page = reply.get("posts")
+        if not isinstance(page, list) or len(page) > limit - len(posts):
+            raise AttestgateError(ErrorCode.PROTOCOL, "read reply: posts")
+        for p in page:
+            order = _id_order(p.get("post_id") if isinstance(p, dict) else None)
+            if last is not None and order <= last:  # out of order or repeated
+                raise AttestgateError(ErrorCode.PROTOCOL, "read reply: post order")
+            last = order
+            posts.append(p)
+        nxt = reply.get("next")
+        if nxt is None or len(posts) >= limit:
+            return posts
+        if not page or nxt != page[-1]["post_id"]:
+            raise AttestgateError(ErrorCode.PROTOCOL, "read reply: next")
+        cursor = nxt
+
+
+def _id_order(post_id: object) -> tuple[int, int]:
+    """A post id ("ms-seq") as a sortable pair; PROTOCOL if it is not one."""
+    if isinstance(post_id, str):
+        a, _, b = post_id.partition("-")
+        if a.isdigit() and (b.isdigit() or not b) and len(post_id) <= 64:
+            return int(a), int(b or 0)
+    raise AttestgateError(ErrorCode.PROTOCOL, "read reply: post id")

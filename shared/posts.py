@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import struct
 import unicodedata
+from enum import StrEnum
 from typing import Any
 
 from shared.errors import AttestgateError, ErrorCode
-from shared.records import Post
+from shared.records import Device, Post
 from shared.store.interface import Store
 from shared.tpm.signature import verify_signature
 from shared.tpm.structures import parse_public, parse_signature
@@ -43,36 +44,73 @@ def validate_text(text: object) -> str:
     return text
 
 
-def post_digest(device_id: str, key: bytes, text: str) -> bytes:
-    """What the device's post key signs: SHA-256(label, device id, idempotency key, text)."""
+def post_digest(device_id: str, signed_at_ms: int, key: bytes, text: str) -> bytes:
+    """What the device's post key signs: SHA-256(label, device id, client timestamp, key, text).
+
+    Every part is length-prefixed; the timestamp is milliseconds since the epoch as a
+    signed 64-bit big-endian integer. This is everything a reader is shown except the
+    author, which is the registry's name of the device id.
+    """
     h = hashlib.sha256(LABEL_POST)
-    for part in (device_id.encode(), key, text.encode("utf-8")):
+    ts = struct.pack(">q", signed_at_ms)
+    for part in (device_id.encode(), ts, key, text.encode("utf-8")):
         h.update(struct.pack(">I", len(part)) + part)
     return h.digest()
 
 
-def post_view(p: Post, *, verified: bool) -> dict[str, Any]:
+def post_view(p: Post, device: Device | None, *, verified: bool) -> dict[str, Any]:
+    """What readers get: the author is the registry's name of the device (\"\" if gone)."""
     return {
         "post_id": p.post_id,
         "device_id": p.device_id,
-        "author": p.author,
+        "author": device.name if device is not None else "",
         "text": p.text,
-        "ts": p.created_at,
+        "ts": p.signed_at_ms / 1000,
         "verified": verified,
     }
 
 
-def verify_post(store: Store, post: Post) -> bool:
-    """Check a stored post's signature again under its device's post key."""
-    device = store.get_device(post.device_id)
+class Problem(StrEnum):
+    """What ``check_post`` found wrong with a stored post."""
+
+    DEVICE = "device"  # its device is not in the registry (any more)
+    SIGNATURE = "signature"  # device id, time, key or text differ from what the device signed
+    AUTHOR = "author"  # the store holds an author field that is not the registry's name
+    TIME = "time"  # the signed time is further from the board's receive time than allowed
+
+
+def signature_ok(device: Device | None, post: Post) -> bool:
+    """The post's signature verifies under its device's post key over what is shown."""
     if device is None:
         return False
     try:
-        check_signature(device.post_public, post.signature, post_digest(post.device_id, post.key,
-                                                                         post.text))
+        check_signature(device.post_public, post.signature,
+                        post_digest(post.device_id, post.signed_at_ms, post.key, post.text))
     except AttestgateError:
         return False
     return True
+
+
+def check_post(device: Device | None, post: Post, clock_skew: float) -> tuple[Problem, ...]:
+    """Every check on a stored post against the registry; () when it all holds.
+
+    ``device`` is the registry's record of ``post.device_id`` (None if unknown).
+    """
+    if device is None:
+        return (Problem.DEVICE,)
+    problems = []
+    if not signature_ok(device, post):
+        problems.append(Problem.SIGNATURE)
+    if post.stored_author is not None and post.stored_author != device.name:
+        problems.append(Problem.AUTHOR)
+    if abs(post.signed_at_ms / 1000 - post.received_at) > clock_skew:
+        problems.append(Problem.TIME)
+    return tuple(problems)
+
+
+def verify_post(store: Store, post: Post) -> bool:
+    """Check a stored post's signature again under its device's post key."""
+    return signature_ok(store.get_device(post.device_id), post)
 
 
 def check_signature(post_public: bytes, signature: bytes, digest: bytes) -> None:

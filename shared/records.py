@@ -64,13 +64,18 @@ class Token:
 
 @dataclass(frozen=True)
 class Post:
+    """A stored board post. There is no author field: the author shown is the registry's
+    name of ``device_id``, looked up when the post is displayed or verified."""
+
     post_id: str  # Redis stream id "ms-seq"
     device_id: str
-    author: str
     text: str
-    created_at: float
+    signed_at_ms: int  # the client's timestamp (ms since the epoch), signed: the time shown
     key: bytes  # client idempotency key
     signature: bytes  # TPMT_SIGNATURE by the device's post key
+    received_at: float = 0.0  # the board's clock when it stored the post (not signed)
+    stored_author: str | None = None  # an ``author`` field found in the store: never shown;
+    # protocol 1 stored one, and ``verify-post`` reports it when it differs from the registry
 
 
 @dataclass(frozen=True)

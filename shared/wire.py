@@ -1,4 +1,4 @@
-"""Wire constants of attestgate protocol version 1, in one place.
+"""Wire constants of attestgate protocol version 2, in one place.
 
 Everything a peer must agree on lives here: pattern names, preamble, labels for
 every hash and HMAC, size limits and command names. Changing any of it is a
@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: post signatures cover the client timestamp (LABEL_POST)
 
 # -- preamble ---------------------------------------------------------------------
 # Every TCP connection starts with MAGIC (4 B) + version (1 B) + mode (1 B), in clear.
@@ -40,7 +40,7 @@ LABEL_SESSION_PSK: Final = b"attestgate/1 session psk"  # HMAC(device psk, label
 LABEL_QUOTE: Final = b"attestgate/1 quote"  # qualifying data = SHA-256(label || h)
 LABEL_REATTEST: Final = b"attestgate/1 reattest"  # SHA-256(label || h || server nonce)
 LABEL_ACTIVATE: Final = b"attestgate/1 activate"  # TPM HMAC(device psk, label || h)
-LABEL_POST: Final = b"attestgate/1 post"  # post signature over SHA-256(label || ...)
+LABEL_POST: Final = b"attestgate/2 post"  # post signature: SHA-256(label, device, ts, key, text)
 LABEL_FINGERPRINT: Final = b"attestgate/1 server key"
 LABEL_KEY_SEAL: Final = b"attestgate/1 client static key"
 LABEL_AUDIT: Final = b"attestgate/1 audit"
@@ -51,6 +51,10 @@ MAX_POST_BYTES: Final = 4096
 MAX_NAME_LEN: Final = 64
 MAX_READ_LIMIT: Final = 500
 DEFAULT_READ_LIMIT: Final = 50
+# A board reply holds as many posts as fit in one message (the smaller of MAX_MESSAGE
+# and MAX_BUS_MESSAGE) less this much for the envelope: re/ok/posts/next keys, the
+# request id and the cursor (measured: under 80 B); the rest continues from `next`.
+REPLY_ENVELOPE_RESERVE: Final = 256
 MAX_REQUEST_ID: Final = 2**63 - 1
 MAX_EVIDENCE_FIELD: Final = 4096  # any single TPM blob (cert, public, attest, signature)
 MAX_PCRS: Final = 24

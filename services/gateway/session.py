@@ -131,7 +131,7 @@ class Session:
         timeout = self.limits.request_timeout
         body: dict[str, Any]
         if msg.cmd is Command.POST:
-            body = {"device_id": ident.device_id, "author": ident.name,
+            body = {"device_id": ident.device_id, "ts": msg.body.get("ts"),
                     "text": msg.body.get("text"), "key": msg.body.get("key"),
                     "signature": msg.body.get("signature")}
             # Idempotent: the board dedupes on the client's key, so a retry elsewhere is safe.

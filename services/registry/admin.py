@@ -27,12 +27,14 @@ from urllib.parse import urlsplit
 
 from services.registry import admin_output as out
 from shared.audit import verify_chain
+from shared.board_settings import BoardSettings
 from shared.bus.interface import BusEvent
 from shared.bus.zmq_bus import ZmqPublisher
 from shared.config import ServerConfig
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, enroll_psk, fingerprint
-from shared.posts import post_view, verify_post
+from shared.post_display import format_post
+from shared.posts import Problem, check_post, post_view
 from shared.records import Device, DeviceStatus, Token
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL
@@ -71,6 +73,7 @@ class Context:
     now: float
     rng: Random
     warn: Callable[[str], None]
+    board: BoardSettings = field(default_factory=BoardSettings.defaults)
     _store: RedisStore | None = field(default=None, init=False)
 
     @property
@@ -265,22 +268,33 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> Outcome:
     return Outcome(doc, out.render_audit(doc), failure)
 
 
+_POST_PROBLEMS = {
+    Problem.DEVICE: "its device is not in the registry",
+    Problem.SIGNATURE: "the device id, time, key or text differ from what the device signed",
+    Problem.AUTHOR: "the store holds an author that is not the registry's name of the device",
+    Problem.TIME: "the signed time is further than ATTESTGATE_POST_CLOCK_SKEW from when the "
+                  "board stored it",
+}
+
+
 def cmd_verify_post(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """Check all a reader is shown: the signature over device id, time, key and text under
+    the device's post key, the author (the registry's name), the time's plausibility."""
     post = ctx.store.get_post(args.post_id) if _POST_ID.fullmatch(args.post_id) else None
     if post is None:
         raise AdminError(EXIT_REFUSED, ErrorCode.NOT_FOUND.value, f"no post {args.post_id!r}")
-    ok = verify_post(ctx.store, post)
-    doc = post_view(post, verified=ok)
+    device = ctx.store.get_device(post.device_id)
+    problems = check_post(device, post, ctx.board.clock_skew)
+    doc = {**post_view(post, device, verified=not problems), "received_at": post.received_at,
+           "problems": [p.value for p in problems]}
     failure = None
-    if not ok:
-        gone = ctx.store.get_device(post.device_id) is None
-        failure = AdminError(
-            EXIT_REFUSED,
-            (ErrorCode.UNKNOWN_DEVICE if gone else ErrorCode.BAD_SIGNATURE).value,
-            f"post {post.post_id} does NOT verify"
-            + (": its device is gone" if gone else " under its device's post key"),
-        )
-    text = f"post {post.post_id} by {post.author}: " + ("verified" if ok else "NOT verified")
+    if problems:
+        code = ErrorCode.UNKNOWN_DEVICE if Problem.DEVICE in problems else ErrorCode.BAD_SIGNATURE
+        failure = AdminError(EXIT_REFUSED, code.value,
+                             f"post {post.post_id} does NOT verify: "
+                             + "; ".join(f"{p.value}: {_POST_PROBLEMS[p]}" for p in problems))
+    text = "\n".join([format_post(doc), "verified" if not problems else
+                      "NOT verified (" + ", ".join(p.value for p in problems) + ")"])
     return Outcome(doc, text, failure)
 
 
@@ -352,8 +366,10 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
               "--verify, check the whole hash chain against the stored head and name every "
               "entry that was edited, removed or reordered, or a cut tail (exit 3). Read-only."),
     "verify-post": (cmd_verify_post, "check a board post's TPM signature again",
-                    "Verify a stored post's signature again under its device's post key; exit 3 "
-                    "if it does not verify or the post is unknown. Read-only."),
+                    "Verify a stored post again: its signature under its device's post key over "
+                    "device id, time, key and text; the author shown is the registry's name; "
+                    "exit 3 naming what differs if anything does, or if the post is unknown. "
+                    "Read-only."),
     "purge": (cmd_purge, "delete ALL attestgate data from Redis",
               "Delete every attestgate key in Redis: devices, tokens, posts and the audit log. "
               "Irreversible; refused (exit 3) without --yes. Server keys on disk stay."),
@@ -427,7 +443,8 @@ def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
     ctx: Context | None = None
     try:
         config = ServerConfig.from_env(env)
-        ctx = Context(config, args.redis_url or config.redis_url, clock(), rng, warn)
+        ctx = Context(config, args.redis_url or config.redis_url, clock(), rng, warn,
+                      BoardSettings.from_env(env))
         outcome = args.handler(args, ctx)
         doc: dict[str, Any] = {"ok": outcome.failure is None, **outcome.doc}
         print(json.dumps(doc, indent=2) if args.json else outcome.text, file=stdout)

@@ -9,12 +9,22 @@ that a caller may retry is idempotent (post keys, WATCH'd updates).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared.records import AuditEntry, Device, Post, Token
 
 # Pending enrollment verified by the attestor, consumed by the registry's ``register``.
 PENDING_ENROLLED = "enrolled:"
+
+
+@dataclass(frozen=True)
+class PostQuota:
+    """Per-device limits on new posts (``shared.board_settings`` reads them)."""
+
+    rate: float  # posts per second a device's bucket refills
+    burst: int  # the bucket's size: posts a device may send at once
+    key_ttl: float  # seconds an idempotency key is remembered (a retry within it is safe)
 
 
 class Store(Protocol):
@@ -59,10 +69,14 @@ class Store(Protocol):
         ...
 
     # -- board -------------------------------------------------------------------------
-    def add_post(self, key: bytes, fields: Mapping[str, bytes | str]) -> tuple[str, bool]:
-        """Append a post unless one with this idempotency key exists.
+    def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
+                 now: float, quota: PostQuota) -> tuple[str, bool]:
+        """Append a post unless one with this idempotency key exists, in one atomic step.
 
-        Returns (post id, created). A retry returns the first id and False.
+        Returns (post id, created). A retry within ``quota.key_ttl`` returns the first id
+        and False, and takes no token. A new post takes one token from ``device_id``'s
+        bucket (``shared.ratelimit``); with none left it raises RATE_LIMITED and nothing
+        is stored.
         """
         ...
 

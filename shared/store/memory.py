@@ -8,7 +8,9 @@ from typing import Any
 
 from shared.audit import canonical, entry_hash
 from shared.errors import AttestgateError, ErrorCode
+from shared.ratelimit import Bucket, take
 from shared.records import AuditEntry, Device, Post, Token
+from shared.store.interface import PostQuota
 from shared.store.serialize import post_from_fields
 
 
@@ -19,7 +21,8 @@ class MemoryStore:
         self.pending: dict[str, bytes] = {}
         self.connect_ts: dict[str, int] = {}
         self.posts: list[tuple[str, dict[bytes, bytes]]] = []
-        self.dedupe: dict[bytes, str] = {}
+        self.dedupe: dict[bytes, tuple[str, float]] = {}  # key -> (post id, expires at)
+        self.buckets: dict[str, Bucket] = {}
         self.audit: list[AuditEntry] = []
         self._seq = itertools.count(1)
 
@@ -77,13 +80,19 @@ class MemoryStore:
     def take_pending(self, key: str) -> bytes | None:
         return self.pending.pop(key, None)
 
-    def add_post(self, key: bytes, fields: Mapping[str, bytes | str]) -> tuple[str, bool]:
-        if key in self.dedupe:
-            return self.dedupe[key], False
+    def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
+                 now: float, quota: PostQuota) -> tuple[str, bool]:
+        known = self.dedupe.get(key)
+        if known is not None and known[1] > now:
+            return known[0], False
+        allowed, bucket = take(self.buckets.get(device_id), now, quota.rate, quota.burst)
+        if not allowed:
+            raise AttestgateError(ErrorCode.RATE_LIMITED, device_id)
+        self.buckets[device_id] = bucket
         post_id = f"{next(self._seq)}-0"
         enc = {k.encode(): v.encode() if isinstance(v, str) else v for k, v in fields.items()}
         self.posts.append((post_id, enc))
-        self.dedupe[key] = post_id
+        self.dedupe[key] = (post_id, now + quota.key_ttl)
         return post_id, True
 
     @staticmethod

@@ -8,7 +8,8 @@ Key layout (hash tags keep keys that change together in one Cluster slot):
     ag:{reg}:ts:<id>           last reconnect timestamp (replay guard)
     ag:{reg}:pending:<key>     enrollment in progress (TTL)
     ag:{board}:posts           stream of posts
-    ag:{board}:dedupe:<key>    idempotency key -> post id
+    ag:{board}:dedupe:<key>    idempotency key -> post id, expires after the quota's key_ttl
+    ag:{board}:rate:<id>       a device's post token bucket (hash t, u), expires when full
     ag:{audit}:log             stream of hash-chained audit entries
     ag:{audit}:head            hash of the newest entry
 
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError, WatchError
 from shared.audit import canonical, entry_hash
 from shared.errors import AttestgateError, ErrorCode
 from shared.records import AuditEntry, Device, Post, Token
+from shared.store.interface import PostQuota
 from shared.store.serialize import (
     device_from_bytes,
     device_to_bytes,
@@ -46,12 +48,33 @@ AUDIT_LOG: Final = AUDIT + "log"
 AUDIT_HEAD: Final = AUDIT + "head"
 _RETRIES: Final = 50
 
-# Idempotent append: one atomic step, so a retried post is never stored twice.
+# Idempotent, rate-limited append: one atomic step, one round trip, so a retried post
+# is never stored twice and every worker shares each device's bucket. The bucket
+# arithmetic is shared.ratelimit.take's; a refusal writes nothing.
+# KEYS: posts stream, dedupe key, bucket. ARGV: now, rate, burst, key ttl (ms), fields...
 _ADD_POST: Final = """
 local existing = redis.call('GET', KEYS[2])
 if existing then return {existing, 0} end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV))
-redis.call('SET', KEYS[2], id)
+local now = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[3], 't', 'u')
+local tokens = tonumber(b[1])
+local updated = tonumber(b[2])
+if tokens == nil or updated == nil then
+  tokens = burst
+  updated = now
+end
+local elapsed = now - updated
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(burst, tokens + elapsed * rate)
+if updated < now then updated = now end
+if tokens < 1 then return {'', -1} end
+redis.call('HSET', KEYS[3], 't', string.format('%.6f', tokens - 1),
+           'u', string.format('%.6f', updated))
+redis.call('PEXPIRE', KEYS[3], math.ceil(burst / rate * 1000) + 1000)
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+redis.call('SET', KEYS[2], id, 'PX', ARGV[4])
 return {id, 1}
 """
 
@@ -199,13 +222,17 @@ class RedisStore:
         return bytes(raw) if raw is not None else None
 
     # -- board -------------------------------------------------------------------------
-    def add_post(self, key: bytes, fields: Mapping[str, bytes | str]) -> tuple[str, bool]:
-        argv: list[bytes | str] = []
+    def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
+                 now: float, quota: PostQuota) -> tuple[str, bool]:
+        argv: list[bytes | str] = [repr(now), repr(float(quota.rate)), str(quota.burst),
+                                   str(max(1, int(quota.key_ttl * 1000)))]
         for k, v in fields.items():
             argv += [k, v]
+        keys = [POSTS, BOARD + "dedupe:" + key.hex(), BOARD + "rate:" + device_id]
         with _mapped():
-            keys = [POSTS, BOARD + "dedupe:" + key.hex()]
             post_id, created = self._add_post(keys=keys, args=argv)
+        if created < 0:
+            raise AttestgateError(ErrorCode.RATE_LIMITED, device_id)
         return post_id.decode(), bool(created)
 
     def read_posts(self, since: str | None, limit: int) -> Sequence[Post]:

@@ -92,24 +92,30 @@ def token_from_bytes(data: bytes) -> Token:
 def post_fields(p: Post) -> dict[str, bytes | str]:
     return {
         "device": p.device_id,
-        "author": p.author,
         "text": p.text,
-        "ts": repr(p.created_at),
+        "ts": str(p.signed_at_ms),
         "key": p.key,
         "sig": p.signature,
+        "rcv": repr(p.received_at),
     }
 
 
 def post_from_fields(post_id: str, m: dict[bytes, bytes]) -> Post:
+    """A stored stream entry as a Post. A post stored by protocol 1 (float ``ts`` in
+    seconds, an ``author`` field) still loads; its signature does not verify under v2."""
     try:
+        raw_ts = m[b"ts"].decode()
+        signed_at_ms = int(raw_ts) if raw_ts.isdigit() else int(float(raw_ts) * 1000)
+        author = m.get(b"author")
         return Post(
             post_id=post_id,
             device_id=m[b"device"].decode(),
-            author=m[b"author"].decode(),
             text=m[b"text"].decode(),
-            created_at=float(m[b"ts"]),
+            signed_at_ms=signed_at_ms,
             key=m[b"key"],
             signature=m[b"sig"],
+            received_at=float(m.get(b"rcv", b"0")),
+            stored_author=author.decode() if author is not None else None,
         )
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+    except (KeyError, ValueError, OverflowError, UnicodeDecodeError) as exc:
         raise AttestgateError(ErrorCode.INTERNAL, f"stored post {post_id}: {exc}") from None
