@@ -68,9 +68,10 @@ def test_post_through_the_bus_is_published() -> None:
         bus, store, dev = stack()
         events = bus.events()  # subscribed from here on
         key = b"k" * 16
-        body = {"device_id": dev.device_id, "author": "alice", "text": "over the bus",
+        ts = int(NOW * 1000)
+        body = {"device_id": dev.device_id, "ts": ts, "text": "over the bus",
                 "key": key, "signature": sign_digest(dev.post_key,
-                                                     post_digest(dev.device_id, key,
+                                                     post_digest(dev.device_id, ts, key,
                                                                  "over the bus"))}
         reply = await bus.request("board", "post", body, request_id="p1", timeout=TIMEOUT)
         assert reply.ok and reply.body["created"] is True

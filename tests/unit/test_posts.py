@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import unicodedata
 
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.posts import post_digest, validate_text
-from shared.wire import MAX_POST_BYTES
+from shared.wire import LABEL_POST, MAX_POST_BYTES
 
 KEY = b"k" * 16
 
@@ -111,36 +113,51 @@ def test_any_text_is_accepted_or_invalid_text(text: str) -> None:
 
 # -- post_digest ----------------------------------------------------------------------------------
 
+TS = 1_700_000_000_123
+
 
 def test_digest_is_sha256_sized_and_deterministic() -> None:
-    d = post_digest("dev", KEY, "text")
+    d = post_digest("dev", TS, KEY, "text")
     assert len(d) == 32
-    assert d == post_digest("dev", KEY, "text")
+    assert d == post_digest("dev", TS, KEY, "text")
 
 
 def test_digest_changes_with_each_input() -> None:
-    base = post_digest("dev", KEY, "text")
+    base = post_digest("dev", TS, KEY, "text")
     variants = [
-        post_digest("dev2", KEY, "text"),
-        post_digest("dev", b"K" + KEY[1:], "text"),
-        post_digest("dev", KEY, "text!"),
-        post_digest("dev", KEY, "Text"),
+        post_digest("dev2", TS, KEY, "text"),
+        post_digest("dev", TS + 1, KEY, "text"),  # the time shown is signed, to the ms
+        post_digest("dev", -TS, KEY, "text"),
+        post_digest("dev", TS, b"K" + KEY[1:], "text"),
+        post_digest("dev", TS, KEY, "text!"),
+        post_digest("dev", TS, KEY, "Text"),
     ]
     assert base not in variants
     assert len(set(variants)) == len(variants)
 
 
+def test_digest_is_labelled_for_protocol_2() -> None:
+    # A protocol 1 signature (label "attestgate/1 post", no time) never verifies as v2.
+    assert LABEL_POST == b"attestgate/2 post"
+    ts = struct.pack(">q", TS)
+    h = hashlib.sha256(LABEL_POST)
+    for part in (b"dev", ts, KEY, b"text"):
+        h.update(struct.pack(">I", len(part)) + part)
+    assert post_digest("dev", TS, KEY, "text") == h.digest()
+
+
 def test_digest_fields_are_delimited() -> None:
     # Moving bytes from one field to the next must change the digest (length prefixes).
-    assert post_digest("ab", b"c", "d") != post_digest("a", b"bc", "d")
-    assert post_digest("a", b"bc", "d") != post_digest("a", b"b", "cd")
-    assert post_digest("", b"", "x") != post_digest("x", b"", "")
+    assert post_digest("ab", 0, b"c", "d") != post_digest("a", 0, b"bc", "d")
+    assert post_digest("a", 0, b"bc", "d") != post_digest("a", 0, b"b", "cd")
+    assert post_digest("", 0, b"", "x") != post_digest("x", 0, b"", "")
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(max_size=20), st.binary(max_size=20), st.text(max_size=20),
-       st.text(max_size=20), st.binary(max_size=20), st.text(max_size=20))
-def test_digest_is_injective_on_samples(a: str, b: bytes, c: str, x: str, y: bytes,
-                                        z: str) -> None:
-    if (a, b, c) != (x, y, z):
-        assert post_digest(a, b, c) != post_digest(x, y, z)
+@given(st.text(max_size=20), st.integers(-2**63, 2**63 - 1), st.binary(max_size=20),
+       st.text(max_size=20), st.text(max_size=20), st.integers(-2**63, 2**63 - 1),
+       st.binary(max_size=20), st.text(max_size=20))
+def test_digest_is_injective_on_samples(a: str, t: int, b: bytes, c: str, x: str, u: int,
+                                        y: bytes, z: str) -> None:
+    if (a, t, b, c) != (x, u, y, z):
+        assert post_digest(a, t, b, c) != post_digest(x, u, y, z)
