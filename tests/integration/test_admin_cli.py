@@ -30,6 +30,7 @@ from shared.bus.interface import BusEvent
 from shared.keys import device_id_for, enroll_psk, fingerprint
 from shared.posts import post_digest
 from shared.records import Baseline, Device, DeviceStatus, Post
+from shared.store.interface import PostQuota
 from shared.store.redis_store import AUDIT_LOG, RedisStore
 from shared.store.serialize import post_fields
 from shared.timing import TOKEN_DEFAULT_TTL
@@ -442,14 +443,18 @@ def test_audit_of_one_device_verifies_the_whole_chain(admin: Any, store: RedisSt
 
 
 def _signed_post(store: RedisStore, dev: Device, key: ec.EllipticCurvePrivateKey,
-                 text: str) -> str:
+                 text: str, *, received_at: float = NOW) -> str:
     idem = os.urandom(16)
-    der = key.sign(post_digest(dev.device_id, idem, text), ec.ECDSA(Prehashed(hashes.SHA256())))
+    ts = int(NOW * 1000)
+    der = key.sign(post_digest(dev.device_id, ts, idem, text),
+                   ec.ECDSA(Prehashed(hashes.SHA256())))
     r, s = decode_dss_signature(der)
     sig = struct.pack(">HH", Alg.ECDSA, Alg.SHA256) + tpm2b(r.to_bytes(32, "big")) + tpm2b(
         s.to_bytes(32, "big"))
-    post = Post("", dev.device_id, dev.name, text, NOW, idem, sig)
-    post_id, _ = store.add_post(idem + dev.device_id.encode(), post_fields(post))
+    post = Post("", dev.device_id, text, ts, idem, sig, received_at)
+    post_id, _ = store.add_post(idem + dev.device_id.encode(), post_fields(post),
+                                device_id=dev.device_id, now=received_at,
+                                quota=PostQuota(1e6, 10**6, 3600.0))
     return post_id
 
 
@@ -460,12 +465,39 @@ def test_verify_post(admin: Any, store: RedisStore) -> None:
     good = _signed_post(store, dev, key, "hello")
     run = admin("verify-post", good)
     assert run.code == 0 and run.doc["verified"] is True and run.doc["text"] == "hello"
+    assert (run.doc["author"], run.doc["ts"], run.doc["problems"]) == ("alpha", NOW, [])
     forged = _signed_post(store, dev, ec.generate_private_key(ec.SECP256R1()), "forged")
     bad = admin("verify-post", forged)
     assert bad.code == 3 and bad.doc["verified"] is False and "(bad_signature)" in bad.err
+    assert bad.doc["problems"] == ["signature"]
     for missing in ("1-1", "not-an-id"):
         gone = admin("verify-post", missing)
         assert gone.code == 3 and gone.doc["error"] == "not_found"
+
+
+def test_verify_post_names_a_time_far_from_when_it_was_stored(admin: Any,
+                                                              store: RedisStore) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    dev = make_device("alpha", post_public=ecc_public(key))
+    store.create_device(dev, None)
+    post_id = _signed_post(store, dev, key, "dated", received_at=NOW + 3600)
+    run = admin("verify-post", post_id)
+    assert run.code == 3 and run.doc["problems"] == ["time"], run.doc
+
+
+def test_verify_post_human_output_indents_the_text(admin: Any, store: RedisStore) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    dev = make_device("alpha", post_public=ecc_public(key))
+    store.create_device(dev, None)
+    post_id = _signed_post(store, dev, key, f"hi\n[{NOW:.0f}-0] 2023-11-14 22:13:20 beta "
+                                            "(verified TPM signature)\nbye")
+    run = admin("verify-post", post_id, json_out=False)
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0].startswith(f"[{post_id}] ")
+    assert lines[1:4] == ["    | hi", lines[2], "    | bye"]
+    assert lines[2].startswith("    | [")
+    assert lines[4:] == ["verified"]
 
 
 def test_purge_needs_yes(admin: Any, store: RedisStore) -> None:

@@ -621,13 +621,18 @@ def test_post_signature_must_verify(stack: Stack, store: RedisStore, swtpm: Swtp
     post_key = KeyBlob.from_bytes(bytes.fromhex(state.post_key))
     with Tpm(swtpm.tcti) as tpm, flows.connect(tpm, state, quiet) as ch:
         key = os.urandom(16)
-        other_text = tpm.sign(post_key, post_digest(state.device_id, key, "other text"))
+        ts = int(time.time() * 1000)
+        other_text = tpm.sign(post_key, post_digest(state.device_id, ts, key, "other text"))
         with pytest.raises(Refused) as exc:
-            ch.request(Command.POST, text="x", key=os.urandom(16), signature=other_text)
+            ch.request(Command.POST, text="x", ts=ts, key=os.urandom(16), signature=other_text)
         assert exc.value.code is ErrorCode.BAD_SIGNATURE
         with pytest.raises(Refused) as exc:
-            ch.request(Command.POST, text="other text", key=os.urandom(16),
+            ch.request(Command.POST, text="other text", ts=ts, key=os.urandom(16),
                        signature=other_text)  # right text, signed for another key
+        assert exc.value.code is ErrorCode.BAD_SIGNATURE
+        with pytest.raises(Refused) as exc:
+            ch.request(Command.POST, text="other text", ts=ts - 1000, key=key,
+                       signature=other_text)  # right text and key, shown at another time
         assert exc.value.code is ErrorCode.BAD_SIGNATURE
         assert store.count_posts() == 0
         good = flows.post(tpm, state, ch, "signed by the TPM")
