@@ -305,16 +305,18 @@ def test_board_refuses_invalid_text_with_a_valid_signature(
     with Tpm(board.alice.tpm.tcti) as tpm, flows.connect(tpm, state, _quiet) as ch:
         for label, text in INVALID_TEXTS.items():
             key = os.urandom(16)
-            signature = tpm.sign(post_key, post_digest(state.device_id, key, text))
+            ts = int(time.time() * 1000)
+            signature = tpm.sign(post_key, post_digest(state.device_id, ts, key, text))
             with pytest.raises(Refused) as refused:
-                ch.request(Command.POST, text=text, key=key, signature=signature,
+                ch.request(Command.POST, text=text, ts=ts, key=key, signature=signature,
                            timeout=CLIENT_TIMEOUT)
             assert refused.value.code is ErrorCode.INVALID_TEXT, label
         # The session survives refusals, and the same signing path stores a valid post.
         key = os.urandom(16)
         text = "valid after refusals"
-        signature = tpm.sign(post_key, post_digest(state.device_id, key, text))
-        ok = ch.request(Command.POST, text=text, key=key, signature=signature,
+        ts = int(time.time() * 1000)
+        signature = tpm.sign(post_key, post_digest(state.device_id, ts, key, text))
+        ok = ch.request(Command.POST, text=text, ts=ts, key=key, signature=signature,
                         timeout=CLIENT_TIMEOUT)
     stored = _stored(board.stack)
     assert len(stored) == before + 1
@@ -416,7 +418,10 @@ def test_posts_survive_a_killed_board_worker(
         swtpm_template_other_ca: TemplateTpm) -> None:
     trust = _trust_dir(tmp_path / "trust", swtpm_template, swtpm_template_other_ca)
     templates = {"dev-a": swtpm_template, "dev-b": swtpm_template_other_ca}
-    with Stack.start(tmp_path / "stack", ca_dir=trust, workers={"board": 2}) as stack:
+    # The load is ~170 posts/s per device: far above the default per-device post rate.
+    unlimited = {"ATTESTGATE_POST_RATE": "100000", "ATTESTGATE_POST_BURST": "100000"}
+    with Stack.start(tmp_path / "stack", ca_dir=trust, workers={"board": 2},
+                     settings=unlimited) as stack:
         tpms: dict[str, Tpm] = {}
         channels: list[tuple[Tpm, st.ClientState, Channel, str]] = []
         connect_times: list[float] = []

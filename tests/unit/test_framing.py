@@ -67,7 +67,8 @@ def test_bad_magic_or_length_is_protocol(data: bytes) -> None:
     assert e.value.code is ErrorCode.PROTOCOL
 
 
-@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1, 255])
+# 1: the protocol before post signatures covered the time shown.
+@pytest.mark.parametrize("version", [0, 1, PROTOCOL_VERSION + 1, 255])
 def test_bad_version_is_version(version: int) -> None:
     with pytest.raises(AttestgateError) as e:
         parse_preamble(MAGIC + bytes([version]) + b"E")
