@@ -11,6 +11,7 @@ import redis
 
 from bench._common import Result, Settings, paired, rate
 from shared.records import Post
+from shared.store.interface import PostQuota
 from shared.store.redis_store import RedisStore
 from shared.store.serialize import post_fields
 from tests.support.redis_server import RedisServer
@@ -20,8 +21,8 @@ AOF_TIMEOUT_S = 30.0
 
 def sample_fields() -> dict[str, bytes | str]:
     """A post as the board stores it (~200 B, 72-byte signature)."""
-    post = Post("", "d" * 32, "bench", "hello from the benchmark", time.time(),
-                os.urandom(16), os.urandom(72))
+    post = Post("", "d" * 32, "hello from the benchmark", int(time.time() * 1000),
+                os.urandom(16), os.urandom(72), time.time())
     return post_fields(post)
 
 
@@ -39,7 +40,10 @@ def add_post_rate(url: str, seconds: float) -> float:
     store = RedisStore(url)
     fields = sample_fields()
     try:
-        return rate(lambda: store.add_post(os.urandom(16), fields), seconds)
+        # Bucket and idempotency key in the same Lua step; a bucket large enough not to refuse.
+        quota = PostQuota(1e6, 10**6, 86_400.0)
+        return rate(lambda: store.add_post(os.urandom(16), fields, device_id="d" * 32,
+                                           now=time.time(), quota=quota), seconds)
     finally:
         store.close()
 
