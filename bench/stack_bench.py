@@ -114,6 +114,8 @@ def run(s: Settings) -> list[Result]:
             stack = Stack.start(tmp / "stack", ca_dir=template.trust_dir, settings={
                 "ATTESTGATE_ENROLL_POLICY": "require-ek-cert",
                 "ATTESTGATE_LOG_LEVEL": "INFO",
+                # Measures throughput, not the per-device post limit (default 5/s, burst 20).
+                "ATTESTGATE_POST_RATE": "1000000", "ATTESTGATE_POST_BURST": "1000000",
             })
             with Tpm(tpm_proc.tcti) as tpm:
                 t0 = time.perf_counter()
