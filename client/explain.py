@@ -48,6 +48,8 @@ _SIMPLE = {
     ErrorCode.CLOCK_ROLLBACK: "the TPM's clock or reset counter went backwards",
     ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
     ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer; try again",
+    ErrorCode.RATE_LIMITED: "this device is posting faster than the server allows; wait a "
+                            "moment and post again",
 }
 
 
