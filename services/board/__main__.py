@@ -1,9 +1,9 @@
-"""python -m services.board — one board worker."""
+"""python -m services.board — one board worker (no server keys: it appends no audit entries)."""
 
 import sys
 
 from services.board.handler import BoardDeps, handle
-from shared.service_main import serve
+from shared.service_main import serve_without_keys
 from shared.wire import Service
 
-sys.exit(serve(Service.BOARD.value, handle, lambda cfg, store: BoardDeps(store)))
+sys.exit(serve_without_keys(Service.BOARD.value, handle, lambda cfg, store: BoardDeps(store)))
