@@ -31,7 +31,7 @@ class CheckpointFile:
     def record(self, checkpoint: Checkpoint) -> None:
         """Append one line durably; raises OSError (disk full, permissions)."""
         line = checkpoint_line(checkpoint)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size

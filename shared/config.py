@@ -3,8 +3,8 @@
 Every setting is parsed here, strictly, by every service at start (and by
 ``attestgate-admin``): a value that is not valid raises :class:`ConfigError`, whose
 message is one line naming the variable, the value and what is allowed, and the
-service exits 2 with it. Nothing is clamped or guessed. An empty value means
-"unset" (the default applies), as ``.env.example`` says.
+service exits 2 with it. Nothing is clamped or guessed. An empty (or blank) value
+means "unset" (the default applies), as ``.env.example`` says.
 
 To add a setting: add a field to :class:`ServerConfig` and read it in ``from_env``
 with one of the typed readers below (``boolean``, ``integer``, ``number``,
@@ -65,7 +65,9 @@ class ConfigError(Exception):
 def setting(env: Mapping[str, str], name: str, default: str, parse: Callable[[str], T]) -> T:
     """Read ``name`` (empty or absent = ``default``) with ``parse``, which raises ValueError
     whose text says what is allowed; raises ConfigError naming variable, value and rule."""
-    value = env.get(name, "") or default
+    value = env.get(name, "")
+    if not value.strip():
+        value = default
     try:
         return parse(value)
     except (ValueError, AttestgateError) as exc:
@@ -120,7 +122,7 @@ def choice(env: Mapping[str, str], name: str, enum: type[E], default: E) -> E:
 
 
 def text(env: Mapping[str, str], name: str, default: str = "") -> str:
-    return env.get(name, "") or default
+    return env.get(name, "").strip() or default
 
 
 # -- parsers of single values -------------------------------------------------------------------
