@@ -160,19 +160,25 @@ def verify_chain(entries: Sequence[AuditEntry], head: str, key: AuditKey,
         prev = e.hash
     if not hmac.compare_digest(prev, head):
         problems.append(ChainProblem(entries[-1].entry_id if entries else "", "head"))
+    # A checkpoint's head must still be in the log at its count. One whose head is gone
+    # counted entries that were cut off (count beyond the end) or replaced; one whose
+    # head moved is already a broken link above.
+    position = {e.hash: i + 1 for i, e in enumerate(entries)}
+    flagged = {p.entry_id for p in problems}
     longest = 0
-    rewritten: set[str] = set()
     for cp in checkpoints:
         if cp is None or not checkpoint_valid(key, cp):
             problems.append(ChainProblem("", "checkpoint"))
             continue
+        if cp.count == 0 or cp.head in position:
+            continue
         if cp.count > len(entries):
             longest = max(longest, cp.count)
-        elif cp.count > 0:
-            e = entries[cp.count - 1]
-            if not hmac.compare_digest(e.hash, cp.head) and e.entry_id not in rewritten:
-                rewritten.add(e.entry_id)
-                problems.append(ChainProblem(e.entry_id, "rewritten"))
+            continue
+        e = entries[cp.count - 1]
+        if e.entry_id not in flagged:
+            flagged.add(e.entry_id)
+            problems.append(ChainProblem(e.entry_id, "rewritten"))
     if longest:
         problems.append(ChainProblem(entries[-1].entry_id, "truncated") if entries
                         else ChainProblem("", "deleted"))
