@@ -83,7 +83,8 @@ def raw(env: Env) -> Any:
 
 def admin(env: Env, *argv: str) -> Result:
     proc = subprocess.run([sys.executable, "-m", "services.registry.admin", *argv, "--json"],
-                          cwd=REPO, env=env.vars, capture_output=True, text=True, timeout=60)
+                          cwd=REPO, env=env.vars, capture_output=True, text=True, timeout=60,
+                          check=False)
     return Result(proc.returncode, json.loads(proc.stdout) if proc.stdout else None, proc.stderr)
 
 

@@ -57,7 +57,7 @@ def test_empty_means_default() -> None:
     assert c.max_failures == 3 and c.open_enrollment is True and c.log_level == "INFO"
 
 
-# -- booleans: exactly 1/0, true/false, yes/no, on/off, any case ---------------------------------
+# -- booleans: exactly 1/0, true/false, yes/no, on/off, any case ----------------------------------
 
 
 @pytest.mark.parametrize("value", ["0", "false", "False", "FALSE", "no", "NO", "No", "off", "OFF",
@@ -84,7 +84,7 @@ def test_boolean_reader_for_new_settings() -> None:
         boolean({"X": "maybe"}, "X", True)
 
 
-# -- numbers ----------------------------------------------------------------------------------------
+# -- numbers --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1001", "3.5", "three", "1e3", "nan", " "])
@@ -120,7 +120,7 @@ def test_integer_and_number_readers_for_new_settings() -> None:
         number({"R": "nan"}, "R", 1.0, 0.1, 10.0)
 
 
-# -- choices ----------------------------------------------------------------------------------------
+# -- choices --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -136,7 +136,7 @@ def test_log_level_any_case() -> None:
     assert cfg(ATTESTGATE_LOG_LEVEL="debug").log_level == "DEBUG"
 
 
-# -- addresses ----------------------------------------------------------------------------------------
+# -- addresses ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ["7443", "localhost", "127.0.0.1:0", "127.0.0.1:65536",
@@ -174,7 +174,7 @@ def test_endpoints_list() -> None:
     assert c.bus_endpoints == ("tcp://a:1", "tcp://b:2")
 
 
-# -- PCRs and the window -------------------------------------------------------------------------------
+# -- PCRs and the window --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ["sha256:99", "sha256:24", "sha256:-1", "md5:0", "sha256",
@@ -200,7 +200,7 @@ def test_connect_window_accepted() -> None:
     assert cfg(ATTESTGATE_CONNECT_WINDOW="08:00-18:00").connect_window == "08:00-18:00"
 
 
-# -- files the enrollment policy needs -------------------------------------------------------------------
+# -- files the enrollment policy needs ------------------------------------------------------------
 
 
 def test_missing_ek_ca_dir(tmp_path: Path) -> None:
