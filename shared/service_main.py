@@ -21,7 +21,14 @@ from shared.bus.interface import Handler
 from shared.config import ServerConfig
 from shared.errors import AttestgateError
 from shared.store.redis_store import RedisStore, wait_ready
-from shared.vault import ServerKeyError, StoreUsage, Vault, audit_key, init_server_home
+from shared.vault import (
+    STORAGE_KEY_FILE,
+    ServerKeyError,
+    StoreUsage,
+    Vault,
+    audit_key,
+    init_server_home,
+)
 from shared.worker import install_stop_signals, run_worker
 
 D = TypeVar("D")
@@ -109,12 +116,31 @@ def open_worker_keys(cfg: ServerConfig, store: RedisStore) -> WorkerKeys:
     try:
         keys = WorkerKeys(Vault.open(cfg.server_home), audit_key(cfg.server_home), checkpoints)
         checkpoints.check_writable()
+        _check_storage_key(cfg, keys.vault, store)
     except ServerKeyError as exc:
         raise StartError(exc.message) from None
     except OSError as exc:
         raise StartError(f"ATTESTGATE_SERVER_HOME={str(cfg.server_home)!r}: cannot write the "
                          f"audit checkpoints ({exc.strerror}): {checkpoints.path}") from None
     return keys
+
+
+def _check_storage_key(cfg: ServerConfig, vault: Vault, store: RedisStore) -> None:
+    """A storage key that does not open the stored devices is the wrong one (another home)."""
+    try:
+        device = store.any_device()
+    except AttestgateError as exc:
+        raise StartError(f"store {_safe(cfg.redis_url)} unreachable: {exc.detail}") from None
+    if device is None:
+        return
+    try:
+        vault.unseal(device.psk_sealed, device.device_id)
+    except AttestgateError:
+        raise StartError(
+            f"{cfg.server_home / STORAGE_KEY_FILE} (ATTESTGATE_SERVER_HOME) does not decrypt the "
+            f"devices in the store {_safe(cfg.redis_url)}: it is not the key they were enrolled "
+            "under; check ATTESTGATE_SERVER_HOME, or restore the original storage.key from "
+            "backup") from None
 
 
 def _safe(url: str) -> str:

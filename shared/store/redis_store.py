@@ -311,6 +311,12 @@ class RedisStore:
             entries = int(self._r.xlen(AUDIT_LOG)) or int(self._r.exists(AUDIT_HEAD))
         return devices, entries
 
+    def any_device(self) -> Device | None:
+        """One enrolled device, whichever (start-up checks that the storage key opens it)."""
+        with _mapped():
+            dev_id = self._r.hrandfield(REG + "idx:noise", 1, withvalues=True)
+        return self.get_device(dev_id[1].decode()) if dev_id else None
+
     def purge(self, keep_audit: bool = False) -> int:
         n = 0
         with _mapped():

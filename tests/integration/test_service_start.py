@@ -8,6 +8,7 @@ same for ``attestgate-admin server-key`` and ``init``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from shared.vault import (
     NOISE_KEY_FILE,
     STORAGE_KEY_FILE,
     StoreUsage,
+    Vault,
     init_server_home,
 )
 from tests.support.ports import free_port
@@ -214,6 +216,40 @@ def test_a_lost_key_is_not_recreated_while_devices_depend_on_it(
         line = ex.one_line()
         assert lost in line and "restore" in line and "backup" in line
     assert not (home / lost).exists()
+
+
+def test_a_storage_key_that_does_not_open_the_devices_is_refused(
+        tmp_path: Path, enrolled: dict[str, str]) -> None:
+    """Keys present but not the ones the devices were enrolled under (another server home)."""
+    for ex in start_all(enrolled, ["attestor", "registry"]):
+        assert ex.code == 2, ex
+        line = ex.one_line()
+        assert "does not decrypt" in line and "restore" in line
+
+
+def test_the_right_storage_key_starts(tmp_path: Path, redis_server: RedisServer) -> None:
+    redis_server.flushall()
+    home = tmp_path / "server"
+    init_server_home(home, lambda: StoreUsage(0, 0))
+    dev = a_device()
+    sealed = Vault.open(home).seal(b"\x07" * 32, dev.device_id)
+    store = RedisStore(redis_server.url)
+    store.create_device(dataclasses.replace(dev, psk_sealed=sealed), None)
+    store.close()
+    env = base_env(tmp_path, redis_server.url)
+    log = tmp_path / "registry.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.registry"], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "worker start" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)  # polling for readiness
+        assert "worker start" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_a_typo_in_the_server_home_does_not_orphan_the_devices(
