@@ -86,10 +86,13 @@ def _restore_message(home: Path, missing: list[str], usage: StoreUsage) -> str:
     if usage.audit_entries:
         held.append(f"{usage.audit_entries} audit entr{'y' if usage.audit_entries == 1 else 'ies'}")
     files = " and ".join(missing)
+    lost_audit_only = (" (if audit.key is lost for good: `attestgate-admin init "
+                       "--new-audit-key` keeps the old log aside and starts a new one)"
+                       if missing == [AUDIT_KEY_FILE] else "")
     return (f"server home {home} (ATTESTGATE_SERVER_HOME) has no {files}, but the store holds "
             f"{' and '.join(held)} made with the old key(s): refusing to create new ones (that "
             f"would orphan them); check ATTESTGATE_SERVER_HOME, or restore {files} from backup "
-            f"into {home} (mode 0600) and start again")
+            f"into {home} (mode 0600) and start again{lost_audit_only}")
 
 
 def init_server_home(home: Path, usage: Callable[[], StoreUsage] | None,

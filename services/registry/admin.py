@@ -47,6 +47,7 @@ from shared.records import AuditEntry, Device, DeviceStatus, Token
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL
 from shared.vault import (
+    AUDIT_KEY_FILE,
     KEY_FILES,
     ServerKeyError,
     StoreUsage,
@@ -120,6 +121,11 @@ class Context:
         except ServerKeyError as exc:
             raise AdminError(EXIT_REFUSED, "no_audit_key", exc.message) from None
 
+    def reset_store(self) -> None:
+        """Forget the store connection (it re-reads the audit key when next used)."""
+        self.close()
+        self._store = None
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -166,15 +172,48 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> Outcome:
         devices, entries = ctx.store.usage()
         return StoreUsage(devices, entries)
 
+    archived: dict[str, Any] = {}
+    if args.new_audit_key:
+        archived = _new_audit_key(ctx)
     try:
         created = init_server_home(home, usage, ctx.rng)
         fpr = fingerprint(server_static(home).public)
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
-    doc = {"server_home": str(home), "created": list(created), "fingerprint": fpr}
+    if archived:
+        ctx.reset_store()  # opened without an audit key to count what the store holds
+        ctx.store.append_audit("audit_rekeyed", "", archived, ctx.now)
+    doc = {"server_home": str(home), "created": list(created), "fingerprint": fpr,
+           **({"audit_archived": archived} if archived else {})}
     text = (f"created {', '.join(created)} in {home} (mode 0600; back them up)" if created
             else f"{home} already holds {', '.join(KEY_FILES)}") + f"\nserver key {fpr}"
+    if archived:
+        text += (f"\nthe old audit log ({archived['entries']} entries) was moved to "
+                 f"{archived['archive']}; the new log starts with an 'audit_rekeyed' entry")
     return Outcome(doc, text)
+
+
+def _new_audit_key(ctx: Context) -> dict[str, Any]:
+    """Start a new audit chain under a new key: the old log (which no key here can verify,
+    e.g. written before audit keys existed, or whose key is lost) is kept aside in Redis."""
+    home = ctx.config.server_home
+    if (home / AUDIT_KEY_FILE).exists():
+        raise AdminError(EXIT_REFUSED, "audit_key_present",
+                         f"{home / AUDIT_KEY_FILE} exists: --new-audit-key only replaces a "
+                         "missing audit key")
+    others = [f for f in KEY_FILES if f != AUDIT_KEY_FILE and not (home / f).exists()]
+    if others:
+        raise AdminError(EXIT_REFUSED, "keys_lost",
+                         f"{home} has no {' and '.join(others)}: --new-audit-key replaces only "
+                         "the audit key; restore the others from backup first")
+    archive, count, head = ctx.store.archive_audit(f"archived-{int(ctx.now)}")
+    checkpoints = ""
+    if ctx.checkpoints.exists():
+        moved = ctx.checkpoints.path.with_name(f"{CHECKPOINT_FILE}.archived-{int(ctx.now)}")
+        os.replace(ctx.checkpoints.path, moved)
+        checkpoints = str(moved)
+    return {"archive": archive if count else "", "entries": count, "head": head,
+            "checkpoints": checkpoints}
 
 
 def cmd_devices(args: argparse.Namespace, ctx: Context) -> Outcome:
@@ -498,7 +537,10 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
              "key, storage key, audit key; mode 0600), as the gateway's first start does. "
              "Refused (exit 3) when a key is missing while Redis holds what it protects "
              "(devices, audit entries): restore it from backup instead. Prints the server key "
-             "fingerprint."),
+             "fingerprint. With --new-audit-key, when audit.key is missing (lost, or a log "
+             "from before audit keys): the old log is moved aside in Redis (ag:{audit}:log:"
+             "archived-TIME) with its checkpoints, a new audit key is created, and the new log "
+             "starts with an 'audit_rekeyed' entry naming the archive."),
     "devices": (cmd_devices, "list enrolled devices",
                 "List every enrolled device: name, id, status, failures, enrollment and last "
                 "attestation time (UTC). Read-only."),
@@ -568,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["audit"].add_argument("--output", metavar="FILE",
                                   help="with 'export': write the JSON to FILE (0600)")
     parsers["verify-post"].add_argument("post_id", metavar="POST_ID", help="e.g. 1700000000000-0")
+    parsers["init"].add_argument("--new-audit-key", action="store_true",
+                                 help="replace a missing audit key; the old log is kept aside")
     parsers["purge"].add_argument("--yes", action="store_true",
                                   help="confirm that everything is to be deleted")
     parsers["purge"].add_argument("--include-audit", action="store_true",

@@ -311,6 +311,28 @@ class RedisStore:
             entries = int(self._r.xlen(AUDIT_LOG)) or int(self._r.exists(AUDIT_HEAD))
         return devices, entries
 
+    def archive_audit(self, suffix: str) -> tuple[str, int, str]:
+        """Move the audit log aside (to ``log:<suffix>``) and clear the head, atomically.
+
+        Returns (archive key, entries, old head). Used only when the audit key is replaced.
+        """
+        archive = AUDIT_LOG + ":" + suffix
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(AUDIT_LOG, AUDIT_HEAD)
+                    count = int(p.xlen(AUDIT_LOG))
+                    head_raw = p.get(AUDIT_HEAD)
+                    p.multi()
+                    if count:
+                        p.rename(AUDIT_LOG, archive)
+                    p.delete(AUDIT_HEAD)
+                    p.execute()
+                    return archive, count, head_raw.decode() if head_raw else ""
+                except WatchError:
+                    continue
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "audit contention")
+
     def any_device(self) -> Device | None:
         """One enrolled device, whichever (start-up checks that the storage key opens it)."""
         with _mapped():

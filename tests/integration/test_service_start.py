@@ -325,3 +325,32 @@ def test_admin_init_refuses_when_the_store_depends_on_lost_keys(
     assert run.returncode == 3 and json.loads(run.stdout)["error"] == "keys_lost"
     assert "restore" in run.stderr and STORAGE_KEY_FILE in run.stderr
     assert not (tmp_path / "server" / STORAGE_KEY_FILE).exists()
+
+
+def test_admin_init_new_audit_key_keeps_the_old_log_aside(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """A log no key here can verify (lost audit.key, or from before audit keys)."""
+    redis_server.flushall()
+    env = base_env(tmp_path, redis_server.url)
+    home = tmp_path / "server"
+    init_server_home(home, lambda: StoreUsage(0, 0))
+    (home / AUDIT_KEY_FILE).unlink()
+    store = RedisStore(redis_server.url)
+    store.raw().xadd("ag:{audit}:log", {"event": "old"})
+    store.raw().set("ag:{audit}:head", "ab" * 32)
+    (ex,) = start_all(env, ["registry"])
+    assert ex.code == 2 and "--new-audit-key" in ex.one_line()
+    plain = _admin(env, "init")
+    assert plain.returncode == 3 and json.loads(plain.stdout)["error"] == "keys_lost"
+    run = _admin(env, "init", "--new-audit-key")
+    assert run.returncode == 0, run.stderr
+    archived = json.loads(run.stdout)["audit_archived"]
+    assert archived["entries"] == 1 and archived["head"] == "ab" * 32
+    assert store.raw().xlen(archived["archive"]) == 1  # the old log is kept, aside
+    store.close()
+    verify = _admin(env, "audit", "--verify")
+    assert verify.returncode == 0, verify.stdout
+    (entry,) = json.loads(verify.stdout)["entries"]
+    assert entry["event"] == "audit_rekeyed" and entry["detail"]["archive"] == archived["archive"]
+    again = _admin(env, "init", "--new-audit-key")
+    assert again.returncode == 3 and json.loads(again.stdout)["error"] == "audit_key_present"
