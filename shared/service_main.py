@@ -160,8 +160,13 @@ def serve(service: str, handler: Handler[D],
         probe = RedisStore(cfg.redis_url)
         try:
             keys = open_worker_keys(cfg, probe)
+            moved = probe.migrate_name_index()
+        except AttestgateError as exc:
+            raise StartError(f"store {_safe(cfg.redis_url)}: {exc.detail}") from None
         finally:
             probe.close()
+        if moved:
+            logging.getLogger("attestgate.store").info("name index: %d name(s) casefolded", moved)
         store = RedisStore(cfg.redis_url, audit_key=keys.audit_key, checkpoints=keys.checkpoints)
         return store, make_deps(cfg, store, keys)
 

@@ -107,7 +107,39 @@ class RedisStore:
         return self._by_index("noise", noise_public.hex())
 
     def device_by_name(self, name: str) -> Device | None:
-        return self._by_index("name", name_key(name))
+        # An index written before names were casefolded (see migrate_name_index) has the
+        # name as typed: found by its exact spelling still.
+        return self._by_index("name", name_key(name)) or self._by_index("name", name)
+
+    def migrate_name_index(self) -> int:
+        """Re-key a name index written before names were unique case-insensitively.
+
+        Idempotent, safe while others enroll (each move is one WATCHed transaction).
+        Two old names differing only in case keep the second under its exact spelling.
+        Returns how many entries were moved.
+        """
+        idx = REG + "idx:name"
+        moved = 0
+        with _mapped():
+            old = [k for k in self._r.hkeys(idx) if k.decode() != name_key(k.decode())]
+        for raw in old:
+            key = raw.decode()
+            for _ in range(_RETRIES):
+                with _mapped(), self._r.pipeline() as p:
+                    try:
+                        p.watch(idx)
+                        dev_id = p.hget(idx, key)
+                        if dev_id is None or p.hexists(idx, name_key(key)):
+                            break
+                        p.multi()
+                        p.hset(idx, name_key(key), dev_id)
+                        p.hdel(idx, key)
+                        p.execute()
+                        moved += 1
+                        break
+                    except WatchError:
+                        continue
+        return moved
 
     def device_by_ek(self, ek_fingerprint: str) -> Device | None:
         return self._by_index("ek", ek_fingerprint)

@@ -95,3 +95,21 @@ def test_admin_finds_a_device_by_name_in_any_case(
     for spelling in ("dev1", "DEV1"):
         assert admin_main(["show", spelling, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["device_id"] == first.device_id
+
+
+def test_an_index_from_before_casefolding_is_migrated(store: RedisStore) -> None:
+    legacy = device("Alpha", "a")
+    store.create_device(legacy, None)
+    r = store.raw()
+    r.hdel("ag:{reg}:idx:name", "alpha")
+    r.hset("ag:{reg}:idx:name", "Alpha", legacy.device_id)  # as the old code wrote it
+    found = store.device_by_name("Alpha")
+    assert found is not None and found.device_id == legacy.device_id  # exact spelling still
+    assert store.migrate_name_index() == 1
+    assert store.migrate_name_index() == 0
+    for spelling in ("alpha", "ALPHA", "Alpha"):
+        found = store.device_by_name(spelling)
+        assert found is not None and found.device_id == legacy.device_id
+    with pytest.raises(AttestgateError) as info:
+        store.create_device(device("alpha", "b"), None)
+    assert info.value.code is ErrorCode.NAME_TAKEN
