@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from shared.audit import AuditKey
 from shared.audit_anchor import CHECKPOINT_FILE, CheckpointFile
 from shared.bus.interface import Handler
-from shared.config import ServerConfig
+from shared.config import ConfigError, ServerConfig
 from shared.errors import AttestgateError
 from shared.store.redis_store import RedisStore, wait_ready
 from shared.vault import (
@@ -57,8 +57,11 @@ def load_config(service: str) -> ServerConfig | None:
     try:
         cfg = ServerConfig.from_env()
         cfg.check_files()
-    except Exception as exc:  # ConfigError; anything else here is a setting we could not use
+    except ConfigError as exc:
         say(service, f"configuration: {exc}")
+        return None
+    except OSError as exc:  # an EK CA directory or allowlist that cannot be read
+        say(service, f"configuration: {exc.filename}: {exc.strerror}")
         return None
     setup_logging(cfg.log_level)
     return cfg
