@@ -81,7 +81,8 @@ step "9. the same machine, now approved, posts again"
 run attestgate post "approved new state, channel open again"
 run attestgate read --limit 5
 
-step "10. the audit log is hash-chained; verify it"
+step "10. the audit log is HMAC-chained and checkpointed in the server home; verify and export it"
 run attestgate-admin audit --verify
+run attestgate-admin audit export --output "$demo/audit-export.json"
 
 printf '\n\033[1mdemo complete.\033[0m state in %s\n' "$demo"

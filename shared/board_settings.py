@@ -8,19 +8,18 @@
                                 board's clock; further is refused as bad_request (default 300)
 
 The bucket lives in Redis, so all board workers (behind all gateways) share it. A value
-that does not parse, is not finite or is out of range is refused with the variable's
-name, the value and what is allowed; the board worker then exits 2.
+that does not parse, is not finite or is out of range is refused (``shared.config.ConfigError``)
+naming the variable, the value and what is allowed; the board worker then exits 2.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from shared.errors import AttestgateError, ErrorCode
+from shared.config import integer, number
 from shared.store.interface import PostQuota
 
 DEFAULT_POST_RATE: Final = 5.0
@@ -42,27 +41,10 @@ class BoardSettings:
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> BoardSettings:
-        """Raises BAD_REQUEST naming the variable, its value and what is allowed."""
+        """Raises ConfigError naming the variable, its value and what is allowed."""
         e = os.environ if env is None else env
-        rate = _number(e, "ATTESTGATE_POST_RATE", DEFAULT_POST_RATE, 0.001, 1e6)
-        burst = int(_number(e, "ATTESTGATE_POST_BURST", DEFAULT_POST_BURST, 1, 1e6,
-                            integer=True))
-        ttl = _number(e, "ATTESTGATE_POST_KEY_TTL", DEFAULT_POST_KEY_TTL, 60, 366 * 86400.0)
-        skew = _number(e, "ATTESTGATE_POST_CLOCK_SKEW", DEFAULT_POST_CLOCK_SKEW, 1, 86400.0)
+        rate = number(e, "ATTESTGATE_POST_RATE", DEFAULT_POST_RATE, 0.001, 1e6)
+        burst = integer(e, "ATTESTGATE_POST_BURST", DEFAULT_POST_BURST, 1, 1_000_000)
+        ttl = number(e, "ATTESTGATE_POST_KEY_TTL", DEFAULT_POST_KEY_TTL, 60, 366 * 86400.0)
+        skew = number(e, "ATTESTGATE_POST_CLOCK_SKEW", DEFAULT_POST_CLOCK_SKEW, 1, 86400.0)
         return BoardSettings(PostQuota(rate, burst, ttl), skew)
-
-
-def _number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float,
-            *, integer: bool = False) -> float:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    kind = "an integer" if integer else "a number"
-    try:
-        value = int(raw.strip()) if integer else float(raw.strip())
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise AttestgateError(ErrorCode.BAD_REQUEST,
-                              f"{name}={raw!r}: expected {kind} from {lo:g} to {hi:g}")
-    return float(value)

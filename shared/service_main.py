@@ -1,4 +1,9 @@
-"""Start-up shared by the three workers: logging, config, Redis readiness, signals."""
+"""Start-up shared by the services: settings, logging, server keys, Redis readiness, signals.
+
+A service that cannot start as configured exits 2 after one line on stderr that
+says why (``attestgate-<service>: ...``): a setting that is not valid, a server
+home it cannot write, a server key that is missing while the store depends on it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,33 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
+from shared.audit import AuditKey
+from shared.audit_anchor import CHECKPOINT_FILE, CheckpointFile
 from shared.bus.interface import Handler
-from shared.config import ServerConfig
+from shared.config import ConfigError, ServerConfig
 from shared.errors import AttestgateError
 from shared.store.redis_store import RedisStore, wait_ready
+from shared.vault import (
+    STORAGE_KEY_FILE,
+    ServerKeyError,
+    StoreUsage,
+    Vault,
+    audit_key,
+    init_server_home,
+)
 from shared.worker import install_stop_signals, run_worker
 
 D = TypeVar("D")
+EXIT_CONFIG = 2
+REDIS_READY_TIMEOUT = 30.0
+
+
+class StartError(Exception):
+    """The service cannot start; ``str()`` is the one line to print; exit 2."""
 
 
 def setup_logging(level: str) -> None:
@@ -25,27 +48,161 @@ def setup_logging(level: str) -> None:
     )
 
 
+def say(service: str, message: str) -> None:
+    print(f"attestgate-{service}: {message}", file=sys.stderr)
+
+
 def load_config(service: str) -> ServerConfig | None:
-    """Read the environment and set up logging; None (after saying why) on a bad setting."""
+    """Read and check every setting and set up logging; None (after one line) if not valid."""
     try:
         cfg = ServerConfig.from_env()
-    except AttestgateError as exc:
-        print(f"attestgate-{service}: configuration: {exc.detail}", file=sys.stderr)
+        cfg.check_files()
+    except ConfigError as exc:
+        say(service, f"configuration: {exc}")
+        return None
+    except OSError as exc:  # an EK CA directory or allowlist that cannot be read
+        say(service, f"configuration: {exc.filename}: {exc.strerror}")
         return None
     setup_logging(cfg.log_level)
     return cfg
 
 
-def serve(service: str, handler: Handler[D], make_deps: Callable[[ServerConfig, RedisStore], D]
-          ) -> int:
-    """Run one worker of ``service`` until SIGTERM/SIGINT; returns the exit code."""
+def store_usage(store: RedisStore) -> StoreUsage:
+    devices, entries = store.usage()
+    return StoreUsage(devices, entries)
+
+
+def ensure_server_keys(cfg: ServerConfig, store: RedisStore | None) -> tuple[str, ...]:
+    """Create the server keys on a first start; raises StartError when they cannot be had.
+
+    ``store`` is asked what depends on the keys only when one is missing (then Redis
+    must answer); a missing key is never re-created while the store depends on it.
+    """
+    home = cfg.server_home
+
+    def usage() -> StoreUsage:
+        if store is None:
+            wait_ready(cfg.redis_url, timeout=REDIS_READY_TIMEOUT)
+            probe = RedisStore(cfg.redis_url)
+            try:
+                return store_usage(probe)
+            finally:
+                probe.close()
+        return store_usage(store)
+
+    try:
+        created = init_server_home(home, usage)
+    except ServerKeyError as exc:
+        raise StartError(exc.message) from None
+    except OSError as exc:
+        raise StartError(f"ATTESTGATE_SERVER_HOME={str(home)!r}: cannot create the server "
+                         f"keys there ({exc.strerror}): {exc.filename}") from None
+    except AttestgateError as exc:
+        raise StartError(f"store {_safe(cfg.redis_url)} unreachable: {exc.detail}") from None
+    if created:
+        logging.getLogger("attestgate.keys").warning(
+            "first start: created %s in %s", ", ".join(created), home)
+    return created
+
+
+@dataclass(frozen=True)
+class WorkerKeys:
+    vault: Vault
+    audit_key: AuditKey
+    checkpoints: CheckpointFile
+
+
+def open_worker_keys(cfg: ServerConfig, store: RedisStore) -> WorkerKeys:
+    """The storage and audit keys and the checkpoint file; raises StartError."""
+    ensure_server_keys(cfg, store)
+    checkpoints = CheckpointFile(cfg.server_home / CHECKPOINT_FILE)
+    try:
+        keys = WorkerKeys(Vault.open(cfg.server_home), audit_key(cfg.server_home), checkpoints)
+        checkpoints.check_writable()
+        _check_storage_key(cfg, keys.vault, store)
+    except ServerKeyError as exc:
+        raise StartError(exc.message) from None
+    except OSError as exc:
+        raise StartError(f"ATTESTGATE_SERVER_HOME={str(cfg.server_home)!r}: cannot write the "
+                         f"audit checkpoints ({exc.strerror}): {checkpoints.path}") from None
+    return keys
+
+
+def _check_storage_key(cfg: ServerConfig, vault: Vault, store: RedisStore) -> None:
+    """A storage key that does not open the stored devices is the wrong one (another home)."""
+    try:
+        device = store.any_device()
+    except AttestgateError as exc:
+        raise StartError(f"store {_safe(cfg.redis_url)} unreachable: {exc.detail}") from None
+    if device is None:
+        return
+    try:
+        vault.unseal(device.psk_sealed, device.device_id)
+    except AttestgateError:
+        raise StartError(
+            f"{cfg.server_home / STORAGE_KEY_FILE} (ATTESTGATE_SERVER_HOME) does not decrypt the "
+            f"devices in the store {_safe(cfg.redis_url)}: it is not the key they were enrolled "
+            "under; check ATTESTGATE_SERVER_HOME, or restore the original storage.key from "
+            "backup") from None
+
+
+def _safe(url: str) -> str:
+    """The Redis URL without credentials, for messages."""
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.hostname or ''}{f':{u.port}' if u.port else ''}{u.path}"
+
+
+def serve(service: str, handler: Handler[D],
+          make_deps: Callable[[ServerConfig, RedisStore, WorkerKeys], D]) -> int:
+    """Run one worker of ``service`` until SIGTERM/SIGINT; returns the exit code.
+
+    The worker gets the storage and audit keys from the server home (created on a
+    first start), and its store appends audit entries with checkpoints.
+    """
+    def build(cfg: ServerConfig) -> tuple[RedisStore, D]:
+        probe = RedisStore(cfg.redis_url)
+        try:
+            keys = open_worker_keys(cfg, probe)
+            moved = probe.migrate_name_index()
+        except AttestgateError as exc:
+            raise StartError(f"store {_safe(cfg.redis_url)}: {exc.detail}") from None
+        finally:
+            probe.close()
+        if moved:
+            logging.getLogger("attestgate.store").info("name index: %d name(s) casefolded", moved)
+        store = RedisStore(cfg.redis_url, audit_key=keys.audit_key, checkpoints=keys.checkpoints)
+        return store, make_deps(cfg, store, keys)
+
+    return _run(service, handler, build)
+
+
+def serve_without_keys(service: str, handler: Handler[D],
+                       make_deps: Callable[[ServerConfig, RedisStore], D]) -> int:
+    """:func:`serve` for a worker that needs no server key and writes no audit entry."""
+    def build(cfg: ServerConfig) -> tuple[RedisStore, D]:
+        store = RedisStore(cfg.redis_url)
+        return store, make_deps(cfg, store)
+
+    return _run(service, handler, build)
+
+
+def _run(service: str, handler: Handler[D],
+         build: Callable[[ServerConfig], tuple[RedisStore, D]]) -> int:
     cfg = load_config(service)
     if cfg is None:
-        return 2
+        return EXIT_CONFIG
     log = logging.getLogger(f"attestgate.{service}")
-    wait_ready(cfg.redis_url, timeout=30.0)
-    store = RedisStore(cfg.redis_url)
-    deps = make_deps(cfg, store)
+    try:
+        wait_ready(cfg.redis_url, timeout=REDIS_READY_TIMEOUT)
+    except AttestgateError:
+        say(service, f"store {_safe(cfg.redis_url)} not reachable within "
+                     f"{REDIS_READY_TIMEOUT:g} s (ATTESTGATE_REDIS_URL)")
+        return 1
+    try:
+        store, deps = build(cfg)
+    except StartError as exc:
+        say(service, str(exc))
+        return EXIT_CONFIG
     stop = threading.Event()
     install_stop_signals(stop)
     log.info("worker start service=%s bus=%s", service, ",".join(cfg.bus_endpoints))

@@ -5,21 +5,20 @@ import sys
 from services.attestor.enroll import EnrollSettings
 from services.attestor.handler import AttestorDeps, handle
 from services.attestor.policy import AttestPolicy
-from shared.config import ServerConfig
-from shared.service_main import serve
+from shared.config import ServerConfig, parse_window
+from shared.service_main import WorkerKeys, serve
 from shared.store.redis_store import RedisStore
-from shared.vault import Vault
 from shared.wire import Service
 
 
-def deps(cfg: ServerConfig, store: RedisStore) -> AttestorDeps:
+def deps(cfg: ServerConfig, store: RedisStore, keys: WorkerKeys) -> AttestorDeps:
     return AttestorDeps(
         store=store,
-        vault=Vault.open(cfg.server_home),
+        vault=keys.vault,
         enroll=EnrollSettings.load(cfg.enroll_policy, cfg.ek_ca_dir, cfg.ek_allowlist,
                                    cfg.pcr_selection),
         policy=AttestPolicy(cfg.pcr_selection, cfg.max_failures, cfg.consequence,
-                            AttestPolicy.parse_window(cfg.connect_window)),
+                            parse_window(cfg.connect_window)),
     )
 
 

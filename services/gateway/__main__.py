@@ -11,17 +11,25 @@ from services.gateway.limits import GatewayLimits
 from services.gateway.server import Gateway
 from shared.bus.zmq_bus import ZmqBus
 from shared.config import ServerConfig
-from shared.keys import fingerprint
-from shared.service_main import load_config
+from shared.errors import AttestgateError
+from shared.keys import StaticKey, fingerprint
+from shared.service_main import EXIT_CONFIG, StartError, ensure_server_keys, load_config, say
 from shared.timing import REATTEST_GRACE
-from shared.vault import server_static
+from shared.vault import ServerKeyError, server_static
 
 log = logging.getLogger("attestgate.gateway")
 
 
-async def run(cfg: ServerConfig) -> None:
-    static = server_static(cfg.server_home)
-    bus = ZmqBus(cfg.bus_endpoints[0], cfg.events_endpoints[0])
+class PortInUse(Exception):
+    """The listen or bus address cannot be bound; ``str()`` is one line."""
+
+
+async def run(cfg: ServerConfig, static: StaticKey) -> None:
+    try:
+        bus = ZmqBus(cfg.bus_endpoints[0], cfg.events_endpoints[0])
+    except AttestgateError as exc:
+        raise PortInUse(f"ATTESTGATE_BUS={cfg.bus_endpoints[0]} / ATTESTGATE_EVENTS="
+                        f"{cfg.events_endpoints[0]}: {exc.detail}") from None
     await bus.start()
     # A device gets REATTEST_GRACE to answer, but never more than one interval (at least 1 s).
     grace = min(REATTEST_GRACE, max(1.0, cfg.reattest_interval))
@@ -31,7 +39,12 @@ async def run(cfg: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start(cfg.listen_host, cfg.listen_port)
+    try:
+        await gateway.start(cfg.listen_host, cfg.listen_port)
+    except OSError as exc:
+        await bus.close()
+        raise PortInUse(f"ATTESTGATE_LISTEN={cfg.listen_host}:{cfg.listen_port}: cannot listen "
+                        f"({exc.strerror or exc})") from None
     log.info("gateway up listen=%s:%d bus=%s events=%s server-key=%s", cfg.listen_host,
              cfg.listen_port, bus.bus_endpoint, bus.events_endpoint, fingerprint(static.public))
     try:
@@ -45,8 +58,22 @@ async def run(cfg: ServerConfig) -> None:
 def main() -> int:
     cfg = load_config("gateway")
     if cfg is None:
-        return 2
-    asyncio.run(run(cfg))
+        return EXIT_CONFIG
+    try:
+        # First start: create the server keys (only while the store holds nothing they protect).
+        ensure_server_keys(cfg, None)
+        static = server_static(cfg.server_home)
+    except StartError as exc:
+        say("gateway", str(exc))
+        return EXIT_CONFIG
+    except ServerKeyError as exc:
+        say("gateway", exc.message)
+        return EXIT_CONFIG
+    try:
+        asyncio.run(run(cfg, static))
+    except PortInUse as exc:
+        say("gateway", str(exc))
+        return EXIT_CONFIG
     return 0
 
 

@@ -3,9 +3,14 @@
 import sys
 
 from services.registry.handler import RegistryDeps, handle
-from shared.service_main import serve
-from shared.vault import Vault
+from shared.config import ServerConfig
+from shared.service_main import WorkerKeys, serve
+from shared.store.redis_store import RedisStore
 from shared.wire import Service
 
-sys.exit(serve(Service.REGISTRY.value, handle, lambda cfg, store: RegistryDeps(
-    store, Vault.open(cfg.server_home), cfg.open_enrollment)))
+
+def deps(cfg: ServerConfig, store: RedisStore, keys: WorkerKeys) -> RegistryDeps:
+    return RegistryDeps(store, keys.vault, cfg.open_enrollment)
+
+
+sys.exit(serve(Service.REGISTRY.value, handle, deps))

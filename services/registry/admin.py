@@ -1,7 +1,8 @@
 """``attestgate-admin``: the operator's command line, run on the server.
 
 It talks to Redis directly (``ATTESTGATE_REDIS_URL`` or ``--redis-url``), reads
-the server home (``ATTESTGATE_SERVER_HOME``) for the gateway's Noise key, and
+the server home (``ATTESTGATE_SERVER_HOME``) for the gateway's Noise key and the
+audit key (commands that write an audit entry append its checkpoint there too), and
 publishes revocations to the gateways' events endpoints (``ATTESTGATE_EVENTS``).
 Every command takes ``--json`` (one JSON document on stdout). Exit codes are
 the ``EXIT_*`` constants below; errors go to stderr as
@@ -26,19 +27,36 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from services.registry import admin_output as out
-from shared.audit import verify_chain
+from shared.audit import (
+    AuditKey,
+    ChainProblem,
+    Checkpoint,
+    checkpoint_doc,
+    latest_checkpoint,
+    parse_checkpoint,
+    verify_chain,
+)
+from shared.audit_anchor import CHECKPOINT_FILE, CheckpointFile
 from shared.board_settings import BoardSettings
 from shared.bus.interface import BusEvent
 from shared.bus.zmq_bus import ZmqPublisher
-from shared.config import ServerConfig
+from shared.config import ConfigError, ServerConfig
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, enroll_psk, fingerprint
 from shared.post_display import format_post
 from shared.posts import Problem, check_post, post_view
-from shared.records import Device, DeviceStatus, Token
+from shared.records import AuditEntry, Device, DeviceStatus, Token
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL
-from shared.vault import NOISE_KEY_FILE, server_static
+from shared.vault import (
+    AUDIT_KEY_FILE,
+    KEY_FILES,
+    ServerKeyError,
+    StoreUsage,
+    audit_key,
+    init_server_home,
+    server_static,
+)
 from shared.wire import TOKEN_ID_LEN, Event
 
 PROG = "attestgate-admin"
@@ -46,7 +64,14 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_STORE = 0, 1, 2, 3, 4
 TOKEN_SECRET_LEN = 32
 _AUDIT_ALL = 1 << 62  # XRANGE COUNT: the whole log (Store.read_audit defaults to 10 000)
 _POST_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
-_PROBLEM_WORDS = {"hash": "edited", "link": "missing or reordered", "head": "tail cut"}
+_PROBLEM_WORDS = {"hash": "edited", "link": "missing or reordered", "head": "tail cut",
+                  "truncated": "tail cut (checkpoint counts more entries)",
+                  "deleted": "log deleted (checkpoint counts entries)",
+                  "rewritten": "rewritten (differs from its checkpoint)",
+                  "checkpoint": "checkpoint forged or corrupt",
+                  "unanchored": "no checkpoint file"}
+_EXPORT_FORMAT = "attestgate-audit-export/1"
+_MAX_EXPORT_READ = 1 << 30
 _EXIT_FOR = {ErrorCode.STORE_UNAVAILABLE: EXIT_STORE, ErrorCode.BAD_REQUEST: EXIT_USAGE,
              ErrorCode.INTERNAL: EXIT_INTERNAL}
 
@@ -78,9 +103,31 @@ class Context:
 
     @property
     def store(self) -> RedisStore:
+        """The store; it can append audit entries when the audit key is in the server home."""
         if self._store is None:
-            self._store = RedisStore(self.redis_url)
+            try:
+                key: AuditKey | None = audit_key(self.config.server_home)
+            except ServerKeyError:
+                key = None  # read-only commands work without it; writers check first
+            self._store = RedisStore(self.redis_url, audit_key=key,
+                                     checkpoints=self.checkpoints)
         return self._store
+
+    @property
+    def checkpoints(self) -> CheckpointFile:
+        return CheckpointFile(self.config.server_home / CHECKPOINT_FILE)
+
+    def audit_key(self) -> AuditKey:
+        """The audit key; raises AdminError before anything is changed when it is absent."""
+        try:
+            return audit_key(self.config.server_home)
+        except ServerKeyError as exc:
+            raise AdminError(EXIT_REFUSED, "no_audit_key", exc.message) from None
+
+    def reset_store(self) -> None:
+        """Forget the store connection (it re-reads the audit key when next used)."""
+        self.close()
+        self._store = None
 
     def close(self) -> None:
         if self._store is not None:
@@ -114,11 +161,62 @@ def _label(d: Device) -> str:
 
 def cmd_server_key(args: argparse.Namespace, ctx: Context) -> Outcome:
     home = ctx.config.server_home
-    created = not (home / NOISE_KEY_FILE).exists()
-    fpr = fingerprint(server_static(home, ctx.rng).public)
-    if created:
-        ctx.warn(f"created a new gateway key in {home}")
-    return Outcome({"fingerprint": fpr, "server_home": str(home), "created": created}, fpr)
+    try:
+        fpr = fingerprint(server_static(home).public)
+    except ServerKeyError as exc:
+        raise AdminError(EXIT_REFUSED, "no_server_key", exc.message) from None
+    return Outcome({"fingerprint": fpr, "server_home": str(home)}, fpr)
+
+
+def cmd_init(args: argparse.Namespace, ctx: Context) -> Outcome:
+    home = ctx.config.server_home
+
+    def usage() -> StoreUsage:
+        devices, entries = ctx.store.usage()
+        return StoreUsage(devices, entries)
+
+    archived: dict[str, Any] = {}
+    if args.new_audit_key:
+        archived = _new_audit_key(ctx)
+    try:
+        created = init_server_home(home, usage, ctx.rng)
+        fpr = fingerprint(server_static(home).public)
+    except ServerKeyError as exc:
+        raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
+    if archived:
+        ctx.reset_store()  # opened without an audit key to count what the store holds
+        ctx.store.append_audit("audit_rekeyed", "", archived, ctx.now)
+    doc = {"server_home": str(home), "created": list(created), "fingerprint": fpr,
+           **({"audit_archived": archived} if archived else {})}
+    text = (f"created {', '.join(created)} in {home} (mode 0600; back them up)" if created
+            else f"{home} already holds {', '.join(KEY_FILES)}") + f"\nserver key {fpr}"
+    if archived:
+        text += (f"\nthe old audit log ({archived['entries']} entries) was moved to "
+                 f"{archived['archive']}; the new log starts with an 'audit_rekeyed' entry")
+    return Outcome(doc, text)
+
+
+def _new_audit_key(ctx: Context) -> dict[str, Any]:
+    """Start a new audit chain under a new key: the old log (which no key here can verify,
+    e.g. written before audit keys existed, or whose key is lost) is kept aside in Redis."""
+    home = ctx.config.server_home
+    if (home / AUDIT_KEY_FILE).exists():
+        raise AdminError(EXIT_REFUSED, "audit_key_present",
+                         f"{home / AUDIT_KEY_FILE} exists: --new-audit-key only replaces a "
+                         "missing audit key")
+    others = [f for f in KEY_FILES if f != AUDIT_KEY_FILE and not (home / f).exists()]
+    if others:
+        raise AdminError(EXIT_REFUSED, "keys_lost",
+                         f"{home} has no {' and '.join(others)}: --new-audit-key replaces only "
+                         "the audit key; restore the others from backup first")
+    archive, count, head = ctx.store.archive_audit(f"archived-{int(ctx.now)}")
+    checkpoints = ""
+    if ctx.checkpoints.exists():
+        moved = ctx.checkpoints.path.with_name(f"{CHECKPOINT_FILE}.archived-{int(ctx.now)}")
+        os.replace(ctx.checkpoints.path, moved)
+        checkpoints = str(moved)
+    return {"archive": archive if count else "", "entries": count, "head": head,
+            "checkpoints": checkpoints}
 
 
 def cmd_devices(args: argparse.Namespace, ctx: Context) -> Outcome:
@@ -132,6 +230,7 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> Outcome:
 
 
 def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
     device = _device(ctx, args.device)
     before: list[Device] = []
 
@@ -160,6 +259,7 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
 
 
 def cmd_revoke(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
     device = _device(ctx, args.device)
     before: list[Device] = []
 
@@ -205,6 +305,7 @@ def _publish(ctx: Context, event: BusEvent) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
     device = _device(ctx, args.device)
     before: list[Device] = []
 
@@ -230,6 +331,7 @@ def cmd_unlock(args: argparse.Namespace, ctx: Context) -> Outcome:
 
 
 def cmd_token_create(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
     token_id = ctx.rng(TOKEN_ID_LEN).hex()
     secret = base64.urlsafe_b64encode(ctx.rng(TOKEN_SECRET_LEN)).rstrip(b"=").decode()
     expires = ctx.now + args.ttl
@@ -245,7 +347,50 @@ def cmd_token_create(args: argparse.Namespace, ctx: Context) -> Outcome:
     return Outcome(doc, text)
 
 
+def _read_checkpoints(ctx: Context) -> list[Checkpoint | None] | None:
+    """The checkpoint file's lines; None when there is no file."""
+    try:
+        return ctx.checkpoints.read()
+    except FileNotFoundError:
+        return None
+
+
+def _external_checkpoint(path: str) -> Checkpoint | None:
+    """The checkpoint of an ``audit export`` file (or of a bare checkpoint document)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_EXPORT_READ)
+        doc = json.loads(data)
+    except ValueError:
+        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
+                         f"{path} is not an audit export (JSON)") from None
+    if isinstance(doc, dict) and isinstance(doc.get("checkpoint"), dict):
+        doc = doc["checkpoint"]
+    cp = parse_checkpoint(doc) if isinstance(doc, dict) else None
+    if cp is None:
+        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
+                         f"{path} holds no audit checkpoint")
+    return cp
+
+
+def _verify(ctx: Context, chain: list[AuditEntry], extra: list[Checkpoint | None]
+            ) -> list[ChainProblem]:
+    key = ctx.audit_key()
+    checkpoints = _read_checkpoints(ctx)
+    problems = verify_chain(chain, ctx.store.audit_head(), key, (checkpoints or []) + extra)
+    if checkpoints is None and chain:
+        problems.append(ChainProblem("", "unanchored"))
+    return problems
+
+
+def _problem_docs(problems: list[ChainProblem]) -> list[dict[str, str]]:
+    return [{"entry_id": p.entry_id, "problem": _PROBLEM_WORDS[p.problem], "check": p.problem}
+            for p in problems]
+
+
 def cmd_audit(args: argparse.Namespace, ctx: Context) -> Outcome:
+    if args.device == "export":
+        return _audit_export(args, ctx)
     device_id, device = None, None
     if args.device:
         device = _find(ctx, args.device)
@@ -256,12 +401,12 @@ def cmd_audit(args: argparse.Namespace, ctx: Context) -> Outcome:
     shown = entries[-args.limit:] if args.limit else entries
     doc: out.Doc = {"entries": [out.audit_view(e) for e in shown]}
     failure = None
-    if args.verify:
-        chain = entries if device_id is None else ctx.store.read_audit(None, _AUDIT_ALL)
-        problems = verify_chain(chain, ctx.store.audit_head())
+    if args.verify or args.checkpoint:
+        chain = list(entries if device_id is None else ctx.store.read_audit(None, _AUDIT_ALL))
+        extra = [_external_checkpoint(args.checkpoint)] if args.checkpoint else []
+        problems = _verify(ctx, chain, extra)
         doc["checked"] = len(chain)
-        doc["problems"] = [{"entry_id": p.entry_id, "problem": _PROBLEM_WORDS[p.problem],
-                            "check": p.problem} for p in problems]
+        doc["problems"] = _problem_docs(problems)
         if problems:
             failure = AdminError(EXIT_REFUSED, "audit_broken",
                                  f"audit log verification failed: {len(problems)} problem(s)")
@@ -275,6 +420,41 @@ _POST_PROBLEMS = {
     Problem.TIME: "the signed time is further than ATTESTGATE_POST_CLOCK_SKEW from when the "
                   "board stored it",
 }
+
+
+def _audit_export(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """Every entry with its chain fields and the newest checkpoint, to keep off the machine."""
+    key = ctx.audit_key()
+    chain = list(ctx.store.read_audit(None, _AUDIT_ALL))
+    checkpoints = _read_checkpoints(ctx) or []
+    latest = latest_checkpoint(key, checkpoints)
+    problems = _verify(ctx, chain, [])
+    doc: out.Doc = {
+        "format": _EXPORT_FORMAT,
+        "exported_at": out.iso(ctx.now),
+        "server_home": str(ctx.config.server_home),
+        "count": len(chain),
+        "head": ctx.store.audit_head(),
+        "checkpoint": checkpoint_doc(latest) if latest else None,
+        "problems": _problem_docs(problems),
+        "entries": [{**out.audit_view(e), "ts": e.ts, "detail_json": e.detail, "prev": e.prev,
+                     "hash": e.hash} for e in chain],
+    }
+    text = json.dumps(doc, indent=2)
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        text = (f"exported {len(chain)} audit entries and the checkpoint at entry "
+                f"{latest.count if latest else 0} to {args.output}; keep it off this machine and "
+                f"check later with: {PROG} audit --verify --checkpoint {args.output}")
+    failure = None
+    if problems:
+        failure = AdminError(EXIT_REFUSED, "audit_broken",
+                             f"audit log verification failed: {len(problems)} problem(s)")
+    return Outcome(doc, text, failure)
 
 
 def cmd_verify_post(args: argparse.Namespace, ctx: Context) -> Outcome:
@@ -301,10 +481,34 @@ def cmd_verify_post(args: argparse.Namespace, ctx: Context) -> Outcome:
 def cmd_purge(args: argparse.Namespace, ctx: Context) -> Outcome:
     if not args.yes:
         raise AdminError(EXIT_REFUSED, "not_confirmed",
-                         "purge deletes every attestgate key in Redis (devices, tokens, posts, "
-                         "audit log) and cannot be undone; run it again with --yes")
+                         "purge deletes every attestgate key in Redis (devices, tokens, posts; "
+                         "the audit log too with --include-audit) and cannot be undone; run it "
+                         "again with --yes")
+    ctx.audit_key()  # the purge itself is recorded in the chain
+    if not args.include_audit:
+        n = ctx.store.purge(keep_audit=True)
+        ctx.store.append_audit("purged", "", {"deleted": n, "audit": "kept"}, ctx.now)
+        return Outcome({"deleted": n, "audit_kept": True},
+                       f"deleted {n} key(s) from {_safe_url(ctx.redis_url)}; the audit log is "
+                       "kept and records the purge")
+    old = ctx.store.read_audit(None, _AUDIT_ALL)
+    old_head = ctx.store.audit_head()
     n = ctx.store.purge()
-    return Outcome({"deleted": n}, f"deleted {n} key(s) from {_safe_url(ctx.redis_url)}")
+    # The old checkpoints describe the deleted log: keep them beside the new one, renamed,
+    # and open the new chain with an entry that says what was dropped.
+    archived = ""
+    if ctx.checkpoints.exists():
+        archive = ctx.checkpoints.path.with_name(f"{CHECKPOINT_FILE}.purged-{int(ctx.now)}")
+        os.replace(ctx.checkpoints.path, archive)
+        archived = str(archive)
+    ctx.store.append_audit("audit_purged", "", {"deleted": n, "entries": len(old),
+                                                "head": old_head, "checkpoints": archived},
+                           ctx.now)
+    return Outcome({"deleted": n, "audit_kept": False, "audit_entries_dropped": len(old),
+                    "checkpoints_archived": archived},
+                   f"deleted {n} key(s) from {_safe_url(ctx.redis_url)}, the audit log "
+                   f"({len(old)} entries) included; the new log starts with an 'audit_purged' "
+                   "entry" + (f"; old checkpoints kept in {archived}" if archived else ""))
 
 
 # -- parser and main -------------------------------------------------------------------------
@@ -332,7 +536,7 @@ PCR state, revoke or unlock devices, issue enrollment tokens, read and verify
 the hash-chained audit log. Runs on the server and talks to Redis directly."""
 
 _EPILOG = """\
-environment: ATTESTGATE_REDIS_URL (store), ATTESTGATE_SERVER_HOME (gateway key),
+environment: ATTESTGATE_REDIS_URL (store), ATTESTGATE_SERVER_HOME (server keys, audit checkpoints),
 ATTESTGATE_EVENTS (gateway events endpoints, for revoke)
 exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unreachable"""
 
@@ -340,8 +544,17 @@ exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unr
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str, str]] = {
     "server-key": (cmd_server_key, "print the gateway's key fingerprint for clients to pin",
                    "Print the fingerprint of the gateway's Noise static key, for clients to pin "
-                   "with --server-key. Creates the key in ATTESTGATE_SERVER_HOME if absent (as "
-                   "the gateway would); changes nothing in Redis."),
+                   "with --server-key. Never creates a key: with no key in "
+                   "ATTESTGATE_SERVER_HOME it says so (exit 3). Read-only."),
+    "init": (cmd_init, "create the server keys in the server home (first install)",
+             "Create the server keys that are missing in ATTESTGATE_SERVER_HOME (Noise static "
+             "key, storage key, audit key; mode 0600), as the gateway's first start does. "
+             "Refused (exit 3) when a key is missing while Redis holds what it protects "
+             "(devices, audit entries): restore it from backup instead. Prints the server key "
+             "fingerprint. With --new-audit-key, when audit.key is missing (lost, or a log "
+             "from before audit keys): the old log is moved aside in Redis (ag:{audit}:log:"
+             "archived-TIME) with its checkpoints, a new audit key is created, and the new log "
+             "starts with an 'audit_rekeyed' entry naming the archive."),
     "devices": (cmd_devices, "list enrolled devices",
                 "List every enrolled device: name, id, status, failures, enrollment and last "
                 "attestation time (UTC). Read-only."),
@@ -361,18 +574,26 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
     "unlock": (cmd_unlock, "make a LOCKED or REENROLL device ACTIVE again",
                "Set a LOCKED or REENROLL device ACTIVE and reset its failure count; writes an "
                "'unlocked' audit entry. A REVOKED device is refused (exit 3)."),
-    "audit": (cmd_audit, "print the audit log, optionally verify its hash chain",
+    "audit": (cmd_audit, "print, verify or export the audit log",
               "Print audit entries (time, event, device, detail), all or one device's. With "
-              "--verify, check the whole hash chain against the stored head and name every "
-              "entry that was edited, removed or reordered, or a cut tail (exit 3). Read-only."),
+              "--verify, check the whole HMAC chain (audit key in ATTESTGATE_SERVER_HOME) "
+              "against the stored head and the checkpoints kept in the server home (and "
+              "--checkpoint FILE, an earlier export), and name every entry that was edited, "
+              "removed or reordered, a cut tail or a deleted log (exit 3). `audit export "
+              "[--output FILE]` prints every entry with its chain fields and the newest "
+              "checkpoint as JSON, to keep off the machine (a device named 'export' is "
+              "shown by its id). Read-only."),
     "verify-post": (cmd_verify_post, "check a board post's TPM signature again",
                     "Verify a stored post again: its signature under its device's post key over "
                     "device id, time, key and text; the author shown is the registry's name; "
                     "exit 3 naming what differs if anything does, or if the post is unknown. "
                     "Read-only."),
     "purge": (cmd_purge, "delete ALL attestgate data from Redis",
-              "Delete every attestgate key in Redis: devices, tokens, posts and the audit log. "
-              "Irreversible; refused (exit 3) without --yes. Server keys on disk stay."),
+              "Delete every attestgate key in Redis: devices, tokens and posts; the audit log "
+              "is kept and records a 'purged' entry. With --include-audit the audit log goes "
+              "too: the checkpoint file is renamed beside it and the new log starts with an "
+              "'audit_purged' entry. Irreversible; refused (exit 3) without --yes. Server keys "
+              "on disk stay."),
 }
 
 
@@ -395,14 +616,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("show", "approve", "revoke", "unlock"):
         parsers[name].add_argument("device", metavar="DEVICE", help="device name or device id")
     parsers["audit"].add_argument("device", metavar="DEVICE", nargs="?",
-                                  help="only this device's entries (name or id)")
+                                  help="only this device's entries (name or id); or 'export'")
     parsers["audit"].add_argument("--verify", action="store_true",
                                   help="verify the whole hash chain; exit 3 if it is broken")
     parsers["audit"].add_argument("--limit", type=_count, metavar="N",
                                   help="show only the newest N entries")
+    parsers["audit"].add_argument("--checkpoint", metavar="FILE",
+                                  help="also verify against the checkpoint of an earlier export")
+    parsers["audit"].add_argument("--output", metavar="FILE",
+                                  help="with 'export': write the JSON to FILE (0600)")
     parsers["verify-post"].add_argument("post_id", metavar="POST_ID", help="e.g. 1700000000000-0")
+    parsers["init"].add_argument("--new-audit-key", action="store_true",
+                                 help="replace a missing audit key; the old log is kept aside")
     parsers["purge"].add_argument("--yes", action="store_true",
                                   help="confirm that everything is to be deleted")
+    parsers["purge"].add_argument("--include-audit", action="store_true",
+                                  help="delete the audit log too (recorded in the new log)")
     token = sub.add_parser("token", help="enrollment tokens",
                            description="Manage one-time enrollment tokens.")
     tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -452,6 +681,8 @@ def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
         return fail(outcome.failure) if outcome.failure else EXIT_OK
     except AdminError as err:
         return fail(err)
+    except ConfigError as exc:
+        return fail(AdminError(EXIT_USAGE, "bad_setting", str(exc)))
     except AttestgateError as exc:
         words = {ErrorCode.STORE_UNAVAILABLE: "cannot reach the store at "
                  + _safe_url(ctx.redis_url if ctx else "")}.get(exc.code, exc.detail or "failed")

@@ -33,15 +33,18 @@ class Store(Protocol):
 
     def device_by_noise(self, noise_public: bytes) -> Device | None: ...
 
-    def device_by_name(self, name: str) -> Device | None: ...
+    def device_by_name(self, name: str) -> Device | None:
+        """Names are unique case-insensitively: ``DEV1`` finds ``dev1``."""
+        ...
 
     def device_by_ek(self, ek_fingerprint: str) -> Device | None: ...
 
     def create_device(self, device: Device, token_id: str | None) -> None:
         """Store a new device atomically, consuming ``token_id`` if given.
 
-        Raises NAME_TAKEN, ALREADY_ENROLLED (same EK or Noise key) or BAD_TOKEN
-        (token gone or expired), and then nothing is stored.
+        Raises NAME_TAKEN (also for a name differing only in case), ALREADY_ENROLLED
+        (same EK or Noise key) or BAD_TOKEN (token gone or expired), and then nothing is
+        stored.
         """
         ...
 
@@ -92,7 +95,9 @@ class Store(Protocol):
 
     # -- audit -------------------------------------------------------------------------
     def append_audit(self, event: str, device_id: str, detail: Mapping[str, Any], now: float
-                     ) -> AuditEntry: ...
+                     ) -> AuditEntry:
+        """Append to the HMAC chain (the store holds the audit key) and record a checkpoint."""
+        ...
 
     def read_audit(self, device_id: str | None = None, limit: int = 10_000) -> Sequence[AuditEntry]:
         ...
@@ -102,6 +107,6 @@ class Store(Protocol):
         ...
 
     # -- operator ------------------------------------------------------------------------
-    def purge(self) -> int:
-        """Delete every attestgate key; returns how many."""
+    def purge(self, keep_audit: bool = False) -> int:
+        """Delete every attestgate key (but the audit log's if ``keep_audit``); returns how many."""
         ...

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from shared.audit import canonical, entry_hash
+from shared.audit import AuditKey, CheckpointSink, canonical, entry_hash, make_checkpoint
 from shared.errors import AttestgateError, ErrorCode
 from shared.ratelimit import Bucket, take
 from shared.records import AuditEntry, Device, Post, Token
 from shared.store.interface import PostQuota
-from shared.store.serialize import post_from_fields
+from shared.store.serialize import name_key, post_from_fields
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, audit_key: AuditKey | None = None,
+                 checkpoints: CheckpointSink | None = None) -> None:
+        # A fresh random audit key unless given: tests read it back as ``audit_key``.
+        self.audit_key = audit_key or AuditKey(os.urandom(32))
+        self.checkpoints = checkpoints
         self.devices: dict[str, Device] = {}
         self.tokens: dict[str, Token] = {}
         self.pending: dict[str, bytes] = {}
@@ -25,6 +30,7 @@ class MemoryStore:
         self.buckets: dict[str, Bucket] = {}
         self.audit: list[AuditEntry] = []
         self._seq = itertools.count(1)
+        self.audit_seq = itertools.count(1)
 
     def get_device(self, device_id: str) -> Device | None:
         return self.devices.get(device_id)
@@ -36,7 +42,8 @@ class MemoryStore:
         return self._find(lambda d: d.noise_public == noise_public)
 
     def device_by_name(self, name: str) -> Device | None:
-        return self._find(lambda d: d.name == name)
+        key = name_key(name)
+        return self._find(lambda d: name_key(d.name) == key)
 
     def device_by_ek(self, ek_fingerprint: str) -> Device | None:
         return self._find(lambda d: d.ek_fingerprint == ek_fingerprint)
@@ -119,9 +126,11 @@ class MemoryStore:
     ) -> AuditEntry:
         prev = self.audit_head()
         text = canonical(detail)
-        e = AuditEntry(f"{len(self.audit) + 1}-0", now, event, device_id, text, prev,
-                       entry_hash(prev, now, event, device_id, text))
+        e = AuditEntry(f"{next(self.audit_seq)}-0", now, event, device_id, text, prev,
+                       entry_hash(self.audit_key, prev, now, event, device_id, text))
         self.audit.append(e)
+        if self.checkpoints is not None:
+            self.checkpoints.record(make_checkpoint(self.audit_key, len(self.audit), e.hash, now))
         return e
 
     def read_audit(self, device_id: str | None = None, limit: int = 10_000) -> Sequence[AuditEntry]:
@@ -130,7 +139,12 @@ class MemoryStore:
     def audit_head(self) -> str:
         return self.audit[-1].hash if self.audit else ""
 
-    def purge(self) -> int:
-        n = len(self.devices) + len(self.tokens) + len(self.posts) + len(self.audit)
-        self.__init__()  # type: ignore[misc]
+    def purge(self, keep_audit: bool = False) -> int:
+        n = len(self.devices) + len(self.tokens) + len(self.posts)
+        audit, seq = self.audit, self.audit_seq
+        self.__init__(self.audit_key, self.checkpoints)  # type: ignore[misc]
+        if keep_audit:
+            self.audit, self.audit_seq = audit, seq
+        else:
+            n += len(audit)
         return n

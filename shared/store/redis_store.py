@@ -3,7 +3,7 @@
 Key layout (hash tags keep keys that change together in one Cluster slot):
 
     ag:{reg}:dev:<id>          device record (msgpack)
-    ag:{reg}:idx:noise|name|ek hash: Noise key hex / name / EK fingerprint -> device id
+    ag:{reg}:idx:noise|name|ek hash: Noise key hex / casefolded name / EK fingerprint -> device id
     ag:{reg}:tok:<id>          enrollment token (msgpack), expires with the token
     ag:{reg}:ts:<id>           last reconnect timestamp (replay guard)
     ag:{reg}:pending:<key>     enrollment in progress (TTL)
@@ -12,6 +12,10 @@ Key layout (hash tags keep keys that change together in one Cluster slot):
     ag:{board}:rate:<id>       a device's post token bucket (hash t, u), expires when full
     ag:{audit}:log             stream of hash-chained audit entries
     ag:{audit}:head            hash of the newest entry
+
+Audit entries are HMAC-chained under the audit key (``shared.audit``), which the
+store is given but never writes to Redis; after each append a checkpoint of the
+chain (entry count, head) goes to the ``CheckpointSink`` (a file in the server home).
 
 Every redis-py exception becomes ``AttestgateError(STORE_UNAVAILABLE)`` here, so
 a handler never sees a library exception, and the caller is never told "stored"
@@ -28,13 +32,14 @@ from typing import Any, Final
 import redis
 from redis.exceptions import RedisError, WatchError
 
-from shared.audit import canonical, entry_hash
+from shared.audit import AuditKey, CheckpointSink, canonical, entry_hash, make_checkpoint
 from shared.errors import AttestgateError, ErrorCode
 from shared.records import AuditEntry, Device, Post, Token
 from shared.store.interface import PostQuota
 from shared.store.serialize import (
     device_from_bytes,
     device_to_bytes,
+    name_key,
     post_from_fields,
     token_from_bytes,
     token_to_bytes,
@@ -90,7 +95,12 @@ def _mapped() -> Iterator[None]:
 
 
 class RedisStore:
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0, audit_key: AuditKey | None = None,
+                 checkpoints: CheckpointSink | None = None) -> None:
+        """``audit_key`` is needed to append audit entries (readers do without);
+        ``checkpoints`` receives a checkpoint after each append."""
+        self._audit_key = audit_key
+        self._checkpoints = checkpoints
         # redis-py's response types are unions over its decode modes; this adapter
         # always uses bytes responses and converts at each call, so type it loosely.
         self._r: Any = redis.Redis.from_url(
@@ -120,7 +130,39 @@ class RedisStore:
         return self._by_index("noise", noise_public.hex())
 
     def device_by_name(self, name: str) -> Device | None:
-        return self._by_index("name", name)
+        # An index written before names were casefolded (see migrate_name_index) has the
+        # name as typed: found by its exact spelling still.
+        return self._by_index("name", name_key(name)) or self._by_index("name", name)
+
+    def migrate_name_index(self) -> int:
+        """Re-key a name index written before names were unique case-insensitively.
+
+        Idempotent, safe while others enroll (each move is one WATCHed transaction).
+        Two old names differing only in case keep the second under its exact spelling.
+        Returns how many entries were moved.
+        """
+        idx = REG + "idx:name"
+        moved = 0
+        with _mapped():
+            old = [k for k in self._r.hkeys(idx) if k.decode() != name_key(k.decode())]
+        for raw in old:
+            key = raw.decode()
+            for _ in range(_RETRIES):
+                with _mapped(), self._r.pipeline() as p:
+                    try:
+                        p.watch(idx)
+                        dev_id = p.hget(idx, key)
+                        if dev_id is None or p.hexists(idx, name_key(key)):
+                            break
+                        p.multi()
+                        p.hset(idx, name_key(key), dev_id)
+                        p.hdel(idx, key)
+                        p.execute()
+                        moved += 1
+                        break
+                    except WatchError:
+                        continue
+        return moved
 
     def device_by_ek(self, ek_fingerprint: str) -> Device | None:
         return self._by_index("ek", ek_fingerprint)
@@ -133,7 +175,7 @@ class RedisStore:
             with _mapped(), self._r.pipeline() as p:
                 try:
                     p.watch(*watched)
-                    if p.hexists(idx + "name", device.name):
+                    if p.hexists(idx + "name", name_key(device.name)):
                         raise AttestgateError(ErrorCode.NAME_TAKEN, device.name)
                     if p.hexists(idx + "ek", device.ek_fingerprint) or p.hexists(
                         idx + "noise", device.noise_public.hex()
@@ -144,7 +186,7 @@ class RedisStore:
                     p.multi()
                     p.set(REG + "dev:" + device.device_id, device_to_bytes(device))
                     p.hset(idx + "noise", device.noise_public.hex(), device.device_id)
-                    p.hset(idx + "name", device.name, device.device_id)
+                    p.hset(idx + "name", name_key(device.name), device.device_id)
                     p.hset(idx + "ek", device.ek_fingerprint, device.device_id)
                     if tok:
                         p.delete(tok)
@@ -258,6 +300,15 @@ class RedisStore:
     def append_audit(
         self, event: str, device_id: str, detail: Mapping[str, Any], now: float
     ) -> AuditEntry:
+        """Append one entry to the chain, then record a checkpoint (count, head) of it.
+
+        The checkpoint is written after Redis acknowledged the entry, so a crash in
+        between leaves the entry un-checkpointed (still HMAC-chained), never a
+        checkpoint of an entry that is not there. A failed checkpoint write raises.
+        """
+        key = self._audit_key
+        if key is None:
+            raise AttestgateError(ErrorCode.INTERNAL, "no audit key: cannot append to the log")
         text = canonical(detail)
         for _ in range(_RETRIES):
             with _mapped(), self._r.pipeline() as p:
@@ -265,7 +316,7 @@ class RedisStore:
                     p.watch(AUDIT_HEAD)
                     prev_raw = p.get(AUDIT_HEAD)
                     prev = prev_raw.decode() if prev_raw else ""
-                    h = entry_hash(prev, now, event, device_id, text)
+                    h = entry_hash(key, prev, now, event, device_id, text)
                     p.multi()
                     p.xadd(
                         AUDIT_LOG,
@@ -273,11 +324,20 @@ class RedisStore:
                          "prev": prev, "hash": h},
                     )
                     p.set(AUDIT_HEAD, h)
-                    entry_id = p.execute()[0]
-                    return AuditEntry(entry_id.decode(), now, event, device_id, text, prev, h)
+                    p.xlen(AUDIT_LOG)
+                    entry_id, _, count = p.execute()
+                    break
                 except WatchError:
                     continue
-        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "audit contention")
+        else:
+            raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "audit contention")
+        if self._checkpoints is not None:
+            try:
+                self._checkpoints.record(make_checkpoint(key, int(count), h, now))
+            except OSError as exc:
+                raise AttestgateError(ErrorCode.INTERNAL,
+                                      f"audit checkpoint not written: {exc.strerror}") from None
+        return AuditEntry(entry_id.decode(), now, event, device_id, text, prev, h)
 
     def read_audit(self, device_id: str | None = None, limit: int = 10_000) -> Sequence[AuditEntry]:
         with _mapped():
@@ -303,10 +363,47 @@ class RedisStore:
         return raw.decode() if raw else ""
 
     # -- operator ------------------------------------------------------------------------
-    def purge(self) -> int:
+    def usage(self) -> tuple[int, int]:
+        """(devices, audit entries) held: what the server keys protect."""
+        with _mapped():
+            devices = int(self._r.hlen(REG + "idx:noise"))
+            entries = int(self._r.xlen(AUDIT_LOG)) or int(self._r.exists(AUDIT_HEAD))
+        return devices, entries
+
+    def archive_audit(self, suffix: str) -> tuple[str, int, str]:
+        """Move the audit log aside (to ``log:<suffix>``) and clear the head, atomically.
+
+        Returns (archive key, entries, old head). Used only when the audit key is replaced.
+        """
+        archive = AUDIT_LOG + ":" + suffix
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(AUDIT_LOG, AUDIT_HEAD)
+                    count = int(p.xlen(AUDIT_LOG))
+                    head_raw = p.get(AUDIT_HEAD)
+                    p.multi()
+                    if count:
+                        p.rename(AUDIT_LOG, archive)
+                    p.delete(AUDIT_HEAD)
+                    p.execute()
+                    return archive, count, head_raw.decode() if head_raw else ""
+                except WatchError:
+                    continue
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "audit contention")
+
+    def any_device(self) -> Device | None:
+        """One enrolled device, whichever (start-up checks that the storage key opens it)."""
+        with _mapped():
+            dev_id = self._r.hrandfield(REG + "idx:noise", 1, withvalues=True)
+        return self.get_device(dev_id[1].decode()) if dev_id else None
+
+    def purge(self, keep_audit: bool = False) -> int:
         n = 0
         with _mapped():
             for key in self._r.scan_iter(match="ag:*", count=500):
+                if keep_audit and key.decode(errors="replace").startswith(AUDIT):
+                    continue
                 n += int(self._r.delete(key))
         return n
 

@@ -119,3 +119,8 @@ def post_from_fields(post_id: str, m: dict[bytes, bytes]) -> Post:
         )
     except (KeyError, ValueError, OverflowError, UnicodeDecodeError) as exc:
         raise AttestgateError(ErrorCode.INTERNAL, f"stored post {post_id}: {exc}") from None
+
+
+def name_key(name: str) -> str:
+    """The form device names are unique in: ``DEV1`` and ``dev1`` are the same name."""
+    return name.casefold()

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from services.registry.admin import main
 from shared.audit import verify_chain
+from shared.audit_anchor import CHECKPOINT_FILE, CheckpointFile
 from shared.bus import codec
 from shared.bus.interface import BusEvent
 from shared.keys import device_id_for, enroll_psk, fingerprint
@@ -38,7 +39,7 @@ from shared.tpm.constants import Alg, Curve
 from shared.tpm.marshal import tpm2b
 from shared.tpm.pcrs import PcrChange
 from shared.tpm.structures import SYM_NULL, EccParms, EccPoint, Scheme, build_public
-from shared.vault import server_static
+from shared.vault import StoreUsage, audit_key, init_server_home, server_static
 from shared.wire import Event
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, RedisUnavailable
@@ -73,12 +74,15 @@ def home(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ATTESTGATE_SERVER_HOME", str(tmp_path / "server"))
     # Nobody listens here unless a test binds it.
     monkeypatch.setenv("ATTESTGATE_EVENTS", f"tcp://127.0.0.1:{free_port()}")
+    init_server_home(tmp_path / "server", lambda: StoreUsage(0, 0))  # as the gateway's first start
     return tmp_path / "server"
 
 
 @pytest.fixture
 def store(redis_server: RedisServer, home: Path) -> Iterator[RedisStore]:
-    s = RedisStore(redis_server.url)
+    """The store as a service in this server home sees it: appends leave checkpoints."""
+    s = RedisStore(redis_server.url, audit_key=audit_key(home),
+                   checkpoints=CheckpointFile(home / CHECKPOINT_FILE))
     yield s
     s.close()
 
@@ -152,9 +156,9 @@ def assert_no_secret(text: str) -> None:
 # -- server-key, devices, show -----------------------------------------------------------------
 
 
-def test_server_key_creates_then_repeats_the_gateway_fingerprint(admin: Any, home: Path) -> None:
+def test_server_key_prints_the_gateway_fingerprint(admin: Any, home: Path) -> None:
     first = admin("server-key")
-    assert first.code == 0 and first.doc["created"] is True
+    assert first.code == 0
     assert first.doc["fingerprint"] == fingerprint(server_static(home).public)
     again = admin("server-key", json_out=False)
     assert again.code == 0 and again.out.strip() == first.doc["fingerprint"]
@@ -420,13 +424,15 @@ def test_audit_verify_names_the_entry_after_a_deleted_one(admin: Any, store: Red
         {"entry_id": ids[3], "problem": "missing or reordered", "check": "link"}]
 
 
-def test_audit_verify_catches_a_cut_tail(admin: Any, store: RedisStore) -> None:
+def test_audit_verify_catches_a_cut_tail(admin: Any, store: RedisStore, home: Path) -> None:
     ids = _fill_audit(store)
     store.raw().xdel(AUDIT_LOG, ids[3])
     run = admin("audit", "--verify")
     assert run.code == 3
-    assert run.doc["problems"] == [{"entry_id": ids[2], "problem": "tail cut", "check": "head"}]
-    assert verify_chain(store.read_audit(), store.audit_head())  # agrees with the library
+    assert [(p["entry_id"], p["check"]) for p in run.doc["problems"]] == [
+        (ids[2], "head"), (ids[2], "truncated")]
+    # agrees with the library
+    assert verify_chain(store.read_audit(), store.audit_head(), audit_key(home))
 
 
 def test_audit_of_one_device_verifies_the_whole_chain(admin: Any, store: RedisStore) -> None:
@@ -508,9 +514,12 @@ def test_purge_needs_yes(admin: Any, store: RedisStore) -> None:
     assert run.code == 3 and run.doc["error"] == "not_confirmed" and "--yes" in run.err
     assert store.get_device(dev.device_id) == dev and len(store.read_audit()) == 1
     done = admin("purge", "--yes")
-    assert done.code == 0 and done.doc["deleted"] > 0
-    assert store.list_devices() == [] and store.read_audit() == []
-    assert store.raw().keys("ag:*") == []
+    assert done.code == 0 and done.doc["deleted"] > 0 and done.doc["audit_kept"] is True
+    assert store.list_devices() == []
+    assert [e.event for e in store.read_audit()] == ["x", "purged"]  # the purge is on record
+    assert admin("audit", "--verify").code == 0
+    assert {k.decode() for k in store.raw().keys("ag:*")} == {"ag:{audit}:log",
+                                                              "ag:{audit}:head"}
 
 
 def test_unreachable_store_exits_4(admin: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,7 @@ from client.channel import Channel, NetworkError, Refused, open_connect, open_en
 from client.cli import main as client_main
 from client.tpm import KeyBlob, Tpm
 from services.registry import admin
+from shared.audit_anchor import CHECKPOINT_FILE
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Psk, StaticKey, session_psk_message
@@ -73,9 +74,14 @@ def module_store(stack: Stack) -> Iterator[RedisStore]:
 
 
 @pytest.fixture
-def store(module_store: RedisStore) -> RedisStore:
-    """The module stack's store, emptied: the copies of one template share one EK."""
+def store(stack: Stack, module_store: RedisStore) -> RedisStore:
+    """The module stack's store, emptied: the copies of one template share one EK.
+
+    The audit log goes too, so its checkpoints in the server home are reset with it
+    (otherwise they would rightly report the log as deleted).
+    """
     module_store.purge()
+    (stack.directory / "server" / CHECKPOINT_FILE).unlink(missing_ok=True)
     return module_store
 
 

@@ -384,5 +384,5 @@ def test_bad_board_setting_stops_the_worker_with_exit_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "attestgate-board: configuration: ATTESTGATE_POST_BURST='0': expected an integer "
-        "from 1 to 1e+06"]
+        "attestgate-board: ATTESTGATE_POST_BURST='0' is not valid: expected a whole number "
+        "from 1 to 1000000"]

@@ -233,6 +233,19 @@ def test_register_name_taken(store: MemoryStore, device: TestDevice) -> None:
     assert TOKEN_ID in store.tokens  # not used up by a failed registration
 
 
+@pytest.mark.parametrize("name", ["ALICE", "Alice", "aLiCe"])
+def test_register_name_differing_only_in_case_is_taken(store: MemoryStore, device: TestDevice,
+                                                       name: str) -> None:
+    twin = make_device(name)  # other TPM, other keys; "alice" is enrolled
+    pending(store, twin)
+    reply = call(deps(store), "register", {"h": H})
+    assert reply.error is ErrorCode.NAME_TAKEN
+    assert_nothing_stored(store, 1)
+    assert store.get_device(twin.device_id) is None
+    found = store.device_by_name(name)
+    assert found is not None and found.device_id == device.record.device_id
+
+
 def test_register_same_noise_key_again(store: MemoryStore, device: TestDevice) -> None:
     again = dataclasses.replace(device.record, name="alice2")
     store.put_pending(PENDING_ENROLLED + H, device_to_bytes(again), 120)
