@@ -39,10 +39,11 @@ from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import FrameDecoder, Mode, Preamble, encode_frame, preamble
 from shared.keys import Psk, StaticKey, enroll_psk, session_psk, session_psk_message
-from shared.messages import encode_request
+from shared.messages import decode_server_message, encode_request
 from shared.noise_session import NoiseSession, responder_ephemeral
 from shared.records import Device, DeviceStatus
 from shared.store.redis_store import RedisStore
+from shared.timing import CONNECT_TS_AHEAD
 from shared.wire import PREAMBLE_LEN, PROTOCOL_VERSION, Command
 from tests.support.mitm_proxy import RewritingProxy
 from tests.support.stack import Stack
@@ -436,16 +437,21 @@ def test_attack_stolen_noise_key_without_tpm(stack: Stack, store: RedisStore,
         assert msg2 is not None and len(msg2) == IK_MSG2_LEN, what
     # The largest timestamp: it must not lock the real device out (replay guard).
     _ik_with_guessed_psk(stack, static, server_public, 2**63 - 1, guesses["zero psk"])
+    attacked_at = time.monotonic()
 
     assert wait_for_log(stack, "gateway", "first message rejected", gateway_at).count(
         "first message rejected") >= len(guesses)
     # No session, nothing stored, nothing audited, no failure counted against the device.
     assert Snapshot.take(stack, store, state.device_id) == before
-    # The owner, with the TPM back (a reboot), still connects and posts.
+    # The owner, with the TPM back (a reboot), connects and posts again: the largest
+    # timestamp moved the replay guard at most CONNECT_TS_AHEAD past the server's clock.
     swtpm.restart()
-    rc, doc = m.run("post", "still mine")
-    assert rc == EXIT_OK, doc
+    deadline = attacked_at + CONNECT_TS_AHEAD + LOG_WAIT_S
+    while (rc := m.run("post", "still mine")[0]) != EXIT_OK and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rc == EXIT_OK, "the stolen key locked the owner out"
     assert store.count_posts() == before.posts + 1
+    assert device(store, state.device_id).failures == 0
 
 
 # == revoked and locked devices =============================================================
@@ -612,7 +618,6 @@ def test_attack_preamble_rewrite_breaks_handshake(stack: Stack, store: RedisStor
                 pcrs={str(i): v for i, v in quote.pcrs().items()}))))
             reply = read_frame(s)
             assert reply is not None
-            from shared.messages import decode_server_message
             msg = decode_server_message(noise.decrypt(reply))
             return dict(msg.body) if msg.ok else None
 
