@@ -170,6 +170,12 @@ def device(store: RedisStore, device_id: str) -> Device:
     return d
 
 
+def device_events(store: RedisStore) -> list[str]:
+    """Audit entries about enrollments and attestations (any device)."""
+    return [e.event for e in store.read_audit()
+            if e.event.startswith(("enroll", "attest")) or e.device_id]
+
+
 def host_port(stack: Stack) -> tuple[str, int]:
     return parse_host_port(stack.server)
 
@@ -640,3 +646,47 @@ def test_attack_preamble_rewrite_breaks_handshake(stack: Stack, store: RedisStor
     assert store.raw().get(f"ag:{{reg}}:ts:{state.device_id}") == guard
     assert state.device_id not in log_text(stack, "registry")[registry_at:]
     assert Snapshot.take(stack, store, state.device_id) == before
+
+
+# == impostor server ==========================================================================
+
+
+def test_attack_impostor_server(stack: Stack, store: RedisStore, swtpm: SwtpmProcess,
+                                swtpm_factory: SwtpmFactory,
+                                swtpm_template_other_ca: TemplateTpm, tmp_path: Path) -> None:
+    """A server with another Noise key (a full attestgate stack of the attacker's) on the path."""
+    rc, doc = admin_cli(stack, "server-key")
+    assert rc == 0 and doc["created"] is False, doc
+    real_fingerprint = doc["fingerprint"]
+    with Stack.start(tmp_path / "impostor", settings=SETTINGS) as impostor:
+        fake = RedisStore(impostor.redis.url)
+        try:
+            # Enrollment pinned to the real server's key: the impostor's key is refused
+            # before any evidence leaves the machine.
+            newcomer = Machine(swtpm_factory(swtpm_template_other_ca), tmp_path / "newcomer")
+            rc, doc = newcomer.run("enroll", "--server", impostor.server, "--name", "dev2",
+                                   "--server-key", real_fingerprint)
+            assert (rc, doc.get("error")) == (EXIT_REFUSED, ErrorCode.PROTOCOL.value), doc
+            assert not (newcomer.home / st.STATE_FILE).exists()
+            assert fake.list_devices() == []
+            assert device_events(fake) == []  # no evidence reached its attestor
+            assert fake.raw().keys("ag:{reg}:pending:*") == []
+
+            # An enrolled device sent to the impostor: message 1 is encrypted to the real
+            # server's key, so the impostor cannot even read who is calling.
+            m = enrolled(stack, swtpm, tmp_path)
+            state = m.state()
+            st.save(m.home, dataclasses.replace(state, server=impostor.server))
+            registry_at = len(log_text(impostor, "registry"))
+            for command in (("post", "to the impostor"), ("status",)):
+                rc, doc = m.run(*command)
+                assert rc in NOT_LET_IN, doc
+            assert session_count(impostor) == 0
+            assert fake.count_posts() == 0 and device_events(fake) == []
+            assert state.device_id not in log_text(impostor, "registry")[registry_at:]
+            assert "reason=protocol" in wait_for_log(impostor, "gateway", "reason=protocol", 0)
+        finally:
+            fake.close()
+    st.save(m.home, state)
+    rc, doc = m.run("status")  # the real server still knows the device, untouched
+    assert rc == EXIT_OK and doc["failures"] == 0, doc
