@@ -164,6 +164,15 @@ def session_count(stack: Stack) -> int:
     return log_text(stack, "gateway").count("session open ")
 
 
+def wait_sessions(stack: Stack, n: int) -> int:
+    """The session count once it reaches ``n`` (the gateway logs a session just after
+    its accept reply has gone out), or after LOG_WAIT_S."""
+    deadline = time.monotonic() + LOG_WAIT_S
+    while (count := session_count(stack)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
 def device(store: RedisStore, device_id: str) -> Device:
     d = store.get_device(device_id)
     assert d is not None
@@ -341,7 +350,7 @@ def test_attack_relayed_quote(stack: Stack, store: RedisStore, swtpm: SwtpmProce
                        if e.event == "attest_refused"]
     assert [r["code"] for r in refused_entries] == ["quote_binding"]
     assert store.count_posts() == before.posts
-    assert session_count(stack) == before.sessions + 1  # A only
+    assert wait_sessions(stack, before.sessions + 1) == before.sessions + 1  # A only
     # Counted against the device: only a holder of its keys can send that quote.
     assert device(store, state.device_id).failures == 0  # A's accepted quote reset the count
 
@@ -631,8 +640,10 @@ def test_attack_preamble_rewrite_breaks_handshake(stack: Stack, store: RedisStor
     with Tpm(swtpm.tcti) as tpm, RewritingProxy.start(host, port, to_current,
                                                       PREAMBLE_LEN) as mitm:
         # Control: the same hand-made client, unmodified preamble, through the same proxy.
+        sessions = session_count(stack)
         ok = handcrafted_connect(mitm.address, PROTOCOL_VERSION, tpm)
         assert ok is not None and ok["device_id"] == state.device_id
+        assert wait_sessions(stack, sessions + 1) == sessions + 1
         before = Snapshot.take(stack, store, state.device_id)
         guard = store.raw().get(f"ag:{{reg}}:ts:{state.device_id}")
         registry_at = len(log_text(stack, "registry"))
