@@ -33,3 +33,7 @@ CLIENT_REQUEST_TIMEOUT: Final = 15.0  # above REQUEST_TIMEOUT: the gateway answe
 
 # -- registry ----------------------------------------------------------------------
 TOKEN_DEFAULT_TTL: Final = 24 * 3600.0
+# The reconnect replay guard never moves further than this past the server's clock:
+# message 1 proves only the Noise key, and a stolen key (without the TPM) must not lock
+# the device out with a timestamp from the far future. Above NTP-level clock skew.
+CONNECT_TS_AHEAD: Final = 2.0
