@@ -27,6 +27,7 @@ from shared.wire import Command, Push
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
 
 _TPM_CODES = {ErrorCode.TPM_ERROR, ErrorCode.TPM_UNAVAILABLE}
+_TRY_AGAIN_CODES = {ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.STORE_UNAVAILABLE, ErrorCode.BUSY}
 
 
 class Out:
@@ -282,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args, out)
         return rc
     except Refused as exc:
-        return _fail(out, EXIT_REFUSED, exc.code, explain_refusal(exc.code, exc.body), exc.body)
+        # An authenticated "could not answer now" is not a refusal of this device.
+        rc = EXIT_NETWORK if exc.code in _TRY_AGAIN_CODES else EXIT_REFUSED
+        return _fail(out, rc, exc.code, explain_refusal(exc.code, exc.body), exc.body)
     except NetworkError as exc:
         return _fail(out, EXIT_NETWORK, None, f"network: {exc}", {})
     except AttestgateError as exc:

@@ -47,7 +47,13 @@ _SIMPLE = {
     ErrorCode.QUOTE_BINDING: "the TPM quote was not bound to this channel",
     ErrorCode.CLOCK_ROLLBACK: "the TPM's clock or reset counter went backwards",
     ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
-    ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer; try again",
+    ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer (one of its "
+                                   "services did not reply in time); try again",
+    ErrorCode.STORE_UNAVAILABLE: "the server's database is unreachable; nothing was stored; "
+                                 "try again",
+    ErrorCode.BUSY: "the server is busy; try again",
+    ErrorCode.RATE_LIMITED: "the server limits this device (too many sessions or requests at "
+                            "once); close other sessions or wait, then try again",
 }
 
 

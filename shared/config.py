@@ -6,11 +6,13 @@ on one machine. ``README.md`` and ``.env.example`` document each variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.timing import REATTEST_INTERVAL
@@ -50,6 +52,11 @@ class ServerConfig:
     reattest_interval: float
     connect_window: str  # "" or "HH:MM-HH:MM" UTC, when devices may connect
     log_level: str
+    # -- admission and abuse limits (gateway, registry) --------------------------------
+    max_sessions_per_device: int = 8  # ATTESTGATE_MAX_SESSIONS_PER_DEVICE (>= 1)
+    handshake_rate: float = 20.0  # ATTESTGATE_HANDSHAKE_RATE: anonymous handshakes/s per address
+    handshake_burst: float = 5.0  # ATTESTGATE_HANDSHAKE_BURST (>= 1)
+    token_max_failures: int = 10  # ATTESTGATE_TOKEN_MAX_FAILURES: wrong secrets, then burned
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -63,6 +70,7 @@ class ServerConfig:
             consequence = Consequence(e.get("ATTESTGATE_ON_FAILURE", "lock"))
             max_failures = int(e.get("ATTESTGATE_MAX_FAILURES", "3"))
             reattest = float(e.get("ATTESTGATE_REATTEST_INTERVAL", str(REATTEST_INTERVAL)))
+            limits = _abuse_limits(e)
         except ValueError as exc:
             raise AttestgateError(ErrorCode.BAD_REQUEST, f"bad configuration: {exc}") from None
         if policy is EnrollPolicy.REQUIRE_EK_CERT and not ca:
@@ -84,7 +92,25 @@ class ServerConfig:
             reattest_interval=reattest,
             connect_window=e.get("ATTESTGATE_CONNECT_WINDOW", ""),
             log_level=e.get("ATTESTGATE_LOG_LEVEL", "INFO"),
+            **limits,
         )
+
+
+def _abuse_limits(e: Mapping[str, str]) -> dict[str, Any]:
+    """The admission and abuse settings; ValueError names the variable and what is allowed."""
+    def number(name: str, default: str, kind: type[int] | type[float], low: float) -> Any:
+        raw = e.get(name, default)
+        value = kind(raw)
+        if not math.isfinite(value) or value < low:
+            raise ValueError(f"{name}={raw!r}: expected a number >= {low}")
+        return value
+
+    return {
+        "max_sessions_per_device": number("ATTESTGATE_MAX_SESSIONS_PER_DEVICE", "8", int, 1),
+        "handshake_rate": number("ATTESTGATE_HANDSHAKE_RATE", "20", float, 0.001),
+        "handshake_burst": number("ATTESTGATE_HANDSHAKE_BURST", "5", float, 1),
+        "token_max_failures": number("ATTESTGATE_TOKEN_MAX_FAILURES", "10", int, 1),
+    }
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

@@ -6,34 +6,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 from collections import defaultdict
 
 from services.gateway import handshake
-from services.gateway.limits import GatewayLimits
+from services.gateway.admission import (
+    Admission,
+    AdmissionLimits,
+    DeviceSessions,
+    KnownKeys,
+    Lane,
+    Ticket,
+    Verdict,
+)
+from services.gateway.limits import READER_LIMIT, GatewayLimits
 from services.gateway.peer import Peer, PeerClosed
 from services.gateway.session import Session
+from shared import hint
 from shared.bus.interface import BusClient, BusEvent
 from shared.errors import AttestgateError, ErrorCode
-from shared.framing import Mode, parse_preamble
+from shared.framing import Mode, Preamble, parse_preamble
 from shared.keys import StaticKey
 from shared.messages import encode_push
+from shared.timing import BUSY_RETRY_AFTER
 from shared.wire import Event, Push
 
 log = logging.getLogger("attestgate.gateway")
 
+_HINT_WRITE_S = 0.5  # a cleartext hint gets this long to leave before the close
+
 
 class Gateway:
     def __init__(self, bus: BusClient, static: StaticKey, selection: str,
-                 limits: GatewayLimits | None = None) -> None:
+                 limits: GatewayLimits | None = None,
+                 admission: AdmissionLimits | None = None) -> None:
         self.bus = bus
         self.static = static
         self.selection = selection
         self.limits = limits or GatewayLimits()
         self.sessions: dict[str, set[Session]] = defaultdict(set)
-        self._handshakes = asyncio.Semaphore(self.limits.max_concurrent_handshakes)
-        self._per_address: dict[str, int] = defaultdict(int)
+        self.admission = Admission(admission)
+        self.known = KnownKeys()
+        self.device_sessions = DeviceSessions(self.limits.max_sessions_per_device)
+        self._openings: dict[int, Peer] = {}
+        self._waiters: dict[Ticket, asyncio.Future[None]] = {}
+        self._conn_ids = itertools.count()
         self._server: asyncio.Server | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -42,7 +61,7 @@ class Gateway:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         self._server = await asyncio.start_server(self._on_connection, host, port,
-                                                  limit=2 * 65537, backlog=512)
+                                                  limit=READER_LIMIT, backlog=1024)
         self._events_task = asyncio.create_task(self._run_events())
         sock = self._server.sockets[0]
         bound = int(sock.getsockname()[1])
@@ -109,43 +128,120 @@ class Gateway:
 
     async def _serve(self, peer: Peer, sid: str) -> None:
         addr = peer.address
-        if self._per_address[addr] >= self.limits.max_handshakes_per_address or (
-            self.session_count >= self.limits.max_sessions
-        ):
-            self.counters["refused_limit"] += 1
-            log.info("refused connection from=%s reason=limit", addr)
+        loop = asyncio.get_running_loop()
+        deadline = handshake.Deadline(loop.time() + self.limits.handshake_timeout, loop.time)
+        if self.session_count >= self.limits.max_sessions:
+            self.counters["refused_sessions"] += 1
+            log.info("refused connection from=%s reason=session limit", addr)
+            await peer.send_clear(hint.busy(BUSY_RETRY_AFTER).frame(), _HINT_WRITE_S)
             return
-        self._per_address[addr] += 1
         ident: handshake.Identity | None = None
         try:
-            async with self._handshakes:
-                ident = await asyncio.wait_for(self._handshake(peer, sid),
-                                               self.limits.handshake_timeout)
+            ident = await self._handshake(peer, sid, deadline)
         except TimeoutError:
             self.counters["handshake_timeout"] += 1
             log.info("closed sid=%s from=%s reason=handshake timeout", sid, addr)
         except handshake.Closed as exc:
             self.counters["handshake_refused"] += 1
             log.info("closed sid=%s from=%s reason=%s", sid, addr, exc.reason)
+            # A cleartext hint only while there is no channel to say it in.
+            if exc.hint is not None and (peer.noise is None or not peer.noise.established):
+                await peer.send_clear(exc.hint.frame(), _HINT_WRITE_S)
         except PeerClosed:
             log.debug("closed sid=%s from=%s reason=peer closed during handshake", sid, addr)
         except AttestgateError as exc:
             self.counters["handshake_failed"] += 1
             log.info("closed sid=%s from=%s reason=%s detail=%s", sid, addr, exc.code, exc.detail)
-        finally:
-            self._per_address[addr] -= 1
-            if not self._per_address[addr]:
-                del self._per_address[addr]
+            if exc.code is ErrorCode.VERSION:
+                await peer.send_clear(hint.version().frame(), _HINT_WRITE_S)
         if ident is not None:
-            await self._run_session(peer, ident, sid)
+            try:
+                await self._run_session(peer, ident, sid)
+            finally:
+                self.device_sessions.release(ident.device_id)
 
-    async def _handshake(self, peer: Peer, sid: str) -> handshake.Identity | None:
-        pre = parse_preamble(await peer.read_preamble())
-        timeout = self.limits.request_timeout
-        if pre.mode is Mode.ENROLL:
-            await handshake.enroll(peer, pre, self.static, self.bus, self.selection, sid, timeout)
+    async def _handshake(self, peer: Peer, sid: str,
+                         deadline: handshake.Deadline) -> handshake.Identity | None:
+        pre, message1 = await self._opening(peer, deadline)
+        addr = peer.address
+        now = deadline.clock()
+        first: handshake.Message1 | None = None
+        lane = Lane.ANONYMOUS
+        if pre.mode is Mode.CONNECT:
+            try:
+                first = handshake.read_connect_message1(pre, self.static, message1)
+            except handshake.Closed:
+                self.admission.charge(addr, now)  # failed DH work counts as anonymous work
+                raise
+            lane = self.known.lane(first.client_key, first.ts)
+        ticket = await self._slot(lane, addr, deadline)
+        self.counters[f"admitted_{lane.name.lower()}"] += 1
+        try:
+            return await asyncio.wait_for(self._run_handshake(peer, pre, message1, first, sid,
+                                                              deadline), deadline.left())
+        finally:
+            self._release(ticket)
+
+    async def _opening(self, peer: Peer, deadline: handshake.Deadline) -> tuple[Preamble, bytes]:
+        """Preamble and message 1, within MESSAGE1_TIMEOUT in total, holding no slot."""
+        conn = next(self._conn_ids)
+        for victim in self.admission.open(conn, peer.address):
+            evicted = self._openings.pop(victim, None)
+            if evicted is not None:
+                self.counters["opening_evicted"] += 1
+                evicted.abort()
+        self._openings[conn] = peer
+        try:
+            async with asyncio.timeout(min(self.limits.message1_timeout, deadline.left())):
+                pre = parse_preamble(await peer.read_preamble())
+                return pre, await peer.read_message1()
+        finally:
+            self.admission.opened(conn, peer.address)
+            self._openings.pop(conn, None)
+
+    async def _slot(self, lane: Lane, addr: str, deadline: handshake.Deadline) -> Ticket:
+        verdict, ticket = self.admission.admit(lane, addr, deadline.clock())
+        if verdict is Verdict.RATE_LIMITED:
+            self.counters["rate_limited"] += 1
+            raise handshake.Closed("rate limited", hint.busy(1.0 / self.admission.limits.rate))
+        if verdict is Verdict.BUSY or ticket is None:
+            self.counters["queue_full"] += 1
+            raise handshake.Closed(f"no handshake slot lane={lane.name}",
+                                   hint.busy(BUSY_RETRY_AFTER))
+        if verdict is Verdict.ADMIT:
+            return ticket
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = waiter
+        try:
+            await asyncio.wait_for(waiter, min(self.limits.slot_wait_max, deadline.left()))
+        except BaseException as exc:
+            self._waiters.pop(ticket, None)
+            if not self.admission.cancel(ticket):
+                self._release(ticket)  # granted just as we gave up
+            if isinstance(exc, TimeoutError):
+                self.counters["slot_wait_timeout"] += 1
+                raise handshake.Closed(f"no handshake slot in time lane={lane.name}",
+                                       hint.busy(BUSY_RETRY_AFTER)) from None
+            raise
+        return ticket
+
+    def _release(self, ticket: Ticket) -> None:
+        for woken in self.admission.release(ticket):
+            waiter = self._waiters.pop(woken, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _run_handshake(self, peer: Peer, pre: Preamble, message1: bytes,
+                             first: handshake.Message1 | None, sid: str,
+                             deadline: handshake.Deadline) -> handshake.Identity | None:
+        timeout = self.limits.handshake_request_timeout
+        if first is None:
+            key = await handshake.enroll(peer, pre, message1, self.static, self.bus,
+                                         self.selection, sid, deadline, timeout)
+            self.known.learn(key, 0)
             return None
-        return await handshake.connect(peer, pre, self.static, self.bus, sid, timeout)
+        return await handshake.connect(peer, first, self.bus, sid, deadline, timeout,
+                                       self.known, self.device_sessions)
 
     async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
         session = Session(peer, ident, self.bus, self.limits, sid)

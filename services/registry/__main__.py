@@ -8,4 +8,4 @@ from shared.vault import Vault
 from shared.wire import Service
 
 sys.exit(serve(Service.REGISTRY.value, handle, lambda cfg, store: RegistryDeps(
-    store, Vault.open(cfg.server_home), cfg.open_enrollment)))
+    store, Vault.open(cfg.server_home), cfg.open_enrollment, cfg.token_max_failures)))

@@ -111,7 +111,7 @@ def test_enrolled_device_connects_and_posts_during_a_flood(
               "gateway_rss_kib_before": rss_before, "gateway_rss_kib_during": rss_during,
               "flood": counters}
     (tmp_path / "flood-report.json").write_text(json.dumps(report, indent=1))
-    print("flood report:", json.dumps(report))  # noqa: T201 - the closing note's figures
+    print("flood report:", json.dumps(report))  # the closing note's figures
     assert stack.procs["gateway"][0].poll() is None, stack.log("gateway")
     for seconds, outcome in tries:
         assert outcome == "ok" and seconds < CONNECT_AND_POST_S, report
