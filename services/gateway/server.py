@@ -21,7 +21,7 @@ from services.gateway.admission import (
     Ticket,
     Verdict,
 )
-from services.gateway.limits import READER_LIMIT, GatewayLimits
+from services.gateway.limits import LISTEN_BACKLOG, READER_LIMIT, GatewayLimits
 from services.gateway.peer import Peer, PeerClosed
 from services.gateway.session import Session
 from shared import hint
@@ -61,7 +61,7 @@ class Gateway:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         self._server = await asyncio.start_server(self._on_connection, host, port,
-                                                  limit=READER_LIMIT, backlog=1024)
+                                                  limit=READER_LIMIT, backlog=LISTEN_BACKLOG)
         self._events_task = asyncio.create_task(self._run_events())
         sock = self._server.sockets[0]
         bound = int(sock.getsockname()[1])
@@ -195,6 +195,9 @@ class Gateway:
             async with asyncio.timeout(min(self.limits.message1_timeout, deadline.left())):
                 pre = parse_preamble(await peer.read_preamble())
                 return pre, await peer.read_message1()
+        except TimeoutError:
+            self.counters["opening_timeout"] += 1
+            raise handshake.Closed("no message 1 in time") from None
         finally:
             self.admission.opened(conn, peer.address)
             self._openings.pop(conn, None)

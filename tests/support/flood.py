@@ -31,6 +31,9 @@ import sys
 import time
 from collections import Counter
 
+from shared.framing import Mode, encode_frame, preamble
+from shared.keys import StaticKey, enroll_psk
+from shared.noise_session import NoiseSession
 from shared.wire import MAGIC, PROTOCOL_VERSION
 
 KINDS = ("silent", "slowloris", "enroll")
@@ -47,8 +50,10 @@ def _slow_bytes() -> bytes:
 
 
 def _enroll_msg1() -> bytes:
-    # XXpsk3 message 1: the initiator's ephemeral in clear, empty payload (open enrollment).
-    return _preamble(b"E") + struct.pack(">H", 32) + os.urandom(32)
+    # A genuine XXpsk3 message 1 of an open enrollment (the gateway answers message 2).
+    pre = preamble(Mode.ENROLL)
+    noise = NoiseSession.initiator(pre, StaticKey.generate(), psk=enroll_psk(b""))
+    return pre.encode() + encode_frame(noise.write_handshake(b""))
 
 
 async def _open(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
