@@ -19,7 +19,7 @@ from cryptography import x509
 from client import flows
 from client import state as st
 from client.channel import NetworkError, Refused
-from client.explain import explain_refusal, pcr_meaning
+from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
 from shared.wire import Command, Push
@@ -284,8 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rc
     except Refused as exc:
         # An authenticated "could not answer now" is not a refusal of this device.
-        rc = EXIT_NETWORK if exc.code in _TRY_AGAIN_CODES else EXIT_REFUSED
-        return _fail(out, rc, exc.code, explain_refusal(exc.code, exc.body), exc.body)
+        if exc.code in _TRY_AGAIN_CODES:
+            return _fail(out, EXIT_NETWORK, exc.code, explain_unavailable(exc.code), exc.body)
+        return _fail(out, EXIT_REFUSED, exc.code, explain_refusal(exc.code, exc.body), exc.body)
     except NetworkError as exc:
         return _fail(out, EXIT_NETWORK, None, f"network: {exc}", {})
     except AttestgateError as exc:

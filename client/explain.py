@@ -57,6 +57,11 @@ _SIMPLE = {
 }
 
 
+def explain_unavailable(code: ErrorCode) -> str:
+    """For an authenticated "could not answer now" (not a refusal of this device)."""
+    return "the server could not answer now: " + _SIMPLE.get(code, code.value.replace("_", " "))
+
+
 def explain_refusal(code: ErrorCode, body: dict[str, Any]) -> str:
     if code is not ErrorCode.PCR_MISMATCH:
         return "refused: " + _SIMPLE.get(code, code.value.replace("_", " "))

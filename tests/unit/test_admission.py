@@ -57,7 +57,7 @@ def test_clock_going_backwards_gives_nothing() -> None:
     assert b.take(A, 10.0) and not b.take(A, 5.0)
 
 
-# -- lanes and slots --------------------------------------------------------------------------------
+# -- lanes and slots ------------------------------------------------------------------------------
 
 
 def test_anonymous_is_rate_limited_per_address_priority_is_not() -> None:
@@ -140,7 +140,7 @@ def test_slots_balance_after_any_sequence() -> None:
     assert adm.in_use == (0, 0)
 
 
-# -- openings ---------------------------------------------------------------------------------------
+# -- openings -------------------------------------------------------------------------------------
 
 
 def test_openings_evict_the_oldest_of_the_same_address() -> None:
@@ -170,7 +170,7 @@ def test_opened_frees_the_place() -> None:
     assert adm.openings == 0
 
 
-# -- known keys and per-device sessions --------------------------------------------------------------
+# -- known keys and per-device sessions -----------------------------------------------------------
 
 
 def test_known_key_with_a_newer_timestamp_is_priority() -> None:

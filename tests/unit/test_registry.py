@@ -82,7 +82,7 @@ def test_token_id_too_long(store: MemoryStore) -> None:
     assert reply.error is ErrorCode.BAD_REQUEST
 
 
-# -- connect -----------------------------------------------------------------------------------
+# -- connect --------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_connect_malformed(store: MemoryStore, device: TestDevice, over: dict[st
     assert call(deps(store), "connect", body).error is ErrorCode.BAD_REQUEST
 
 
-# -- register ---------------------------------------------------------------------------------
+# -- register -------------------------------------------------------------------------------------
 
 
 def pending(store: MemoryStore, dev: TestDevice, h: str = H) -> None:
@@ -259,7 +259,7 @@ def test_register_device_id_must_match_key(store: MemoryStore) -> None:
     assert_nothing_stored(store, 0)
 
 
-# -- status -----------------------------------------------------------------------------------
+# -- status ---------------------------------------------------------------------------------------
 
 
 def test_status(store: MemoryStore, device: TestDevice) -> None:
@@ -282,7 +282,7 @@ def test_unknown_op(store: MemoryStore) -> None:
     assert call(deps(store), "unregister", {}).error is ErrorCode.UNKNOWN_COMMAND
 
 
-# -- token_failed (enrollment-token brute force) ----------------------------------------------------
+# -- token_failed (enrollment-token brute force) --------------------------------------------------
 
 
 def test_wrong_secrets_are_counted_audited_then_the_token_is_burned(store: MemoryStore) -> None:
