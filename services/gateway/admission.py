@@ -256,22 +256,28 @@ class Admission:
 
 
 class KnownKeys:
-    """Static keys the registry accepted, with the newest accepted message-1 timestamp (LRU)."""
+    """Static keys the registry accepted, with the newest accepted message-1 timestamp and
+    the device they belong to (LRU, bounded)."""
 
     def __init__(self, capacity: int = L.MAX_KNOWN_KEYS) -> None:
         self._cap = capacity
-        self._keys: OrderedDict[bytes, int] = OrderedDict()
+        self._keys: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
 
     def lane(self, key: bytes, ts: int) -> Lane:
         """PRIORITY for a known key with a newer timestamp than the last accepted one."""
-        last = self._keys.get(key)
-        return Lane.PRIORITY if last is not None and ts > last else Lane.ANONYMOUS
+        known = self._keys.get(key)
+        return Lane.PRIORITY if known is not None and ts > known[0] else Lane.ANONYMOUS
 
-    def learn(self, key: bytes, ts: int) -> None:
-        last = self._keys.pop(key, -1)
-        self._keys[key] = max(last, ts)
+    def learn(self, key: bytes, ts: int, device_id: str) -> None:
+        last, _ = self._keys.pop(key, (-1, ""))
+        self._keys[key] = (max(last, ts), device_id)
         while len(self._keys) > self._cap:
             self._keys.popitem(last=False)
+
+    def forget_device(self, device_id: str) -> None:
+        """A revoked or locked device loses its priority (O(n); revocations are rare)."""
+        for key in [k for k, (_, d) in self._keys.items() if d == device_id]:
+            del self._keys[key]
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -43,10 +43,12 @@ class Closed(Exception):
     """The connection ends here; ``reason`` goes to the log, ``hint`` (if any) to the peer
     in clear just before the close."""
 
-    def __init__(self, reason: str, hint: hint.Hint | None = None) -> None:
+    def __init__(self, reason: str, hint: hint.Hint | None = None, *,
+                 admission: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
+        self.admission = admission  # turned away by admission control: counted, not logged
 
 
 def _unavailable(reason: str) -> Closed:
@@ -64,12 +66,9 @@ class Deadline:
         return self.at - self.clock()
 
     def budget(self, cap: float) -> float:
-        """Time for one bus request: at most ``cap``, and enough left afterwards to tell
-        the peer the outcome; Closed when the deadline is (nearly) reached."""
-        left = self.left() - REFUSAL_MARGIN
-        if left <= 0:
-            raise Closed("handshake deadline", hint.busy(BUSY_RETRY_AFTER))
-        return min(cap, left)
+        """Time for one bus request: at most ``cap``, keeping REFUSAL_MARGIN to tell the
+        peer the outcome (<= 0: no time left)."""
+        return min(cap, self.left() - REFUSAL_MARGIN)
 
 
 @dataclass(frozen=True)
@@ -109,18 +108,29 @@ async def call(bus: BusClient, service: Service, op: str, body: dict[str, Any], 
                              idempotent=idempotent)
 
 
+async def call_by(deadline: Deadline, cap: float, bus: BusClient, service: Service, op: str,
+                  body: dict[str, Any], *, rid: str, idempotent: bool = True) -> Reply:
+    """A bus request within the handshake deadline; no time left is SERVICE_UNAVAILABLE
+    (the same as a service that does not answer in time)."""
+    timeout = deadline.budget(cap)
+    if timeout <= 0:
+        return Reply.failure(rid, ErrorCode.SERVICE_UNAVAILABLE)
+    return await call(bus, service, op, body, rid=rid, timeout=timeout, idempotent=idempotent)
+
+
 async def enroll(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey, bus: BusClient,
-                 selection: str, rid: str, deadline: Deadline, timeout: float) -> bytes:
+                 selection: str, rid: str, deadline: Deadline, timeout: float
+                 ) -> tuple[bytes, str]:
     """Run an enrollment: XXpsk3 with the token's PSK, then evidence, challenge, answer.
-    Returns the enrolled device's Noise static key."""
+    Returns the enrolled device's Noise static key and device id."""
     noise = NoiseSession.responder(pre, static)
     peer.noise = noise
     token_raw = noise.read_handshake(message1)
     if len(token_raw) not in (0, TOKEN_ID_LEN):
         raise Closed("bad token id length")
     token_id = token_raw.hex()
-    reply = await call(bus, Service.REGISTRY, "token_psk", {"token_id": token_id},
-                       rid=rid + "-t", timeout=deadline.budget(timeout))
+    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "token_psk",
+                          {"token_id": token_id}, rid=rid + "-t")
     if not reply.ok:
         if reply.error in TRANSIENT:
             raise _unavailable(f"token lookup failed code={reply.error}")
@@ -146,8 +156,8 @@ async def enroll(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey, 
     body = {**msg.body, "h": h, "noise_public": noise_public, "token_id": token_id}
     for k in ("id", "cmd"):
         body.pop(k, None)
-    reply = await call(bus, Service.ATTESTOR, "enroll_begin", body, rid=rid + "-b",
-                       timeout=deadline.budget(timeout), idempotent=False)
+    reply = await call_by(deadline, timeout, bus, Service.ATTESTOR, "enroll_begin", body,
+                          rid=rid + "-b", idempotent=False)
     if not reply.ok:
         assert reply.error is not None
         await peer.send(encode_error(msg.id, reply.error))
@@ -158,32 +168,27 @@ async def enroll(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey, 
     if msg.cmd is not Command.ACTIVATE:
         await peer.send(encode_error(msg.id, ErrorCode.PROTOCOL))
         raise Closed("expected activate")
-    reply = await call(bus, Service.ATTESTOR, "enroll_finish",
-                       {"h": h, "challenge": msg.body.get("challenge"), "mac": msg.body.get("mac")},
-                       rid=rid + "-f", timeout=deadline.budget(timeout), idempotent=False)
+    reply = await call_by(deadline, timeout, bus, Service.ATTESTOR, "enroll_finish",
+                          {"h": h, "challenge": msg.body.get("challenge"),
+                           "mac": msg.body.get("mac")}, rid=rid + "-f", idempotent=False)
     if reply.ok:
-        reply = await call(bus, Service.REGISTRY, "register",
-                           {"h": h.hex(), "token_id": token_id or None},
-                           rid=rid + "-r", timeout=deadline.budget(timeout), idempotent=False)
+        reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "register",
+                              {"h": h.hex(), "token_id": token_id or None},
+                              rid=rid + "-r", idempotent=False)
     if not reply.ok:
         assert reply.error is not None
         await peer.send(encode_error(msg.id, reply.error))
         raise Closed(f"activation refused code={reply.error}")
     await peer.send(encode_reply(msg.id, device_id=reply.body["device_id"]))
     log.info("enrolled device=%s from=%s", reply.body["device_id"], peer.address)
-    return noise_public
+    return noise_public, str(reply.body["device_id"])
 
 
 async def _token_failed(bus: BusClient, token_id: str, rid: str, deadline: Deadline,
                         timeout: float) -> None:
     """Tell the registry a handshake failed under this token's PSK (a wrong secret)."""
-    try:
-        budget = deadline.budget(timeout)
-    except Closed:
-        log.warning("token failure not counted (deadline) token=%s", token_id)
-        return
-    reply = await call(bus, Service.REGISTRY, "token_failed", {"token_id": token_id},
-                       rid=rid + "-x", timeout=budget, idempotent=False)
+    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "token_failed",
+                          {"token_id": token_id}, rid=rid + "-x", idempotent=False)
     if not reply.ok:
         log.warning("token failure not counted token=%s code=%s", token_id, reply.error)
 
@@ -198,16 +203,15 @@ async def connect(peer: Peer, first: Message1, bus: BusClient, rid: str, deadlin
     noise = first.noise
     peer.noise = noise
     client_key = first.client_key
-    reply = await call(bus, Service.REGISTRY, "connect",
-                       {"noise_public": client_key, "e_i": noise.remote_ephemeral,
-                        "e_r": noise.local_ephemeral, "ts": first.ts},
-                       rid=rid + "-c", timeout=deadline.budget(timeout))
+    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "connect",
+                          {"noise_public": client_key, "e_i": noise.remote_ephemeral,
+                           "e_r": noise.local_ephemeral, "ts": first.ts}, rid=rid + "-c")
     if not reply.ok:
         if reply.error in TRANSIENT:
             raise _unavailable(f"connect lookup failed code={reply.error}")
         raise Closed(f"connect refused code={reply.error} key={client_key.hex()[:16]}")
-    known.learn(client_key, first.ts)
     device_id = str(reply.body["device_id"])
+    known.learn(client_key, first.ts, device_id)
     noise.set_psk(Psk(bytes(reply.body["psk"])))
     await peer.write_frame(noise.write_handshake())
     h = noise.handshake_hash
@@ -233,14 +237,10 @@ async def _attest(peer: Peer, msg: ClientMessage, bus: BusClient, rid: str, dead
     if msg.cmd is not Command.ATTEST:
         await peer.send(encode_push(Push.REFUSED, code=ErrorCode.PROTOCOL.value))
         raise Closed("expected attest")
-    left = deadline.left() - REFUSAL_MARGIN
-    if left <= 0:
-        await peer.send(encode_push(Push.REFUSED, code=ErrorCode.SERVICE_UNAVAILABLE.value))
-        raise Closed(f"no time left to attest device={device_id}")
-    reply = await call(bus, Service.ATTESTOR, "attest",
-                       {"device_id": device_id, "h": h, "attest": msg.body.get("attest"),
-                        "signature": msg.body.get("signature"), "pcrs": msg.body.get("pcrs")},
-                       rid=rid + "-a", timeout=min(timeout, left), idempotent=False)
+    reply = await call_by(deadline, timeout, bus, Service.ATTESTOR, "attest",
+                          {"device_id": device_id, "h": h, "attest": msg.body.get("attest"),
+                           "signature": msg.body.get("signature"),
+                           "pcrs": msg.body.get("pcrs")}, rid=rid + "-a", idempotent=False)
     if not reply.ok:
         assert reply.error is not None
         await peer.send(encode_push(Push.REFUSED, code=reply.error.value, **reply.body))

@@ -36,6 +36,9 @@ from shared.wire import Event, Push
 log = logging.getLogger("attestgate.gateway")
 
 _HINT_WRITE_S = 0.5  # a cleartext hint gets this long to leave before the close
+ADMISSION_REPORT_INTERVAL = 10.0  # seconds between admission summaries in the log
+_ADMISSION_COUNTERS = ("opening_timeout", "opening_evicted", "rate_limited", "queue_full",
+                       "slot_wait_timeout", "refused_sessions")
 
 
 class Gateway:
@@ -55,6 +58,7 @@ class Gateway:
         self._conn_ids = itertools.count()
         self._server: asyncio.Server | None = None
         self._events_task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.counters: dict[str, int] = defaultdict(int)
 
@@ -63,6 +67,7 @@ class Gateway:
         self._server = await asyncio.start_server(self._on_connection, host, port,
                                                   limit=READER_LIMIT, backlog=LISTEN_BACKLOG)
         self._events_task = asyncio.create_task(self._run_events())
+        self._report_task = asyncio.create_task(self._report_admission())
         sock = self._server.sockets[0]
         bound = int(sock.getsockname()[1])
         log.info("listening on %s:%d", host, bound)
@@ -74,10 +79,11 @@ class Gateway:
         for sessions in list(self.sessions.values()):
             for s in list(sessions):
                 s.close(ErrorCode.SERVICE_UNAVAILABLE, "gateway stopping")
-        if self._events_task is not None:
-            self._events_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events_task
+        for task in (self._events_task, self._report_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._conns:
             await asyncio.wait(self._conns, timeout=2.0)
         for t in self._conns:
@@ -109,8 +115,25 @@ class Gateway:
             device_id = str(event.body["device_id"])
             code = ErrorCode.REVOKED if event.topic == Event.DEVICE_REVOKED.value else (
                 ErrorCode.LOCKED)
+            self.known.forget_device(device_id)
             for s in list(self.sessions.get(device_id, ())):
                 s.close(code, f"device {event.topic}")
+
+    async def _report_admission(self) -> None:
+        """One log line per interval summing up what admission control turned away."""
+        last: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(ADMISSION_REPORT_INTERVAL)
+            now = {k: self.counters[k] for k in _ADMISSION_COUNTERS}
+            delta = {k: v - last.get(k, 0) for k, v in now.items() if v != last.get(k, 0)}
+            last = now
+            if delta:
+                used, anonymous = self.admission.in_use
+                log.warning("admission last %.0fs: %s; slots in use %d (anonymous %d), "
+                            "waiting %d+%d, openings %d", ADMISSION_REPORT_INTERVAL,
+                            " ".join(f"{k}={v}" for k, v in sorted(delta.items())), used,
+                            anonymous, self.admission.waiting(Lane.PRIORITY),
+                            self.admission.waiting(Lane.ANONYMOUS), self.admission.openings)
 
     # -- connections -----------------------------------------------------------------
     async def _on_connection(self, reader: asyncio.StreamReader,
@@ -143,7 +166,10 @@ class Gateway:
             log.info("closed sid=%s from=%s reason=handshake timeout", sid, addr)
         except handshake.Closed as exc:
             self.counters["handshake_refused"] += 1
-            log.info("closed sid=%s from=%s reason=%s", sid, addr, exc.reason)
+            # A flood must not write a log line per socket: admission refusals are counted
+            # and summed up every ADMISSION_REPORT_INTERVAL (_report_admission).
+            log.log(logging.DEBUG if exc.admission else logging.INFO,
+                    "closed sid=%s from=%s reason=%s", sid, addr, exc.reason)
             # A cleartext hint only while there is no channel to say it in.
             if exc.hint is not None and (peer.noise is None or not peer.noise.established):
                 await peer.send_clear(exc.hint.frame(), _HINT_WRITE_S)
@@ -197,7 +223,7 @@ class Gateway:
                 return pre, await peer.read_message1()
         except TimeoutError:
             self.counters["opening_timeout"] += 1
-            raise handshake.Closed("no message 1 in time") from None
+            raise handshake.Closed("no message 1 in time", admission=True) from None
         finally:
             self.admission.opened(conn, peer.address)
             self._openings.pop(conn, None)
@@ -206,11 +232,12 @@ class Gateway:
         verdict, ticket = self.admission.admit(lane, addr, deadline.clock())
         if verdict is Verdict.RATE_LIMITED:
             self.counters["rate_limited"] += 1
-            raise handshake.Closed("rate limited", hint.busy(1.0 / self.admission.limits.rate))
+            raise handshake.Closed("rate limited", hint.busy(1.0 / self.admission.limits.rate),
+                                   admission=True)
         if verdict is Verdict.BUSY or ticket is None:
             self.counters["queue_full"] += 1
             raise handshake.Closed(f"no handshake slot lane={lane.name}",
-                                   hint.busy(BUSY_RETRY_AFTER))
+                                   hint.busy(BUSY_RETRY_AFTER), admission=True)
         if verdict is Verdict.ADMIT:
             return ticket
         waiter = asyncio.get_running_loop().create_future()
@@ -224,7 +251,7 @@ class Gateway:
             if isinstance(exc, TimeoutError):
                 self.counters["slot_wait_timeout"] += 1
                 raise handshake.Closed(f"no handshake slot in time lane={lane.name}",
-                                       hint.busy(BUSY_RETRY_AFTER)) from None
+                                       hint.busy(BUSY_RETRY_AFTER), admission=True) from None
             raise
         return ticket
 
@@ -239,9 +266,9 @@ class Gateway:
                              deadline: handshake.Deadline) -> handshake.Identity | None:
         timeout = self.limits.handshake_request_timeout
         if first is None:
-            key = await handshake.enroll(peer, pre, message1, self.static, self.bus,
-                                         self.selection, sid, deadline, timeout)
-            self.known.learn(key, 0)
+            key, device_id = await handshake.enroll(peer, pre, message1, self.static, self.bus,
+                                                    self.selection, sid, deadline, timeout)
+            self.known.learn(key, 0, device_id)
             return None
         return await handshake.connect(peer, first, self.bus, sid, deadline, timeout,
                                        self.known, self.device_sessions)

@@ -2,7 +2,8 @@
 
 It runs in a process of its own (so that its event loop does not share a GIL with
 the client under test) and keeps ``--connections`` connections open from
-``--sources`` loopback source addresses (127.0.0.2, 127.0.0.3, ...), in three kinds:
+``--sources`` loopback source addresses (127.0.0.F, 127.0.0.F+1, ... from
+``--first-source`` F), in three kinds:
 
 * ``silent``: connect and send nothing;
 * ``slowloris``: send the connect preamble and a message 1, one byte per second;
@@ -105,9 +106,9 @@ async def _one(kind: str, port: int, source: str, stats: Counter[str], stop_at: 
             await writer.wait_closed()
 
 
-async def _lane(i: int, kind: str, port: int, sources: int, renew: float, end: float,
+async def _lane(i: int, kind: str, port: int, sources: range, renew: float, end: float,
                 stats: Counter[str], budget: list[int]) -> None:
-    source = f"127.0.0.{2 + i % sources}"
+    source = f"127.0.0.{sources[i % len(sources)]}"
     while time.monotonic() < end and budget[0] > 0:
         budget[0] -= 1
         opened = time.monotonic()
@@ -122,7 +123,7 @@ async def _lane(i: int, kind: str, port: int, sources: int, renew: float, end: f
             await asyncio.sleep(0.2)
 
 
-async def flood(port: int, connections: int, sources: int, duration: float, renew: float,
+async def flood(port: int, connections: int, sources: range, duration: float, renew: float,
                 max_connects: int) -> Counter[str]:
     stats: Counter[str] = Counter()
     end = time.monotonic() + duration
@@ -148,18 +149,20 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--connections", type=int, default=2000)
     p.add_argument("--sources", type=int, default=125)
+    p.add_argument("--first-source", type=int, default=2)
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--renew", type=float, default=3.0)
     p.add_argument("--max-connects", type=int, default=100_000)
     a = p.parse_args()
-    if not 1 <= a.sources <= 250 or a.duration > 120:
-        print("sources must be 1..250 and duration at most 120 s", file=sys.stderr)
+    sources = range(a.first_source, a.first_source + a.sources)
+    if not (a.first_source >= 1 and sources.stop <= 255) or a.duration > 120:
+        print("sources must lie in 127.0.0.1-254 and duration be at most 120 s", file=sys.stderr)
         return 2
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, a.connections + 1024)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    stats = asyncio.run(flood(a.port, a.connections, a.sources, a.duration, a.renew,
+    stats = asyncio.run(flood(a.port, a.connections, sources, a.duration, a.renew,
                               a.max_connects))
     print(json.dumps(dict(stats), sort_keys=True), flush=True)
     return 0

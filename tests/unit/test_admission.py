@@ -177,14 +177,23 @@ def test_known_key_with_a_newer_timestamp_is_priority() -> None:
     known = KnownKeys(capacity=2)
     k1, k2, k3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
     assert known.lane(k1, 5) is Lane.ANONYMOUS  # never seen accepted
-    known.learn(k1, 5)
+    known.learn(k1, 5, "d1")
     assert known.lane(k1, 6) is Lane.PRIORITY
     assert known.lane(k1, 5) is Lane.ANONYMOUS  # a replayed message 1 gets no priority
-    known.learn(k1, 3)
+    known.learn(k1, 3, "d1")
     assert known.lane(k1, 5) is Lane.ANONYMOUS  # never goes back
-    known.learn(k2, 1)
-    known.learn(k3, 1)
+    known.learn(k2, 1, "d2")
+    known.learn(k3, 1, "d3")
     assert len(known) == 2 and known.lane(k1, 9) is Lane.ANONYMOUS  # LRU forgot k1
+
+
+def test_a_revoked_device_loses_its_priority() -> None:
+    known = KnownKeys()
+    known.learn(b"\x01" * 32, 1, "d1")
+    known.learn(b"\x02" * 32, 1, "d2")
+    known.forget_device("d1")
+    assert known.lane(b"\x01" * 32, 9) is Lane.ANONYMOUS
+    assert known.lane(b"\x02" * 32, 9) is Lane.PRIORITY
 
 
 @pytest.mark.parametrize("cap", [1, 3])
