@@ -100,9 +100,13 @@ def _abuse_limits(e: Mapping[str, str]) -> dict[str, Any]:
     """The admission and abuse settings; ValueError names the variable and what is allowed."""
     def number(name: str, default: str, kind: type[int] | type[float], low: float) -> Any:
         raw = e.get(name, default)
-        value = kind(raw)
+        what = "an integer" if kind is int else "a number"
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}: expected {what} >= {low}") from None
         if not math.isfinite(value) or value < low:
-            raise ValueError(f"{name}={raw!r}: expected a number >= {low}")
+            raise ValueError(f"{name}={raw!r}: expected {what} >= {low}")
         return value
 
     return {
