@@ -29,6 +29,8 @@ HANDSHAKE_REQUEST_TIMEOUT: Final = 2.5  # bus requests during the handshake (reg
 #                                 attestor); SLOT_WAIT_MAX + this < CLIENT_CONNECT_TIMEOUT, so
 #                                 the client hears "unavailable" instead of timing out
 REFUSAL_MARGIN: Final = 0.5  # kept back from the deadline to tell the device why it is refused
+TOKEN_FAILURE_RESERVE: Final = 1.0  # enrollment message 3 must arrive this long before the
+#                                 deadline, so that a wrong token secret is always counted
 BUSY_RETRY_AFTER: Final = 0.5  # what the gateway's "busy" / "unavailable" hint suggests
 IDLE_TIMEOUT: Final = 300.0  # no frame from the client for this long closes the session
 EVENT_FANOUT_INTERVAL: Final = 0.2  # how often the gateway re-checks sessions to close

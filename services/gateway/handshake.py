@@ -6,6 +6,7 @@ Before the Noise handshake completes, every failure just closes the connection
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from shared.messages import (
     encode_reply,
 )
 from shared.noise_session import NoiseSession
-from shared.timing import BUSY_RETRY_AFTER, REFUSAL_MARGIN
+from shared.timing import BUSY_RETRY_AFTER, REFUSAL_MARGIN, TOKEN_FAILURE_RESERVE
 from shared.wire import PROTOCOL_VERSION, TOKEN_ID_LEN, Command, Push, Service
 
 log = logging.getLogger("attestgate.gateway")
@@ -123,28 +124,8 @@ async def enroll(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey, 
                  ) -> tuple[bytes, str]:
     """Run an enrollment: XXpsk3 with the token's PSK, then evidence, challenge, answer.
     Returns the enrolled device's Noise static key and device id."""
-    noise = NoiseSession.responder(pre, static)
-    peer.noise = noise
-    token_raw = noise.read_handshake(message1)
-    if len(token_raw) not in (0, TOKEN_ID_LEN):
-        raise Closed("bad token id length")
-    token_id = token_raw.hex()
-    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "token_psk",
-                          {"token_id": token_id}, rid=rid + "-t")
-    if not reply.ok:
-        if reply.error in TRANSIENT:
-            raise _unavailable(f"token lookup failed code={reply.error}")
-        raise Closed(f"token refused code={reply.error}")
-    noise.set_psk(Psk(bytes(reply.body["psk"])))
-    hello = pack({"version": PROTOCOL_VERSION, "selection": selection})
-    await peer.write_frame(noise.write_handshake(hello))
-    message3 = await peer.read_frame()
-    try:
-        noise.read_handshake(message3)  # a wrong token PSK fails here
-    except AttestgateError:
-        if token_id:
-            await _token_failed(bus, token_id, rid, deadline, timeout)
-        raise Closed(f"enrollment message 3 rejected token={token_id or 'open'}") from None
+    noise, token_id = await _enroll_handshake(peer, pre, message1, static, bus, selection, rid,
+                                              deadline, timeout)
     noise_public = noise.remote_static
     assert noise_public is not None  # XX message 3 always carries it
     h = noise.handshake_hash
@@ -184,11 +165,48 @@ async def enroll(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey, 
     return noise_public, str(reply.body["device_id"])
 
 
+async def _enroll_handshake(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey,
+                            bus: BusClient, selection: str, rid: str, deadline: Deadline,
+                            timeout: float) -> tuple[NoiseSession, str]:
+    """XXpsk3 under the token's PSK; a wrong secret is counted against the token."""
+    noise = NoiseSession.responder(pre, static)
+    peer.noise = noise
+    token_raw = noise.read_handshake(message1)
+    if len(token_raw) not in (0, TOKEN_ID_LEN):
+        raise Closed("bad token id length")
+    token_id = token_raw.hex()
+    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "token_psk",
+                          {"token_id": token_id}, rid=rid + "-t")
+    if not reply.ok:
+        if reply.error in TRANSIENT:
+            raise _unavailable(f"token lookup failed code={reply.error}")
+        raise Closed(f"token refused code={reply.error}")
+    noise.set_psk(Psk(bytes(reply.body["psk"])))
+    hello = pack({"version": PROTOCOL_VERSION, "selection": selection})
+    await peer.write_frame(noise.write_handshake(hello))
+    # Message 3 must come early enough to leave time for counting a wrong secret, so that
+    # no guess escapes the count by arriving just before the deadline.
+    try:
+        async with asyncio.timeout(deadline.left() - TOKEN_FAILURE_RESERVE):
+            message3 = await peer.read_frame()
+    except TimeoutError:
+        raise Closed("no message 3 in time") from None
+    try:
+        noise.read_handshake(message3)  # a wrong token PSK fails here
+    except AttestgateError:
+        if token_id:
+            await _token_failed(bus, token_id, rid, deadline, timeout)
+        raise Closed(f"enrollment message 3 rejected token={token_id or 'open'}") from None
+    return noise, token_id
+
+
 async def _token_failed(bus: BusClient, token_id: str, rid: str, deadline: Deadline,
                         timeout: float) -> None:
-    """Tell the registry a handshake failed under this token's PSK (a wrong secret)."""
-    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "token_failed",
-                          {"token_id": token_id}, rid=rid + "-x", idempotent=False)
+    """Tell the registry a handshake failed under this token's PSK (a wrong secret); it
+    may use the time kept back for it (TOKEN_FAILURE_RESERVE) up to the deadline."""
+    reply = await call(bus, Service.REGISTRY, "token_failed", {"token_id": token_id},
+                       rid=rid + "-x", timeout=max(0.05, min(timeout, deadline.left() - 0.05)),
+                       idempotent=False)
     if not reply.ok:
         log.warning("token failure not counted token=%s code=%s", token_id, reply.error)
 
