@@ -21,7 +21,7 @@ PUBLISH_LINGER: Final = 1.0  # ZmqPublisher.close() waits this long for queued e
 
 # -- gateway ---------------------------------------------------------------------
 # One deadline per connection, from accept to established session (queue wait included):
-HANDSHAKE_TIMEOUT: Final = 10.0  # preamble + Noise handshake + attestation must finish in this
+HANDSHAKE_TIMEOUT: Final = 12.0  # preamble + Noise handshake + attestation must finish in this
 MESSAGE1_TIMEOUT: Final = 3.0  # preamble + message 1 fully read (total, not per byte), before
 #                                 the connection may take or wait for a handshake slot
 SLOT_WAIT_MAX: Final = 2.0  # longest wait for a handshake slot; then a "busy" hint and close
