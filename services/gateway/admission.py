@@ -9,12 +9,14 @@ A connection goes through three stages (``server.py`` is the thin asyncio part):
    address with most openings) instead of refusing the newcomer: a real client sends
    its message 1 in one round trip, so a flood from the same address (a NAT) cannot
    keep it out.
-2. **Classification**: a message 1 whose static key the gateway has seen accepted by
-   the registry, with a timestamp newer than the last accepted one, is evidence of a
-   real device (it needs the device's static private key; a replay has an old
-   timestamp) and goes to the PRIORITY lane. Everything else (enrollment, keys not
-   seen yet, replays, garbage) is ANONYMOUS and must first take a token from its
-   source address's bucket (WireGuard: 20/s, burst 5).
+2. **Classification**: a CONNECT message 1 reveals the caller's static key after one
+   DH. A key the gateway has seen accepted by the registry, with a timestamp newer than
+   the last accepted one, is evidence of a real device (it needs the device's static
+   private key; a replay has an old timestamp) and goes to the PRIORITY lane. A key not
+   known here (a cold gateway, a replay) is looked up in the registry first, a bounded
+   number at a time and charged to the source address's token bucket; if the registry
+   knows it, PRIORITY too. Everything else (enrollment, garbage) is ANONYMOUS and must
+   take a token from its source address's bucket (WireGuard: 20/s, burst 5).
 3. **Slots**: at most ``max_slots`` handshakes run at once; ANONYMOUS ones may use
    at most ``max_anonymous_slots`` of them and ``max_anonymous_per_address`` per
    address, so the rest is reserved for devices. A connection without a free slot

@@ -211,26 +211,42 @@ async def _token_failed(bus: BusClient, token_id: str, rid: str, deadline: Deadl
         log.warning("token failure not counted token=%s code=%s", token_id, reply.error)
 
 
-async def connect(peer: Peer, first: Message1, bus: BusClient, rid: str, deadline: Deadline,
-                  timeout: float, known: KnownKeys, sessions: DeviceSessions) -> Identity:
-    """IKpsk2 with the device's session PSK, then the quote bound to ``h``.
+@dataclass(frozen=True)
+class Found:
+    """The registry's answer for a message 1: the device and this session's PSK."""
+
+    device_id: str
+    psk: Psk
+
+
+async def lookup(first: Message1, bus: BusClient, rid: str, deadline: Deadline,
+                 timeout: float, known: KnownKeys) -> Found:
+    """Ask the registry who is behind message 1's static key (it also refuses replays).
+    Closed (with an "unavailable" hint when the registry could not answer) otherwise."""
+    noise = first.noise
+    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "connect",
+                          {"noise_public": first.client_key, "e_i": noise.remote_ephemeral,
+                           "e_r": noise.local_ephemeral, "ts": first.ts}, rid=rid + "-c")
+    if not reply.ok:
+        if reply.error in TRANSIENT:
+            raise _unavailable(f"connect lookup failed code={reply.error}")
+        raise Closed(f"connect refused code={reply.error} key={first.client_key.hex()[:16]}")
+    device_id = str(reply.body["device_id"])
+    known.learn(first.client_key, first.ts, device_id)
+    return Found(device_id, Psk(bytes(reply.body["psk"])))
+
+
+async def connect(peer: Peer, first: Message1, found: Found, bus: BusClient, rid: str,
+                  deadline: Deadline, timeout: float, sessions: DeviceSessions) -> Identity:
+    """IKpsk2 message 2 with the device's session PSK, then the quote bound to ``h``.
 
     On success one place in ``sessions`` is reserved for the device; the caller
     releases it when the session ends.
     """
     noise = first.noise
     peer.noise = noise
-    client_key = first.client_key
-    reply = await call_by(deadline, timeout, bus, Service.REGISTRY, "connect",
-                          {"noise_public": client_key, "e_i": noise.remote_ephemeral,
-                           "e_r": noise.local_ephemeral, "ts": first.ts}, rid=rid + "-c")
-    if not reply.ok:
-        if reply.error in TRANSIENT:
-            raise _unavailable(f"connect lookup failed code={reply.error}")
-        raise Closed(f"connect refused code={reply.error} key={client_key.hex()[:16]}")
-    device_id = str(reply.body["device_id"])
-    known.learn(client_key, first.ts, device_id)
-    noise.set_psk(Psk(bytes(reply.body["psk"])))
+    device_id = found.device_id
+    noise.set_psk(found.psk)
     await peer.write_frame(noise.write_handshake())
     h = noise.handshake_hash
 
@@ -268,5 +284,5 @@ async def _attest(peer: Peer, msg: ClientMessage, bus: BusClient, rid: str, dead
     return Identity(device_id, name, h)
 
 
-__all__ = ["Closed", "Deadline", "Identity", "Message1", "Mode", "connect", "enroll",
-           "read_connect_message1"]
+__all__ = ["Closed", "Deadline", "Found", "Identity", "Message1", "Mode", "connect", "enroll",
+           "lookup", "read_connect_message1"]

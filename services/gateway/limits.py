@@ -3,9 +3,9 @@
 Admission (see ``admission.py``): the numbers bound what an unauthenticated flood
 can take. Openings (connections still sending preamble + message 1) hold a socket
 and a few hundred bytes each, never a slot; slots bound the CPU spent on DH and the
-bus lookups for peers not yet authenticated; anonymous work (enrollment, keys the
-gateway has not seen accepted) gets only part of the slots and a token bucket per
-source address, so the rest stays free for enrolled devices.
+bus lookups for peers not yet authenticated; anonymous work (enrollment, garbage) gets
+only part of the slots and a token bucket per source address, so the rest stays free
+for enrolled devices; lookups of keys the gateway has not seen yet are bounded too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ MAX_OPENINGS_PER_ADDRESS = 128  # same, per source address (then: evict its olde
 ANONYMOUS_HANDSHAKE_RATE = 20.0  # per source address per second (WireGuard's figure)
 ANONYMOUS_HANDSHAKE_BURST = 5.0
 MAX_RATE_BUCKETS = 65_536  # token buckets kept (least recently used forgotten)
+MAX_COLD_LOOKUPS = 64  # concurrent registry lookups of keys not (yet) known to the gateway
 MAX_KNOWN_KEYS = 65_536  # static keys remembered as accepted (LRU), for the PRIORITY lane
 MAX_SESSIONS_PER_DEVICE = 8  # live sessions of one device (ATTESTGATE_MAX_SESSIONS_PER_DEVICE)
 MAX_INFLIGHT_PER_SESSION = 16  # requests of one session waiting for a service

@@ -21,7 +21,12 @@ from services.gateway.admission import (
     Ticket,
     Verdict,
 )
-from services.gateway.limits import LISTEN_BACKLOG, READER_LIMIT, GatewayLimits
+from services.gateway.limits import (
+    LISTEN_BACKLOG,
+    MAX_COLD_LOOKUPS,
+    READER_LIMIT,
+    GatewayLimits,
+)
 from services.gateway.peer import Peer, PeerClosed
 from services.gateway.session import Session
 from shared import hint
@@ -56,6 +61,7 @@ class Gateway:
         self._openings: dict[int, Peer] = {}
         self._waiters: dict[Ticket, asyncio.Future[None]] = {}
         self._conn_ids = itertools.count()
+        self._cold_lookups = 0
         self._server: asyncio.Server | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
@@ -192,6 +198,7 @@ class Gateway:
         addr = peer.address
         now = deadline.clock()
         first: handshake.Message1 | None = None
+        found: handshake.Found | None = None
         lane = Lane.ANONYMOUS
         if pre.mode is Mode.CONNECT:
             try:
@@ -200,13 +207,38 @@ class Gateway:
                 self.admission.charge(addr, now)  # failed DH work counts as anonymous work
                 raise
             lane = self.known.lane(first.client_key, first.ts)
+            if lane is Lane.ANONYMOUS:
+                found = await self._cold_lookup(first, addr, sid, deadline)
+                lane = Lane.PRIORITY
         ticket = await self._slot(lane, addr, deadline)
         self.counters[f"admitted_{lane.name.lower()}"] += 1
         try:
-            return await asyncio.wait_for(self._run_handshake(peer, pre, message1, first, sid,
-                                                              deadline), deadline.left())
+            return await asyncio.wait_for(
+                self._run_handshake(peer, pre, message1, first, found, sid, deadline),
+                deadline.left())
         finally:
             self._release(ticket)
+
+    async def _cold_lookup(self, first: handshake.Message1, addr: str, sid: str,
+                           deadline: handshake.Deadline) -> handshake.Found:
+        """A key the gateway has not seen accepted (say, after a restart): the registry's
+        word is the evidence. Bounded in concurrency and charged to the source address, so
+        random keys cost little; a key the registry knows then goes to the PRIORITY lane
+        and does not compete with enrollments, silent or slow sockets."""
+        if not self.admission.charge(addr, deadline.clock()):
+            self.counters["rate_limited"] += 1
+            raise handshake.Closed("rate limited (cold key)",
+                                   hint.busy(1.0 / self.admission.limits.rate), admission=True)
+        if self._cold_lookups >= MAX_COLD_LOOKUPS:
+            self.counters["queue_full"] += 1
+            raise handshake.Closed("too many cold lookups", hint.busy(BUSY_RETRY_AFTER),
+                                   admission=True)
+        self._cold_lookups += 1
+        try:
+            return await handshake.lookup(first, self.bus, sid, deadline,
+                                          self.limits.handshake_request_timeout, self.known)
+        finally:
+            self._cold_lookups -= 1
 
     async def _opening(self, peer: Peer, deadline: handshake.Deadline) -> tuple[Preamble, bytes]:
         """Preamble and message 1, within MESSAGE1_TIMEOUT in total, holding no slot."""
@@ -262,16 +294,19 @@ class Gateway:
                 waiter.set_result(None)
 
     async def _run_handshake(self, peer: Peer, pre: Preamble, message1: bytes,
-                             first: handshake.Message1 | None, sid: str,
-                             deadline: handshake.Deadline) -> handshake.Identity | None:
+                             first: handshake.Message1 | None, found: handshake.Found | None,
+                             sid: str, deadline: handshake.Deadline
+                             ) -> handshake.Identity | None:
         timeout = self.limits.handshake_request_timeout
         if first is None:
             key, device_id = await handshake.enroll(peer, pre, message1, self.static, self.bus,
                                                     self.selection, sid, deadline, timeout)
             self.known.learn(key, 0, device_id)
             return None
-        return await handshake.connect(peer, first, self.bus, sid, deadline, timeout,
-                                       self.known, self.device_sessions)
+        if found is None:
+            found = await handshake.lookup(first, self.bus, sid, deadline, timeout, self.known)
+        return await handshake.connect(peer, first, found, self.bus, sid, deadline, timeout,
+                                       self.device_sessions)
 
     async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
         session = Session(peer, ident, self.bus, self.limits, sid)
