@@ -29,7 +29,8 @@ MAX_SESSIONS_PER_DEVICE = 8  # live sessions of one device (ATTESTGATE_MAX_SESSI
 MAX_INFLIGHT_PER_SESSION = 16  # requests of one session waiting for a service
 MAX_SESSIONS = 10_000
 MAX_FOLLOW_QUEUE = 1024  # pushes buffered for a slow follower before it is disconnected
-READER_LIMIT = 8192  # asyncio StreamReader buffer limit: it stops reading a socket at 2x this
+READER_LIMIT = 8192  # asyncio StreamReader buffer limit: it stops reading a socket at 2x this,
+#                      so openings buffer at most MAX_OPENINGS x 16 KiB (64 MiB) in all
 LISTEN_BACKLOG = 4096  # accept queue; a full one drops SYNs and costs a real client 1 s+ per retry
 
 
