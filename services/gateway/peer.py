@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 
 from shared.errors import AttestgateError, ErrorCode
@@ -49,6 +50,13 @@ class Peer:
         """Best effort: write ``data`` (a cleartext hint) and wait briefly for it to leave."""
         with contextlib.suppress(ConnectionError, TimeoutError, PeerClosed):
             await asyncio.wait_for(self._write(data), timeout)
+
+    def set_receive_buffer(self, size: int) -> None:
+        """Bound what the kernel (and so each read) may hold for this connection."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
     def abort(self) -> None:
         """Drop the connection now (evicted opening); a pending read ends with PeerClosed."""

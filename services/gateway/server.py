@@ -24,7 +24,9 @@ from services.gateway.admission import (
 from services.gateway.limits import (
     LISTEN_BACKLOG,
     MAX_COLD_LOOKUPS,
+    PREAUTH_RCVBUF,
     READER_LIMIT,
+    SESSION_RCVBUF,
     GatewayLimits,
 )
 from services.gateway.peer import Peer, PeerClosed
@@ -187,6 +189,7 @@ class Gateway:
             if exc.code is ErrorCode.VERSION:
                 await peer.send_clear(hint.version().frame(), _HINT_WRITE_S)
         if ident is not None:
+            peer.set_receive_buffer(SESSION_RCVBUF)
             try:
                 await self._run_session(peer, ident, sid)
             finally:
@@ -243,6 +246,7 @@ class Gateway:
     async def _opening(self, peer: Peer, deadline: handshake.Deadline) -> tuple[Preamble, bytes]:
         """Preamble and message 1, within MESSAGE1_TIMEOUT in total, holding no slot."""
         conn = next(self._conn_ids)
+        peer.set_receive_buffer(PREAUTH_RCVBUF)
         for victim in self.admission.open(conn, peer.address):
             evicted = self._openings.pop(victim, None)
             if evicted is not None:
