@@ -38,8 +38,8 @@ T = TypeVar("T")
 # Said when the server closes a reconnect before it has proven who it is: nothing in such
 # a close is authenticated, so it is never reported as a refusal (exit 3).
 UNANSWERED_CONNECT = (
-    "the server closed the connection before the handshake completed, without an answer it "
-    "could authenticate (so this is not a refusal). Likely causes: this device is not enrolled "
+    "no answer the client could authenticate before the handshake completed, so this is not "
+    "a refusal. Likely causes: this device is not enrolled "
     "on that server, or its key was replaced (enroll again only if the operator confirms the "
     "device is unknown); the server is busy or limiting connections from this address; a "
     "server service (registry, attestor) or its database (Redis) is down; or the server key "
