@@ -8,25 +8,98 @@ for ``Channel.next_push``.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.codec import Fields, unpack_map
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import FrameDecoder, Mode, encode_frame, preamble
+from shared.hint import Hint, HintReason, parse_hint
 from shared.keys import Psk, StaticKey, enroll_psk
 from shared.messages import ServerMessage, decode_server_message, encode_request
 from shared.noise_session import NoiseSession, responder_ephemeral
-from shared.timing import CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT
-from shared.wire import TOKEN_ID_LEN, Command, Push
+from shared.timing import (
+    CLIENT_CONNECT_ATTEMPTS,
+    CLIENT_CONNECT_TIMEOUT,
+    CLIENT_REQUEST_TIMEOUT,
+    CLIENT_RETRY_MAX,
+    CLIENT_RETRY_MIN,
+)
+from shared.wire import PROTOCOL_VERSION, TOKEN_ID_LEN, Command, Push
+
+T = TypeVar("T")
+
+# Said when the server closes a reconnect before it has proven who it is: nothing in such
+# a close is authenticated, so it is never reported as a refusal (exit 3).
+UNANSWERED_CONNECT = (
+    "no answer the client could authenticate before the handshake completed, so this is not "
+    "a refusal. Likely causes: this device is not enrolled "
+    "on that server, or its key was replaced (enroll again only if the operator confirms the "
+    "device is unknown); the server is busy or limiting connections from this address; a "
+    "server service (registry, attestor) or its database (Redis) is down; or the server key "
+    "pinned in this client's state is not that server's key. Try again later; if it persists, "
+    "ask the operator."
+)
 
 
 class NetworkError(Exception):
     """The server could not be reached, or the connection broke."""
+
+
+class ServerBusy(NetworkError):
+    """The server hinted (in clear, unauthenticated) "busy / unavailable, retry after N ms".
+    Only ever a reason to retry."""
+
+    def __init__(self, hint: Hint) -> None:
+        what = "busy" if hint.reason is HintReason.BUSY else "temporarily unavailable"
+        super().__init__(f"the server says it is {what} (retry after {hint.retry_after_ms} ms)")
+        self.hint = hint
+
+
+class ServerVersion(NetworkError):
+    """The server hinted that it speaks another protocol version (unauthenticated)."""
+
+
+def _hint_error(hint: Hint) -> NetworkError:
+    if hint.reason is HintReason.VERSION:
+        if hint.version > PROTOCOL_VERSION:
+            return ServerVersion(
+                f"the server speaks attestgate protocol version {hint.version}, this client "
+                f"version {PROTOCOL_VERSION}: upgrade attestgate on this machine")
+        return ServerVersion(
+            f"the server speaks attestgate protocol version {hint.version}, older than this "
+            f"client's {PROTOCOL_VERSION}: ask the operator to upgrade the server")
+    return ServerBusy(hint)
+
+
+def retrying(attempt: Callable[[], T], progress: Callable[[str], None], *,
+             attempts: int = CLIENT_CONNECT_ATTEMPTS,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``attempt`` again (bounded, with backoff) while the server hints it is busy.
+
+    The hint is unauthenticated, so its retry-after is clamped to
+    [CLIENT_RETRY_MIN, CLIENT_RETRY_MAX] and a forged hint costs at most a few retries.
+    """
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except ServerBusy as exc:
+            if n == attempts:
+                raise NetworkError(
+                    f"{exc}; gave up after {attempts} attempts. The server is overloaded or "
+                    "one of its services (or its database) is down; try again later") from None
+            backoff = CLIENT_RETRY_MIN * 2 ** (n - 1)
+            delay = min(CLIENT_RETRY_MAX, max(exc.hint.retry_after_ms / 1000, backoff))
+            delay *= 1 + random.random() / 4  # noqa: S311 - jitter, not a secret
+            progress(f"{exc}; retrying in {delay:.1f} s (attempt {n + 1} of {attempts})")
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -75,6 +148,14 @@ class Channel:
             if not data:
                 raise NetworkError("the server closed the connection")
             self._decoder.feed(data)
+
+    def _read_handshake_frame(self) -> bytes:
+        """The server's handshake message 2, or NetworkError/ServerBusy for a hint."""
+        frame = self._read_frame(CLIENT_CONNECT_TIMEOUT)
+        hint = parse_hint(frame)
+        if hint is not None:
+            raise _hint_error(hint)
+        return frame
 
     def _write(self, data: bytes) -> None:
         try:
@@ -174,7 +255,9 @@ def open_enroll(host: str, port: int, static: StaticKey, token: str | None,
     try:
         ch._write(encode_frame(noise.write_handshake(token_id)))
         try:
-            hello_raw = noise.read_handshake(ch._read_frame(CLIENT_CONNECT_TIMEOUT))
+            hello_raw = noise.read_handshake(ch._read_handshake_frame())
+        except (ServerBusy, ServerVersion):
+            raise
         except NetworkError:
             raise Refused(ErrorCode.BAD_TOKEN, {}) from None
         server_public = noise.remote_static
@@ -197,10 +280,13 @@ def open_connect(host: str, port: int, static: StaticKey, server_public: bytes, 
     try:
         ch._write(encode_frame(noise.write_handshake(struct.pack(">Q", ts_ns))))
         try:
-            msg2 = ch._read_frame(CLIENT_CONNECT_TIMEOUT)
-        except NetworkError:
-            # The gateway closes without a word for unknown or replayed keys.
-            raise Refused(ErrorCode.UNKNOWN_DEVICE, {}) from None
+            msg2 = ch._read_handshake_frame()
+        except (ServerBusy, ServerVersion):
+            raise
+        except NetworkError as exc:
+            # Unknown or replayed key, wrong pinned server key, a service down, a limit:
+            # the gateway cannot tell us which before the handshake, so it is not a refusal.
+            raise NetworkError(f"{exc}: {UNANSWERED_CONNECT}") from None
         noise.set_psk(session_psk(noise.local_ephemeral, responder_ephemeral(msg2)))
         noise.read_handshake(msg2)
         return ch

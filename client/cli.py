@@ -18,7 +18,7 @@ from cryptography import x509
 from client import flows
 from client import state as st
 from client.channel import NetworkError, Refused
-from client.explain import explain_refusal, pcr_meaning
+from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
@@ -27,6 +27,7 @@ from shared.wire import Command, Push
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
 
 _TPM_CODES = {ErrorCode.TPM_ERROR, ErrorCode.TPM_UNAVAILABLE}
+_TRY_AGAIN_CODES = {ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.STORE_UNAVAILABLE, ErrorCode.BUSY}
 
 
 class Out:
@@ -280,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args, out)
         return rc
     except Refused as exc:
+        # An authenticated "could not answer now" is not a refusal of this device.
+        if exc.code in _TRY_AGAIN_CODES:
+            return _fail(out, EXIT_NETWORK, exc.code, explain_unavailable(exc.code), exc.body)
         return _fail(out, EXIT_REFUSED, exc.code, explain_refusal(exc.code, exc.body), exc.body)
     except NetworkError as exc:
         return _fail(out, EXIT_NETWORK, None, f"network: {exc}", {})

@@ -47,10 +47,19 @@ _SIMPLE = {
     ErrorCode.QUOTE_BINDING: "the TPM quote was not bound to this channel",
     ErrorCode.CLOCK_ROLLBACK: "the TPM's clock or reset counter went backwards",
     ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
-    ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer; try again",
-    ErrorCode.RATE_LIMITED: "this device is posting faster than the server allows; wait a "
-                            "moment and post again",
+    ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer (one of its "
+                                   "services did not reply in time); try again",
+    ErrorCode.STORE_UNAVAILABLE: "the server's database is unreachable; nothing was stored; "
+                                 "try again",
+    ErrorCode.BUSY: "the server is busy; try again",
+    ErrorCode.RATE_LIMITED: "the server limits this device (too many sessions, or posts faster "
+                            "than allowed); close other sessions or wait a moment, then try again",
 }
+
+
+def explain_unavailable(code: ErrorCode) -> str:
+    """For an authenticated "could not answer now" (not a refusal of this device)."""
+    return "the server could not answer now: " + _SIMPLE.get(code, code.value.replace("_", " "))
 
 
 def explain_refusal(code: ErrorCode, body: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from client import pending as pending_post
 from client import state as st
-from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll
+from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll, retrying
 from client.tpm import KeyBlob, Tpm
 from shared.binding import activation_message, quote_nonce, reattest_nonce
 from shared.config import parse_host_port
@@ -56,7 +56,7 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
             raise AttestgateError(ErrorCode.BAD_REQUEST, "give --server-key or --tofu")
 
     progress(f"opening the enrollment channel to {host}:{port}")
-    ch, hello = open_enroll(host, port, static, token, check_server)
+    ch, hello = retrying(lambda: open_enroll(host, port, static, token, check_server), progress)
     with ch:
         nonce = quote_nonce(ch.handshake_hash)
         progress("creating the attestation key and the post-signing key in the TPM")
@@ -126,8 +126,9 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress) -> Channel:
         return Psk(tpm.hmac(psk_key, session_psk_message(e_i, e_r)))
 
     progress(f"connecting to {host}:{port}")
-    ch = open_connect(host, port, static, bytes.fromhex(state.server_public), time.time_ns(),
-                      session_psk)
+    server_public = bytes.fromhex(state.server_public)
+    ch = retrying(lambda: open_connect(host, port, static, server_public, time.time_ns(),
+                                       session_psk), progress)
     try:
         progress("attesting: quote bound to this channel")
         quote = tpm.quote(quote_nonce(ch.handshake_hash), state.selection)

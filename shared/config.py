@@ -240,6 +240,11 @@ class ServerConfig:
     reattest_interval: float
     connect_window: str  # "" or "HH:MM-HH:MM" UTC, when devices may connect
     log_level: str
+    # -- admission and abuse limits (gateway, registry) --------------------------------
+    max_sessions_per_device: int = 8  # ATTESTGATE_MAX_SESSIONS_PER_DEVICE (>= 1)
+    handshake_rate: float = 20.0  # ATTESTGATE_HANDSHAKE_RATE: anonymous handshakes/s per address
+    handshake_burst: float = 5.0  # ATTESTGATE_HANDSHAKE_BURST (>= 1)
+    token_max_failures: int = 10  # ATTESTGATE_TOKEN_MAX_FAILURES: wrong secrets, then burned
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -275,6 +280,11 @@ class ServerConfig:
                                      *REATTEST_RANGE),
             connect_window=setting(e, "ATTESTGATE_CONNECT_WINDOW", "", _window),
             log_level=setting(e, "ATTESTGATE_LOG_LEVEL", "INFO", _log_level),
+            max_sessions_per_device=integer(e, "ATTESTGATE_MAX_SESSIONS_PER_DEVICE", 8, 1,
+                                            1_000_000),
+            handshake_rate=number(e, "ATTESTGATE_HANDSHAKE_RATE", 20.0, 0.001, 1e6),
+            handshake_burst=number(e, "ATTESTGATE_HANDSHAKE_BURST", 5.0, 1, 1e6),
+            token_max_failures=integer(e, "ATTESTGATE_TOKEN_MAX_FAILURES", 10, 1, 1_000_000),
         )
 
     def check_files(self) -> None:

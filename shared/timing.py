@@ -20,7 +20,18 @@ PUBLISH_CONNECT_TIMEOUT: Final = 1.0  # ZmqPublisher waits this long for subscri
 PUBLISH_LINGER: Final = 1.0  # ZmqPublisher.close() waits this long for queued events to leave
 
 # -- gateway ---------------------------------------------------------------------
-HANDSHAKE_TIMEOUT: Final = 5.0  # preamble + Noise handshake + attestation must finish in this
+# One deadline per connection, from accept to established session (queue wait included):
+HANDSHAKE_TIMEOUT: Final = 12.0  # preamble + Noise handshake + attestation must finish in this
+MESSAGE1_TIMEOUT: Final = 3.0  # preamble + message 1 fully read (total, not per byte), before
+#                                 the connection may take or wait for a handshake slot
+SLOT_WAIT_MAX: Final = 2.0  # longest wait for a handshake slot; then a "busy" hint and close
+HANDSHAKE_REQUEST_TIMEOUT: Final = 2.5  # bus requests during the handshake (registry lookup,
+#                                 attestor); SLOT_WAIT_MAX + this < CLIENT_CONNECT_TIMEOUT, so
+#                                 the client hears "unavailable" instead of timing out
+REFUSAL_MARGIN: Final = 0.5  # kept back from the deadline to tell the device why it is refused
+TOKEN_FAILURE_RESERVE: Final = 1.0  # enrollment message 3 must arrive this long before the
+#                                 deadline, so that a wrong token secret is always counted
+BUSY_RETRY_AFTER: Final = 0.5  # what the gateway's "busy" / "unavailable" hint suggests
 IDLE_TIMEOUT: Final = 300.0  # no frame from the client for this long closes the session
 EVENT_FANOUT_INTERVAL: Final = 0.2  # how often the gateway re-checks sessions to close
 SESSION_MAX_AGE: Final = 3600.0  # after this the client must reconnect (fresh DH)
@@ -28,7 +39,10 @@ REATTEST_INTERVAL: Final = 600.0  # long sessions are re-attested this often (co
 REATTEST_GRACE: Final = 10.0  # time the client has to answer a re-attestation request
 
 # -- client ------------------------------------------------------------------------
-CLIENT_CONNECT_TIMEOUT: Final = 5.0
+CLIENT_CONNECT_TIMEOUT: Final = 8.0  # TCP connect, and the wait for handshake message 2
+CLIENT_CONNECT_ATTEMPTS: Final = 4  # tries when the server hints "busy" / "unavailable"
+CLIENT_RETRY_MIN: Final = 0.2  # a hint's retry-after is clamped to [MIN, MAX] (it is
+CLIENT_RETRY_MAX: Final = 4.0  #   unauthenticated: a forged one must not stall the client)
 CLIENT_REQUEST_TIMEOUT: Final = 15.0  # above REQUEST_TIMEOUT: the gateway answers first
 
 # -- registry ----------------------------------------------------------------------

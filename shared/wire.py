@@ -34,6 +34,22 @@ FRAME_HEADER_LEN: Final = 2  # big-endian length of the Noise message that follo
 MAX_HANDSHAKE_PAYLOAD: Final = 1024  # enroll msg1 carries a token id, nothing else is large
 TOKEN_ID_LEN: Final = 8  # bytes; hex-encoded in the token text
 
+# -- opening and cleartext hint (before the Noise handshake completes) --------------------
+# Message 1 is tiny (IKpsk2: 104 B; XXpsk3: 32 B + token id); the gateway reads the
+# preamble and message 1 before it gives a connection any handshake slot, and never
+# buffers more than this for a connection that is not admitted yet.
+MAX_MESSAGE1: Final = 256
+# A hint is one frame of exactly HINT_LEN bytes: HINT_MAGIC, reason (1 B), the server's
+# protocol version (1 B), retry-after in ms (4 B, big-endian, at most HINT_MAX_RETRY_MS).
+# No handshake message 2 is that short (IKpsk2: 48 B, XXpsk3: >= 96 B). It is NOT
+# authenticated: a client may only retry (or, for VERSION, say "upgrade") because of it.
+HINT_MAGIC: Final = b"AGT?"
+HINT_LEN: Final = 10
+HINT_MAX_RETRY_MS: Final = 60_000
+HINT_BUSY: Final = 1  # too many handshakes now (admission control); retry after N ms
+HINT_UNAVAILABLE: Final = 2  # a service or the store did not answer; retry after N ms
+HINT_VERSION: Final = 3  # unsupported preamble version; the byte after says which one to speak
+
 # -- labels (domain separation for every hash / HMAC) -------------------------------
 LABEL_ENROLL_PSK: Final = b"attestgate/1 enroll psk"  # PSK = HMAC(token secret, label)
 LABEL_SESSION_PSK: Final = b"attestgate/1 session psk"  # HMAC(device psk, label||e_i||e_r)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
+from services.gateway.admission import AdmissionLimits
 from services.gateway.limits import GatewayLimits
 from services.gateway.server import Gateway
 from shared.bus.zmq_bus import ZmqBus
@@ -34,7 +36,9 @@ async def run(cfg: ServerConfig, static: StaticKey) -> None:
     # A device gets REATTEST_GRACE to answer, but never more than one interval (at least 1 s).
     grace = min(REATTEST_GRACE, max(1.0, cfg.reattest_interval))
     gateway = Gateway(bus, static, cfg.pcr_selection,
-                      GatewayLimits(reattest_interval=cfg.reattest_interval, reattest_grace=grace))
+                      GatewayLimits(reattest_interval=cfg.reattest_interval, reattest_grace=grace,
+                                    max_sessions_per_device=cfg.max_sessions_per_device),
+                      AdmissionLimits(rate=cfg.handshake_rate, burst=cfg.handshake_burst))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,6 +59,21 @@ async def run(cfg: ServerConfig, static: StaticKey) -> None:
         await bus.close()
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: every connection, even one still
+    sending its message 1, is a file descriptor, and admission control (not the default
+    soft limit of 1024) must be what bounds them. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise the open files limit from %d", soft)
+    return soft
+
+
 def main() -> int:
     cfg = load_config("gateway")
     if cfg is None:
@@ -69,6 +88,7 @@ def main() -> int:
     except ServerKeyError as exc:
         say("gateway", exc.message)
         return EXIT_CONFIG
+    log.info("open files limit %d", raise_open_files_limit())
     try:
         asyncio.run(run(cfg, static))
     except PortInUse as exc:

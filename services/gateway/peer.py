@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import FrameDecoder, encode_frame
 from shared.noise_session import NoiseSession
-from shared.wire import PREAMBLE_LEN
+from shared.wire import FRAME_HEADER_LEN, MAX_MESSAGE1, PREAMBLE_LEN
 
 _READ_CHUNK = 65536
 
@@ -32,6 +34,33 @@ class Peer:
             return await self._reader.readexactly(PREAMBLE_LEN)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise PeerClosed("preamble") from exc
+
+    async def read_message1(self) -> bytes:
+        """Handshake message 1, read exactly: nothing past it is taken from the socket, and
+        a frame longer than MAX_MESSAGE1 is TOO_LARGE before any of it is read."""
+        try:
+            (length,) = struct.unpack(">H", await self._reader.readexactly(FRAME_HEADER_LEN))
+            if length > MAX_MESSAGE1:
+                raise AttestgateError(ErrorCode.TOO_LARGE, f"message 1 of {length} bytes")
+            return await self._reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise PeerClosed("message 1") from exc
+
+    async def send_clear(self, data: bytes, timeout: float) -> None:
+        """Best effort: write ``data`` (a cleartext hint) and wait briefly for it to leave."""
+        with contextlib.suppress(ConnectionError, TimeoutError, PeerClosed):
+            await asyncio.wait_for(self._write(data), timeout)
+
+    def set_receive_buffer(self, size: int) -> None:
+        """Bound what the kernel (and so each read) may hold for this connection."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def abort(self) -> None:
+        """Drop the connection now (evicted opening); a pending read ends with PeerClosed."""
+        self._writer.transport.abort()
 
     async def read_frame(self) -> bytes:
         """The next frame; raises PeerClosed on EOF, AttestgateError(TOO_LARGE) on abuse."""

@@ -6,44 +6,76 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 from collections import defaultdict
 
 from services.gateway import handshake
-from services.gateway.limits import GatewayLimits
+from services.gateway.admission import (
+    Admission,
+    AdmissionLimits,
+    DeviceSessions,
+    KnownKeys,
+    Lane,
+    Ticket,
+    Verdict,
+)
+from services.gateway.limits import (
+    LISTEN_BACKLOG,
+    MAX_COLD_LOOKUPS,
+    PREAUTH_RCVBUF,
+    READER_LIMIT,
+    SESSION_RCVBUF,
+    GatewayLimits,
+)
 from services.gateway.peer import Peer, PeerClosed
 from services.gateway.session import Session
+from shared import hint
 from shared.bus.interface import BusClient, BusEvent
 from shared.errors import AttestgateError, ErrorCode
-from shared.framing import Mode, parse_preamble
+from shared.framing import Mode, Preamble, parse_preamble
 from shared.keys import StaticKey
 from shared.messages import encode_push
+from shared.timing import BUSY_RETRY_AFTER
 from shared.wire import Event, Push
 
 log = logging.getLogger("attestgate.gateway")
 
+_HINT_WRITE_S = 0.5  # a cleartext hint gets this long to leave before the close
+ADMISSION_REPORT_INTERVAL = 10.0  # seconds between admission summaries in the log
+_ADMISSION_COUNTERS = ("opening_timeout", "opening_evicted", "rate_limited", "queue_full",
+                       "slot_wait_timeout", "refused_sessions")
+
 
 class Gateway:
     def __init__(self, bus: BusClient, static: StaticKey, selection: str,
-                 limits: GatewayLimits | None = None) -> None:
+                 limits: GatewayLimits | None = None,
+                 admission: AdmissionLimits | None = None) -> None:
         self.bus = bus
         self.static = static
         self.selection = selection
         self.limits = limits or GatewayLimits()
         self.sessions: dict[str, set[Session]] = defaultdict(set)
-        self._handshakes = asyncio.Semaphore(self.limits.max_concurrent_handshakes)
-        self._per_address: dict[str, int] = defaultdict(int)
+        self.admission = Admission(admission)
+        self.known = KnownKeys()
+        self.device_sessions = DeviceSessions(self.limits.max_sessions_per_device)
+        self._openings: dict[int, Peer] = {}
+        self._waiters: dict[Ticket, asyncio.Future[None]] = {}
+        self._conn_ids = itertools.count()
+        self._cold_lookups = 0
         self._server: asyncio.Server | None = None
         self._events_task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.counters: dict[str, int] = defaultdict(int)
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
         self._server = await asyncio.start_server(self._on_connection, host, port,
-                                                  limit=2 * 65537, backlog=512)
+                                                  limit=READER_LIMIT, backlog=LISTEN_BACKLOG)
         self._events_task = asyncio.create_task(self._run_events())
+        self._report_task = asyncio.create_task(self._report_admission())
         sock = self._server.sockets[0]
         bound = int(sock.getsockname()[1])
         log.info("listening on %s:%d", host, bound)
@@ -55,10 +87,11 @@ class Gateway:
         for sessions in list(self.sessions.values()):
             for s in list(sessions):
                 s.close(ErrorCode.SERVICE_UNAVAILABLE, "gateway stopping")
-        if self._events_task is not None:
-            self._events_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events_task
+        for task in (self._events_task, self._report_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._conns:
             await asyncio.wait(self._conns, timeout=2.0)
         for t in self._conns:
@@ -90,8 +123,25 @@ class Gateway:
             device_id = str(event.body["device_id"])
             code = ErrorCode.REVOKED if event.topic == Event.DEVICE_REVOKED.value else (
                 ErrorCode.LOCKED)
+            self.known.forget_device(device_id)
             for s in list(self.sessions.get(device_id, ())):
                 s.close(code, f"device {event.topic}")
+
+    async def _report_admission(self) -> None:
+        """One log line per interval summing up what admission control turned away."""
+        last: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(ADMISSION_REPORT_INTERVAL)
+            now = {k: self.counters[k] for k in _ADMISSION_COUNTERS}
+            delta = {k: v - last.get(k, 0) for k, v in now.items() if v != last.get(k, 0)}
+            last = now
+            if delta:
+                used, anonymous = self.admission.in_use
+                log.warning("admission last %.0fs: %s; slots in use %d (anonymous %d), "
+                            "waiting %d+%d, openings %d", ADMISSION_REPORT_INTERVAL,
+                            " ".join(f"{k}={v}" for k, v in sorted(delta.items())), used,
+                            anonymous, self.admission.waiting(Lane.PRIORITY),
+                            self.admission.waiting(Lane.ANONYMOUS), self.admission.openings)
 
     # -- connections -----------------------------------------------------------------
     async def _on_connection(self, reader: asyncio.StreamReader,
@@ -109,43 +159,158 @@ class Gateway:
 
     async def _serve(self, peer: Peer, sid: str) -> None:
         addr = peer.address
-        if self._per_address[addr] >= self.limits.max_handshakes_per_address or (
-            self.session_count >= self.limits.max_sessions
-        ):
-            self.counters["refused_limit"] += 1
-            log.info("refused connection from=%s reason=limit", addr)
+        loop = asyncio.get_running_loop()
+        deadline = handshake.Deadline(loop.time() + self.limits.handshake_timeout, loop.time)
+        if self.session_count >= self.limits.max_sessions:
+            self.counters["refused_sessions"] += 1
+            log.info("refused connection from=%s reason=session limit", addr)
+            await peer.send_clear(hint.busy(BUSY_RETRY_AFTER).frame(), _HINT_WRITE_S)
             return
-        self._per_address[addr] += 1
         ident: handshake.Identity | None = None
         try:
-            async with self._handshakes:
-                ident = await asyncio.wait_for(self._handshake(peer, sid),
-                                               self.limits.handshake_timeout)
+            ident = await self._handshake(peer, sid, deadline)
         except TimeoutError:
             self.counters["handshake_timeout"] += 1
             log.info("closed sid=%s from=%s reason=handshake timeout", sid, addr)
         except handshake.Closed as exc:
             self.counters["handshake_refused"] += 1
-            log.info("closed sid=%s from=%s reason=%s", sid, addr, exc.reason)
+            # A flood must not write a log line per socket: admission refusals are counted
+            # and summed up every ADMISSION_REPORT_INTERVAL (_report_admission).
+            log.log(logging.DEBUG if exc.admission else logging.INFO,
+                    "closed sid=%s from=%s reason=%s", sid, addr, exc.reason)
+            # A cleartext hint only while there is no channel to say it in.
+            if exc.hint is not None and (peer.noise is None or not peer.noise.established):
+                await peer.send_clear(exc.hint.frame(), _HINT_WRITE_S)
         except PeerClosed:
             log.debug("closed sid=%s from=%s reason=peer closed during handshake", sid, addr)
         except AttestgateError as exc:
             self.counters["handshake_failed"] += 1
             log.info("closed sid=%s from=%s reason=%s detail=%s", sid, addr, exc.code, exc.detail)
-        finally:
-            self._per_address[addr] -= 1
-            if not self._per_address[addr]:
-                del self._per_address[addr]
+            if exc.code is ErrorCode.VERSION:
+                await peer.send_clear(hint.version().frame(), _HINT_WRITE_S)
         if ident is not None:
-            await self._run_session(peer, ident, sid)
+            peer.set_receive_buffer(SESSION_RCVBUF)
+            try:
+                await self._run_session(peer, ident, sid)
+            finally:
+                self.device_sessions.release(ident.device_id)
 
-    async def _handshake(self, peer: Peer, sid: str) -> handshake.Identity | None:
-        pre = parse_preamble(await peer.read_preamble())
-        timeout = self.limits.request_timeout
-        if pre.mode is Mode.ENROLL:
-            await handshake.enroll(peer, pre, self.static, self.bus, self.selection, sid, timeout)
+    async def _handshake(self, peer: Peer, sid: str,
+                         deadline: handshake.Deadline) -> handshake.Identity | None:
+        pre, message1 = await self._opening(peer, deadline)
+        addr = peer.address
+        now = deadline.clock()
+        first: handshake.Message1 | None = None
+        found: handshake.Found | None = None
+        lane = Lane.ANONYMOUS
+        if pre.mode is Mode.CONNECT:
+            try:
+                first = handshake.read_connect_message1(pre, self.static, message1)
+            except handshake.Closed:
+                self.admission.charge(addr, now)  # failed DH work counts as anonymous work
+                raise
+            lane = self.known.lane(first.client_key, first.ts)
+            if lane is Lane.ANONYMOUS:
+                found = await self._cold_lookup(first, addr, sid, deadline)
+                lane = Lane.PRIORITY
+        ticket = await self._slot(lane, addr, deadline)
+        self.counters[f"admitted_{lane.name.lower()}"] += 1
+        try:
+            return await asyncio.wait_for(
+                self._run_handshake(peer, pre, message1, first, found, sid, deadline),
+                deadline.left())
+        finally:
+            self._release(ticket)
+
+    async def _cold_lookup(self, first: handshake.Message1, addr: str, sid: str,
+                           deadline: handshake.Deadline) -> handshake.Found:
+        """A key the gateway has not seen accepted (say, after a restart): the registry's
+        word is the evidence. Bounded in concurrency and charged to the source address, so
+        random keys cost little; a key the registry knows then goes to the PRIORITY lane
+        and does not compete with enrollments, silent or slow sockets."""
+        if not self.admission.charge(addr, deadline.clock()):
+            self.counters["rate_limited"] += 1
+            raise handshake.Closed("rate limited (cold key)",
+                                   hint.busy(1.0 / self.admission.limits.rate), admission=True)
+        if self._cold_lookups >= MAX_COLD_LOOKUPS:
+            self.counters["queue_full"] += 1
+            raise handshake.Closed("too many cold lookups", hint.busy(BUSY_RETRY_AFTER),
+                                   admission=True)
+        self._cold_lookups += 1
+        try:
+            return await handshake.lookup(first, self.bus, sid, deadline,
+                                          self.limits.handshake_request_timeout, self.known)
+        finally:
+            self._cold_lookups -= 1
+
+    async def _opening(self, peer: Peer, deadline: handshake.Deadline) -> tuple[Preamble, bytes]:
+        """Preamble and message 1, within MESSAGE1_TIMEOUT in total, holding no slot."""
+        conn = next(self._conn_ids)
+        peer.set_receive_buffer(PREAUTH_RCVBUF)
+        for victim in self.admission.open(conn, peer.address):
+            evicted = self._openings.pop(victim, None)
+            if evicted is not None:
+                self.counters["opening_evicted"] += 1
+                evicted.abort()
+        self._openings[conn] = peer
+        try:
+            async with asyncio.timeout(min(self.limits.message1_timeout, deadline.left())):
+                pre = parse_preamble(await peer.read_preamble())
+                return pre, await peer.read_message1()
+        except TimeoutError:
+            self.counters["opening_timeout"] += 1
+            raise handshake.Closed("no message 1 in time", admission=True) from None
+        finally:
+            self.admission.opened(conn, peer.address)
+            self._openings.pop(conn, None)
+
+    async def _slot(self, lane: Lane, addr: str, deadline: handshake.Deadline) -> Ticket:
+        verdict, ticket = self.admission.admit(lane, addr, deadline.clock())
+        if verdict is Verdict.RATE_LIMITED:
+            self.counters["rate_limited"] += 1
+            raise handshake.Closed("rate limited", hint.busy(1.0 / self.admission.limits.rate),
+                                   admission=True)
+        if verdict is Verdict.BUSY or ticket is None:
+            self.counters["queue_full"] += 1
+            raise handshake.Closed(f"no handshake slot lane={lane.name}",
+                                   hint.busy(BUSY_RETRY_AFTER), admission=True)
+        if verdict is Verdict.ADMIT:
+            return ticket
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = waiter
+        try:
+            await asyncio.wait_for(waiter, min(self.limits.slot_wait_max, deadline.left()))
+        except BaseException as exc:
+            self._waiters.pop(ticket, None)
+            if not self.admission.cancel(ticket):
+                self._release(ticket)  # granted just as we gave up
+            if isinstance(exc, TimeoutError):
+                self.counters["slot_wait_timeout"] += 1
+                raise handshake.Closed(f"no handshake slot in time lane={lane.name}",
+                                       hint.busy(BUSY_RETRY_AFTER), admission=True) from None
+            raise
+        return ticket
+
+    def _release(self, ticket: Ticket) -> None:
+        for woken in self.admission.release(ticket):
+            waiter = self._waiters.pop(woken, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _run_handshake(self, peer: Peer, pre: Preamble, message1: bytes,
+                             first: handshake.Message1 | None, found: handshake.Found | None,
+                             sid: str, deadline: handshake.Deadline
+                             ) -> handshake.Identity | None:
+        timeout = self.limits.handshake_request_timeout
+        if first is None:
+            key, device_id = await handshake.enroll(peer, pre, message1, self.static, self.bus,
+                                                    self.selection, sid, deadline, timeout)
+            self.known.learn(key, 0, device_id)
             return None
-        return await handshake.connect(peer, pre, self.static, self.bus, sid, timeout)
+        if found is None:
+            found = await handshake.lookup(first, self.bus, sid, deadline, timeout, self.known)
+        return await handshake.connect(peer, first, found, self.bus, sid, deadline, timeout,
+                                       self.device_sessions)
 
     async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
         session = Session(peer, ident, self.bus, self.limits, sid)

@@ -10,7 +10,7 @@ from shared.wire import Service
 
 
 def deps(cfg: ServerConfig, store: RedisStore, keys: WorkerKeys) -> RegistryDeps:
-    return RegistryDeps(store, keys.vault, cfg.open_enrollment)
+    return RegistryDeps(store, keys.vault, cfg.open_enrollment, cfg.token_max_failures)
 
 
 sys.exit(serve(Service.REGISTRY.value, handle, deps))

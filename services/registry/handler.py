@@ -4,6 +4,9 @@
 * ``connect``   — after IKpsk2 message 1: the device behind a Noise static key,
   its session PSK for these ephemerals, and its status; refuses a replayed
   message 1 (timestamp not newer than the last one);
+* ``token_failed`` — the gateway saw a handshake fail under a token's PSK (a wrong
+  secret): count it and audit ``token_failed``; at ``token_max_failures`` the token
+  is burned (deleted, audited ``token_burned``) and refuses even the right secret;
 * ``register``  — store a device whose enrollment the attestor has verified;
 * ``status``    — a device's own view of its record.
 """
@@ -28,11 +31,14 @@ from shared.wire import DH_LEN, TOKEN_ID_LEN
 
 _log = logging.getLogger("attestgate.registry")
 
+TOKEN_MAX_FAILURES = 10  # wrong-secret handshakes before a token is burned (configurable)
+
 @dataclass(frozen=True)
 class RegistryDeps:
     store: Store
     vault: Vault
     open_enrollment: bool
+    token_max_failures: int = TOKEN_MAX_FAILURES
 
 
 def _token_psk(req: Request, deps: RegistryDeps, now: float) -> Reply:
@@ -45,6 +51,21 @@ def _token_psk(req: Request, deps: RegistryDeps, now: float) -> Reply:
     if token is None:
         raise AttestgateError(ErrorCode.BAD_TOKEN, f"token {token_id} unknown or expired")
     return Reply(req.id, {"psk": token.psk})
+
+
+def _token_failed(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    token_id = Fields(req.body).text("token_id", 2 * TOKEN_ID_LEN)
+    token = deps.store.get_token(token_id, now)
+    if token is None:
+        raise AttestgateError(ErrorCode.BAD_TOKEN, f"token {token_id} gone (already burned?)")
+    failures = deps.store.count_token_failure(token_id, token.expires_at)
+    deps.store.append_audit("token_failed", "", {"token_id": token_id, "failures": failures}, now)
+    burned = failures >= deps.token_max_failures and deps.store.burn_token(token_id)
+    if burned:
+        deps.store.append_audit("token_burned", "", {"token_id": token_id, "failures": failures},
+                                now)
+        _log.warning("token burned after %d failed handshakes token=%s", failures, token_id)
+    return Reply(req.id, {"failures": failures, "burned": burned})
 
 
 def _connect(req: Request, deps: RegistryDeps, now: float) -> Reply:
@@ -104,6 +125,7 @@ def _status(req: Request, deps: RegistryDeps, now: float) -> Reply:
 
 _OPS: dict[str, Op[RegistryDeps]] = {
     "token_psk": _token_psk,
+    "token_failed": _token_failed,
     "connect": _connect,
     "register": _register,
     "status": _status,

@@ -65,6 +65,15 @@ class Store(Protocol):
         """The token if it exists and has not expired."""
         ...
 
+    def count_token_failure(self, token_id: str, expires_at: float) -> int:
+        """Count one failed handshake under this token (wrong secret); returns the count.
+        The counter lives as long as the token (``expires_at``, epoch seconds)."""
+        ...
+
+    def burn_token(self, token_id: str) -> bool:
+        """Delete a token so that it can never be used; False if it was already gone."""
+        ...
+
     def put_pending(self, key: str, data: bytes, ttl: float) -> None: ...
 
     def take_pending(self, key: str) -> bytes | None:

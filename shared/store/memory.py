@@ -23,6 +23,7 @@ class MemoryStore:
         self.checkpoints = checkpoints
         self.devices: dict[str, Device] = {}
         self.tokens: dict[str, Token] = {}
+        self.token_failures: dict[str, int] = {}
         self.pending: dict[str, bytes] = {}
         self.connect_ts: dict[str, int] = {}
         self.posts: list[tuple[str, dict[bytes, bytes]]] = []
@@ -80,6 +81,14 @@ class MemoryStore:
     def get_token(self, token_id: str, now: float) -> Token | None:
         t = self.tokens.get(token_id)
         return t if t is not None and t.expires_at > now else None
+
+    def count_token_failure(self, token_id: str, expires_at: float) -> int:
+        n = self.token_failures.get(token_id, 0) + 1
+        self.token_failures[token_id] = n
+        return n
+
+    def burn_token(self, token_id: str) -> bool:
+        return self.tokens.pop(token_id, None) is not None
 
     def put_pending(self, key: str, data: bytes, ttl: float) -> None:
         self.pending[key] = data

@@ -5,6 +5,7 @@ Key layout (hash tags keep keys that change together in one Cluster slot):
     ag:{reg}:dev:<id>          device record (msgpack)
     ag:{reg}:idx:noise|name|ek hash: Noise key hex / casefolded name / EK fingerprint -> device id
     ag:{reg}:tok:<id>          enrollment token (msgpack), expires with the token
+    ag:{reg}:tokfail:<id>      failed handshakes under that token, expires with the token
     ag:{reg}:ts:<id>           last reconnect timestamp (replay guard)
     ag:{reg}:pending:<key>     enrollment in progress (TTL)
     ag:{board}:posts           stream of posts
@@ -253,6 +254,18 @@ class RedisStore:
             return None
         token = token_from_bytes(raw)
         return token if token.expires_at > now else None
+
+    def count_token_failure(self, token_id: str, expires_at: float) -> int:
+        key = REG + "tokfail:" + token_id
+        with _mapped(), self._r.pipeline(transaction=True) as p:
+            p.incr(key)
+            p.pexpireat(key, max(int(expires_at * 1000), int(time.time() * 1000) + 1000))
+            count, _ = p.execute()
+        return int(count)
+
+    def burn_token(self, token_id: str) -> bool:
+        with _mapped():
+            return bool(self._r.delete(REG + "tok:" + token_id))
 
     def put_pending(self, key: str, data: bytes, ttl: float) -> None:
         with _mapped():

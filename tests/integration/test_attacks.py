@@ -38,6 +38,7 @@ from shared.binding import quote_nonce
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import FrameDecoder, Mode, Preamble, encode_frame, preamble
+from shared.hint import Hint, HintReason, parse_hint
 from shared.keys import Psk, StaticKey, enroll_psk, session_psk, session_psk_message
 from shared.messages import decode_server_message, encode_request
 from shared.noise_session import NoiseSession, responder_ephemeral
@@ -579,7 +580,9 @@ def test_attack_preamble_downgrade(stack: Stack, store: RedisStore, swtpm: Swtpm
 
 def test_attack_preamble_unknown_version_refused(stack: Stack, store: RedisStore,
                                                  swtpm: SwtpmProcess, tmp_path: Path) -> None:
-    """A client (or attacker) speaking a version the gateway does not know gets nothing."""
+    """A client (or attacker) speaking a version the gateway does not know gets only a cleartext
+    version hint (advisory: "I speak version N"), then the connection closes; nothing reaches
+    the registry."""
     state = enrolled(stack, swtpm, tmp_path).state()
     before = Snapshot.take(stack, store, state.device_id)
     host, port = host_port(stack)
@@ -593,7 +596,11 @@ def test_attack_preamble_unknown_version_refused(stack: Stack, store: RedisStore
             with contextlib.suppress(OSError):
                 s.sendall(pre.encode() + encode_frame(noise.write_handshake(bytes(8))))
             received, closed = read_until_closed(s)
-        assert closed and received == b"", version
+        frames = FrameDecoder()
+        frames.feed(received)
+        first = frames.next_frame()
+        assert closed and first is not None and frames.next_frame() is None, version
+        assert parse_hint(first) == Hint(HintReason.VERSION, 0, PROTOCOL_VERSION), version
     text = wait_for_log(stack, "gateway", "unsupported version", gateway_at)
     assert text.count("reason=version") >= 3, text
     assert Snapshot.take(stack, store, state.device_id) == before
@@ -651,8 +658,8 @@ def test_attack_preamble_rewrite_breaks_handshake(stack: Stack, store: RedisStor
         assert handcrafted_connect(mitm.address, PROTOCOL_VERSION + 1, tpm) is None
         assert mitm.rewritten[-1] == (Preamble(PROTOCOL_VERSION + 1, Mode.CONNECT).encode(),
                                       Preamble(PROTOCOL_VERSION, Mode.CONNECT).encode())
-    gateway_log = wait_for_log(stack, "gateway", "reason=protocol", gateway_at)
-    assert "reason=protocol" in gateway_log, gateway_log
+    gateway_log = wait_for_log(stack, "gateway", "(protocol)", gateway_at)
+    assert "reason=bad message 1 (protocol)" in gateway_log, gateway_log
     # Message 1 failed to decrypt, so the registry was never asked about this device.
     assert store.raw().get(f"ag:{{reg}}:ts:{state.device_id}") == guard
     assert state.device_id not in log_text(stack, "registry")[registry_at:]
@@ -695,7 +702,8 @@ def test_attack_impostor_server(stack: Stack, store: RedisStore, swtpm: SwtpmPro
             assert session_count(impostor) == 0
             assert fake.count_posts() == 0 and device_events(fake) == []
             assert state.device_id not in log_text(impostor, "registry")[registry_at:]
-            assert "reason=protocol" in wait_for_log(impostor, "gateway", "reason=protocol", 0)
+            assert "reason=bad message 1 (protocol)" in wait_for_log(impostor, "gateway",
+                                                                      "(protocol)", 0)
         finally:
             fake.close()
     st.save(m.home, state)

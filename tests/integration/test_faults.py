@@ -80,11 +80,8 @@ ACKS_PER_RECOVERY = 5  # acks after a restart that show the stack serves again
 JOIN_TIMEOUT_S = CALL_DEADLINE_S + SLACK_S
 
 # Codes a client may see while a process is down: each one means "not done, retry".
-# unknown_device: the client today reports any unauthenticated close after message 1 so
-# (registry or Redis down, gateway restarting); see ISSUE 7 item 4.
 RETRY_CODES = frozenset({"network", ErrorCode.SERVICE_UNAVAILABLE.value,
-                         ErrorCode.STORE_UNAVAILABLE.value, ErrorCode.BUSY.value,
-                         ErrorCode.UNKNOWN_DEVICE.value})
+                         ErrorCode.STORE_UNAVAILABLE.value, ErrorCode.BUSY.value})
 
 
 # -- supervisord --------------------------------------------------------------------------

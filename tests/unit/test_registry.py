@@ -83,7 +83,7 @@ def test_token_id_too_long(store: MemoryStore) -> None:
     assert reply.error is ErrorCode.BAD_REQUEST
 
 
-# -- connect -----------------------------------------------------------------------------------
+# -- connect --------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_connect_malformed(store: MemoryStore, device: TestDevice, over: dict[st
     assert call(deps(store), "connect", body).error is ErrorCode.BAD_REQUEST
 
 
-# -- register ---------------------------------------------------------------------------------
+# -- register -------------------------------------------------------------------------------------
 
 
 def pending(store: MemoryStore, dev: TestDevice, h: str = H) -> None:
@@ -298,7 +298,7 @@ def test_register_device_id_must_match_key(store: MemoryStore) -> None:
     assert_nothing_stored(store, 0)
 
 
-# -- status -----------------------------------------------------------------------------------
+# -- status ---------------------------------------------------------------------------------------
 
 
 def test_status(store: MemoryStore, device: TestDevice) -> None:
@@ -319,3 +319,24 @@ def test_status_unknown(store: MemoryStore) -> None:
 
 def test_unknown_op(store: MemoryStore) -> None:
     assert call(deps(store), "unregister", {}).error is ErrorCode.UNKNOWN_COMMAND
+
+
+# -- token_failed (enrollment-token brute force) --------------------------------------------------
+
+
+def test_wrong_secrets_are_counted_audited_then_the_token_is_burned(store: MemoryStore) -> None:
+    store.put_token(Token(TOKEN_ID, enroll_psk(b"secret").value, NOW - 10, NOW + 60))
+    d = dataclasses.replace(deps(store), token_max_failures=3)
+    replies = [call(d, "token_failed", {"token_id": TOKEN_ID}) for _ in range(3)]
+    assert [(r.body["failures"], r.body["burned"]) for r in replies] == [
+        (1, False), (2, False), (3, True)]
+    assert call(d, "token_psk", {"token_id": TOKEN_ID}).error is ErrorCode.BAD_TOKEN
+    assert call(d, "token_failed", {"token_id": TOKEN_ID}).error is ErrorCode.BAD_TOKEN
+    events = [e.event for e in store.read_audit()]
+    assert events == ["token_failed"] * 3 + ["token_burned"]
+
+
+def test_token_failed_needs_a_token_id(store: MemoryStore) -> None:
+    assert call(deps(store), "token_failed", {}).error is ErrorCode.BAD_REQUEST
+    assert call(deps(store), "token_failed", {"token_id": "zz" * 20}).error in (
+        ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE)
