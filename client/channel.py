@@ -47,6 +47,16 @@ UNANSWERED_CONNECT = (
     "ask the operator."
 )
 
+UNANSWERED_ENROLL = (
+    "no answer the client could authenticate, so this is not a refusal. Likely causes: the "
+    "enrollment token is unknown, expired, already used, or burned after too many wrong "
+    "secrets, or its secret is mistyped (ask the operator for a new one: `attestgate-admin "
+    "token create`); the server requires a token and none was given (--token); the server is "
+    "busy or limiting enrollments from this address; a server service (registry, attestor) or "
+    "its database (Redis) is down. Check the token, then try again; if it persists, ask the "
+    "operator."
+)
+
 
 class NetworkError(Exception):
     """The server could not be reached, or the connection broke."""
@@ -258,8 +268,10 @@ def open_enroll(host: str, port: int, static: StaticKey, token: str | None,
             hello_raw = noise.read_handshake(ch._read_handshake_frame())
         except (ServerBusy, ServerVersion):
             raise
-        except NetworkError:
-            raise Refused(ErrorCode.BAD_TOKEN, {}) from None
+        except NetworkError as exc:
+            # The gateway closes silently for an unknown token id (or when a service is
+            # down): nothing authenticated says which, so it is not a refusal.
+            raise NetworkError(f"{exc}: {UNANSWERED_ENROLL}") from None
         server_public = noise.remote_static
         assert server_public is not None
         check_server(server_public)

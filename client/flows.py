@@ -14,7 +14,15 @@ from typing import Any
 
 from client import pending as pending_post
 from client import state as st
-from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll, retrying
+from client.channel import (
+    UNANSWERED_ENROLL,
+    Channel,
+    NetworkError,
+    Refused,
+    open_connect,
+    open_enroll,
+    retrying,
+)
 from client.tpm import KeyBlob, Tpm
 from shared.binding import activation_message, quote_nonce, reattest_nonce
 from shared.config import parse_host_port
@@ -77,12 +85,11 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
                 quote_attest=quote.attest, quote_signature=quote.signature,
                 pcrs=_pcr_map(quote.pcrs()),
             )
-        except NetworkError:
+        except NetworkError as exc:
             # XXpsk3 mixes the token's PSK in only at message 3, which the gateway reads
-            # after we sent it: a wrong token secret shows up here, as a silent close.
-            if token:
-                raise Refused(ErrorCode.BAD_TOKEN, {}) from None
-            raise
+            # after we sent it: a wrong token secret shows up here, as a silent close that
+            # nothing authenticates (it could as well be a service going down).
+            raise NetworkError(f"{exc}: {UNANSWERED_ENROLL}") from None
         progress("activating the credential and importing the device secret into the TPM")
         answer = tpm.activate_credential(bytes(challenge["id_object"]),
                                          bytes(challenge["encrypted_secret"]))
