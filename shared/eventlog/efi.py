@@ -8,6 +8,7 @@ print (control characters escaped) and bounded in length.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -48,8 +49,14 @@ def safe_text(text: str) -> str:
         text = text[:MAX_TEXT] + "…"
     if text.isprintable():
         return text
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
                    else f"\\u{ord(c):04x}" for c in text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def utf16(raw: bytes) -> str:
@@ -91,7 +98,8 @@ def variable(raw: bytes, strict: bool = True) -> Variable:
 
 
 def signature_lists(raw: bytes) -> list[tuple[str, str]]:
-    """EFI_SIGNATURE_LIST entries of db/dbx/KEK/PK as (type, SHA-256 of the entry data)."""
+    """EFI_SIGNATURE_LIST entries of db/dbx/KEK/PK as (type, entry id): the hex of a hash entry,
+    the SHA-256 of a certificate."""
     r = LeReader(raw, "EFI_SIGNATURE_LIST")
     out: list[tuple[str, str]] = []
     while r.remaining:
@@ -108,7 +116,10 @@ def signature_lists(raw: bytes) -> list[tuple[str, str]]:
             if len(out) >= MAX_SIGNATURES:
                 raise r.fail("too many signatures")
             r.take(16)  # owner GUID
-            out.append((sig_type, hashlib.sha256(r.take(sig_size - 16)).hexdigest()))
+            entry = r.take(sig_size - 16)
+            # Hash entries (most of dbx) are shown as themselves; certificates by their SHA-256.
+            out.append((sig_type, entry.hex() if len(entry) <= 64 else
+                        hashlib.sha256(entry).hexdigest()))
     return out
 
 

@@ -160,9 +160,8 @@ def _ipl(data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:
     for prefix, kind in IPL_PREFIXES:
         if raw.startswith(prefix.encode()):
             f["ipl"] = kind
-            f["command"] = efi.safe_text(raw[len(prefix):].decode("utf-8", errors="replace"))
-            forms += [raw[len(prefix):], data[len(prefix):]]
-            return tuple(forms)
+            f["command"] = text[len(prefix):]
+            return (raw[len(prefix):], data[len(prefix):], *forms)
     label = _IPL_FILE_LABELS.get(text)
     if label is not None or text.startswith(("/", "(", "\\")):
         # grub measures a file's contents with its path as the event data: a hint.

@@ -105,7 +105,7 @@ def verify(log: bytes | EventLog,
     malformed log; a log that does not replay is returned with ``mismatched`` set.
     """
     parsed = log if isinstance(log, EventLog) else parse_log(log)
-    replayed = replay(parsed)
+    replayed = replay(parsed, None if quoted is None else quoted.keys())
     if quoted is None:
         checked = tuple(replayed)
         pcr_ok = {ev.pcr: True for ev in parsed.events}
