@@ -147,8 +147,16 @@ def verify(log: bytes | EventLog,
 
 
 def _secure_boot(events: list[CheckedEvent]) -> bool | None:
-    values = [ce.fields["enabled"] for ce in events
-              if ce.event.pcr == 7 and ce.verified and "enabled" in ce.fields]
+    """The verified SecureBoot variable measured before PCR 7's separator; None unless exactly
+    one (a value extended after the separator is the OS's, not the firmware's)."""
+    values: list[bool] = []
+    for ce in events:
+        if ce.event.pcr != 7:
+            continue
+        if ce.event.type == t.EV_SEPARATOR:
+            break
+        if ce.verified and "enabled" in ce.fields:
+            values.append(bool(ce.fields["enabled"]))
     return values[0] if len(values) == 1 else None
 
 
