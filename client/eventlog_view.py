@@ -25,15 +25,15 @@ _TEXT_WIDTH = 120  # characters of a component shown in the human view (--json h
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 
 
-def default_log_path(env: Mapping[str, str]) -> str:
+def default_log_path(env: Mapping[str, str], linux_path: str = LINUX_EVENT_LOG) -> str:
     """$ATTESTGATE_EVENT_LOG, else the Linux log when readable; BAD_REQUEST (usage) otherwise."""
     if env.get(ENV_EVENT_LOG):
         return env[ENV_EVENT_LOG]
-    if os.access(LINUX_EVENT_LOG, os.R_OK):
-        return LINUX_EVENT_LOG
+    if os.access(linux_path, os.R_OK):
+        return linux_path
     raise AttestgateError(
         ErrorCode.BAD_REQUEST,
-        f"no event log given: pass FILE or set {ENV_EVENT_LOG} ({LINUX_EVENT_LOG} is not "
+        f"no event log given: pass FILE or set {ENV_EVENT_LOG} ({linux_path} is not "
         "readable here; it needs root)")
 
 
