@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -46,10 +47,8 @@ def read_log(path: str) -> bytes:
         raise AttestgateError(ErrorCode.BAD_REQUEST,
                               f"cannot read {path}: {exc.strerror or exc}") from None
     if data[:1] != b"\x00" and _BASE64_TEXT.fullmatch(data):
-        try:
+        with contextlib.suppress(binascii.Error, ValueError):
             data = base64.b64decode(b"".join(data.split()), validate=True)
-        except (binascii.Error, ValueError):
-            pass
     if len(data) > MAX_LOG_BYTES:
         raise AttestgateError(ErrorCode.TOO_LARGE, f"{path}: more than {MAX_LOG_BYTES} B")
     return data

@@ -221,8 +221,8 @@ def summarize(verdicts: Sequence[Verdict], changes: Sequence[Change],
 
 def _phrase(v: Verdict, changes: Sequence[Change], problems: Sequence[str]) -> str:
     if v is Verdict.KERNEL_UPDATE:
-        names = _kernel_names(changes)
-        return "the Linux kernel changed" + (f" ({names[0]} → {names[1]})" if names else "")
+        pair = _kernel_names(changes)
+        return "the Linux kernel changed" + (f" ({pair[0]} → {pair[1]})" if pair else "")
     if v is Verdict.BOOTLOADER_UPDATE:
         paths = sorted({c.name for c in changes if c.name})
         return "the boot loader changed" + (f" ({', '.join(paths)}, path hint)" if paths else "")
@@ -234,8 +234,8 @@ def _phrase(v: Verdict, changes: Sequence[Change], problems: Sequence[str]) -> s
     if v is Verdict.SECUREBOOT_DISABLED:
         return "Secure Boot was turned off"
     if v is Verdict.SECUREBOOT_KEYS_CHANGED:
-        names = sorted({c.name for c in changes if c.name})
-        return "the Secure Boot keys changed" + (f" ({', '.join(names)})" if names else "")
+        keys = sorted({c.name for c in changes if c.name})
+        return "the Secure Boot keys changed" + (f" ({', '.join(keys)})" if keys else "")
     if v is Verdict.DBX_UPDATE:
         c = changes[0] if changes else None
         if c and c.old and c.new:

@@ -19,7 +19,8 @@ class LeReader:
         self._what = what
 
     def fail(self, reason: str) -> AttestgateError:
-        return AttestgateError(ErrorCode.BAD_REQUEST, f"{self._what}: {reason} at offset {self._pos}")
+        return AttestgateError(ErrorCode.BAD_REQUEST,
+                               f"{self._what}: {reason} at offset {self._pos}")
 
     @property
     def pos(self) -> int:

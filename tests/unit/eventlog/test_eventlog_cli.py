@@ -59,6 +59,7 @@ def test_json_on_every_real_log(name: str) -> None:
 def test_json_fields_of_a_known_event() -> None:
     name = "go-tpm-tools/rhel8-uefi.bin"
     rc, out, _ = run("eventlog", str(require_eventlogs() / name), "--json")
+    assert rc == 0
     doc = json.loads(out)
     sb = next(e for e in doc["events"] if e.get("variable") == "SecureBoot")
     assert sb["pcr"] == 7 and sb["type"] == "EV_EFI_VARIABLE_DRIVER_CONFIG"

@@ -124,16 +124,16 @@ def test_real_log_with_its_kernel_replaced() -> None:
     log = parse_log(real_log(name))
     new_events = []
     for e in log.events:
+        new = e
         if e.pcr == 8 and b"4.18.0-240.22.1" in e.data:
             data = e.data.replace(b"4.18.0-240.22.1", b"4.18.0-305.3.1")
             prefix = b"grub_cmd " if data.startswith(b"grub_cmd ") else b"grub_kernel_cmdline "
-            e = measured_event(8, t.EV_IPL, data, log.banks, measured=data[len(prefix):])
+            new = measured_event(8, t.EV_IPL, data, log.banks, measured=data[len(prefix):])
         elif e.pcr == 9 and b"Kernel" in e.data:
-            e = measured_event(9, t.EV_IPL, e.data, log.banks, measured=b"new kernel image")
-        new_events.append(e)
+            new = measured_event(9, t.EV_IPL, e.data, log.banks, measured=b"new kernel image")
+        new_events.append(new)
     new_log = encode_log(new_events, log.banks)
-    new = verify(new_log, replay(parse_log(new_log)))
-    d = diff_states(old, new)
+    d = diff_states(old, verify(new_log, replay(parse_log(new_log))))
     assert d.verdict is Verdict.KERNEL_UPDATE, d
     assert set(d.changed_pcrs) == {8, 9}
     assert "firmware, Secure Boot and the boot loader are unchanged" in d.summary

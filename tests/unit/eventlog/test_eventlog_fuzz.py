@@ -62,7 +62,7 @@ def _mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
                 b[rng.randrange(len(b))] = rng.randrange(256)
         elif op == 1 and len(b) >= 4:  # a boundary length/count/type
             pos = rng.randrange(len(b) - 3)
-            b[pos : pos + 4] = struct.pack("<I", rng.choice(BOUNDARY + (len(b),)))
+            b[pos : pos + 4] = struct.pack("<I", rng.choice((*BOUNDARY, len(b))))
         elif op == 2:  # insert random bytes
             b[pos:pos] = rng.randbytes(rng.randint(1, 40))
         elif op == 3:  # delete a range
@@ -85,7 +85,8 @@ def _structured(rng: random.Random) -> bytes:
     for _ in range(rng.randint(0, 6)):
         etype = rng.choice([*t.EVENT_NAMES, rng.randrange(2**32)])
         digests = {b: rng.randbytes(t.SIZE_BY_NAME[b]) for b in banks}
-        events.append(Event(0, rng.randrange(24), etype, digests, rng.randbytes(rng.randint(0, 80))))
+        data = rng.randbytes(rng.randint(0, 80))
+        events.append(Event(0, rng.randrange(24), etype, digests, data))
     return encode_log(events, banks)
 
 

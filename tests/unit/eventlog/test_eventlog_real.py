@@ -112,7 +112,7 @@ def test_tpm2_eventlog_oracle_agrees(name: str) -> None:
     assert set(oracle) == set(ours)
     for bank, values in ours.items():
         expected = dict(oracle[bank])
+        got = dict(values)
         if log.startup_locality is not None:
-            expected.pop(0)
-            values = {i: v for i, v in values.items() if i != 0}
-        assert values == expected, bank
+            del expected[0], got[0]
+        assert got == expected, bank
