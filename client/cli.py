@@ -218,10 +218,10 @@ def cmd_eventlog(args: argparse.Namespace, out: Out) -> int:
     if args.tpm or os.environ.get("ATTESTGATE_TPM"):
         with _tpm(args) as tpm:
             tpm_values = tpm.pcr_read("sha256:" + ",".join(map(str, range(24))))
-    state = eventlog_view.examine(data, tpm_values)
-    out.result(eventlog_view.to_json(path, state, tpm_values),
-               eventlog_view.to_text(path, state, tpm_values))
-    return EXIT_OK if state.consistent else EXIT_REFUSED
+    seen = eventlog_view.examine(data, tpm_values)
+    out.result(eventlog_view.to_json(path, seen, tpm_values),
+               eventlog_view.to_text(path, seen, tpm_values))
+    return EXIT_OK if seen.state.consistent else EXIT_REFUSED
 
 
 # -- parser ----------------------------------------------------------------------------------

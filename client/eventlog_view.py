@@ -11,12 +11,13 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from client.explain import pcr_meaning
 from shared.errors import AttestgateError, ErrorCode
-from shared.eventlog import MachineState, verify
+from shared.eventlog import MachineState, replay, verify
 from shared.eventlog.parse import parse_log
 from shared.eventlog.types import MAX_LOG_BYTES
 
@@ -54,14 +55,23 @@ def read_log(path: str) -> bytes:
     return data
 
 
-def examine(data: bytes, tpm_sha256: Mapping[int, bytes] | None) -> MachineState:
+@dataclass(frozen=True)
+class Examined:
+    state: MachineState
+    pcrs: Mapping[str, Mapping[int, bytes]]  # the replay of every bank the log holds
+
+
+def examine(data: bytes, tpm_sha256: Mapping[int, bytes] | None) -> Examined:
     """Parse, replay and check the log; against the TPM's sha256 PCRs when given."""
-    return verify(parse_log(data), None if tpm_sha256 is None else {"sha256": tpm_sha256})
+    log = parse_log(data)
+    state = verify(log, None if tpm_sha256 is None else {"sha256": tpm_sha256})
+    return Examined(state, state.replayed if tpm_sha256 is None else replay(log))
 
 
-def to_json(path: str, state: MachineState, tpm_sha256: Mapping[int, bytes] | None
+def to_json(path: str, seen: Examined, tpm_sha256: Mapping[int, bytes] | None
             ) -> dict[str, Any]:
     """The ``--json`` document. Key names are a contract (see the issue and the tests)."""
+    state = seen.state
     events = []
     for ce in state.events:
         ev = ce.event
@@ -80,7 +90,7 @@ def to_json(path: str, state: MachineState, tpm_sha256: Mapping[int, bytes] | No
         "format": "crypto_agile" if _agile(state) else "sha1",
         "banks": list(state.banks),
         "pcrs": {bank: {str(i): v.hex() for i, v in sorted(values.items())}
-                 for bank, values in state.replayed.items()},
+                 for bank, values in seen.pcrs.items()},
         "events": events,
         "components": components,
         "secure_boot": state.secure_boot,
@@ -99,7 +109,8 @@ def _agile(state: MachineState) -> bool:
     return state.banks != ("sha1",)
 
 
-def to_text(path: str, state: MachineState, tpm_sha256: Mapping[int, bytes] | None) -> str:
+def to_text(path: str, seen: Examined, tpm_sha256: Mapping[int, bytes] | None) -> str:
+    state = seen.state
     n = len(state.events)
     lines = [f"event log {path}: {n} events, banks {', '.join(state.banks)}"]
     if tpm_sha256 is None:
@@ -118,7 +129,7 @@ def to_text(path: str, state: MachineState, tpm_sha256: Mapping[int, bytes] | No
     if state.secure_boot is not None:
         lines.append(f"Secure Boot: {'enabled' if state.secure_boot else 'disabled'}")
     lines += [f"anomaly: {a}" for a in state.anomalies]
-    for bank, values in state.replayed.items():
+    for bank, values in seen.pcrs.items():
         lines.append(f"replayed PCR values ({bank}):")
         for i, v in sorted(values.items()):
             tail = ""

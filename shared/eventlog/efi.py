@@ -8,7 +8,6 @@ print (control characters escaped) and bounded in length.
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -49,14 +48,14 @@ def safe_text(text: str) -> str:
         text = text[:MAX_TEXT] + "…"
     if text.isprintable():
         return text
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = text.translate(_CONTROL)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
                    else f"\\u{ord(c):04x}" for c in text)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def utf16(raw: bytes) -> str:
@@ -112,14 +111,13 @@ def signature_lists(raw: bytes) -> list[tuple[str, str]]:
         if body % sig_size:
             raise r.fail("signature list not a whole number of entries")
         r.take(header_size)
-        for _ in range(body // sig_size):
-            if len(out) >= MAX_SIGNATURES:
-                raise r.fail("too many signatures")
-            r.take(16)  # owner GUID
-            entry = r.take(sig_size - 16)
-            # Hash entries (most of dbx) are shown as themselves; certificates by their SHA-256.
-            out.append((sig_type, entry.hex() if len(entry) <= 64 else
-                        hashlib.sha256(entry).hexdigest()))
+        entries = r.take(body)
+        if len(out) + body // sig_size > MAX_SIGNATURES:
+            raise r.fail("too many signatures")
+        # Each entry: owner GUID, then the data. Hash entries (most of dbx) are shown as
+        # themselves, certificates by their SHA-256.
+        out += [(sig_type, e.hex() if len(e) <= 64 else hashlib.sha256(e).hexdigest())
+                for e in (entries[p + 16 : p + sig_size] for p in range(0, body, sig_size))]
     return out
 
 
@@ -182,16 +180,17 @@ def load_option(raw: bytes) -> tuple[str, list[str]]:
     r = LeReader(raw, "EFI_LOAD_OPTION")
     r.u32()  # attributes
     path_len = r.u16()
-    chars: list[bytes] = []
-    while True:
-        c = r.take(2)
-        if c == b"\x00\x00":
+    end = 6
+    while True:  # the description: UTF-16, NUL-terminated, on a 2-byte boundary
+        end = raw.find(b"\x00\x00", end)
+        if end < 0 or end - 6 > 2 * MAX_NAME_CHARS:
+            raise r.fail("description not terminated")
+        if end % 2 == 0:
             break
-        if len(chars) >= MAX_NAME_CHARS:
-            raise r.fail("description too long")
-        chars.append(c)
-    nodes = device_path(r.take(path_len))
-    return utf16(b"".join(chars)), nodes
+        end += 1
+    description = utf16(r.take(end - 6))
+    r.take(2)
+    return description, device_path(r.take(path_len))
 
 
 # -- GPT ------------------------------------------------------------------------------------------

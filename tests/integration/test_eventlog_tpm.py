@@ -51,10 +51,10 @@ def _cli(*argv: str) -> tuple[int, dict[str, Any], str]:
 
 
 def test_eventlog_matches_the_tpm_then_not(swtpm: SwtpmProcess, tmp_path: Path) -> None:
-    events = [measured_event(pcr, etype, data, ("sha256",), measured)
+    events = [measured_event(pcr, etype, data, ("sha1", "sha256"), measured)
               for pcr, etype, data, measured in BOOT]
     log = tmp_path / "binary_bios_measurements"
-    log.write_bytes(encode_log(events, ("sha256",)))
+    log.write_bytes(encode_log(events, ("sha1", "sha256")))
     with Tpm(swtpm.tcti) as tpm:
         for pcr, _, _, measured in BOOT:
             tpm.extend_pcr(pcr, measured)
@@ -63,6 +63,7 @@ def test_eventlog_matches_the_tpm_then_not(swtpm: SwtpmProcess, tmp_path: Path) 
     assert rc == 0
     assert doc["pcrs_compared"] is True and doc["tpm"]["match"] is True
     assert doc["tpm"]["pcrs"]["4"] == doc["pcrs"]["sha256"]["4"]
+    assert set(doc["pcrs"]) == {"sha1", "sha256"}  # every bank of the log, compared or not
     verified = {e["type"]: e["verified"] for e in doc["events"]}
     assert verified["EV_SEPARATOR"] and verified["EV_IPL"] and verified["EV_S_CRTM_VERSION"]
     assert verified["EV_EFI_BOOT_SERVICES_APPLICATION"] is False  # a hint, always

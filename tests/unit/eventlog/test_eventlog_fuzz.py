@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from eventlog_helpers import BANKS, EVENTLOGS, REAL_LOGS, boot, real_log
 
-from client.eventlog_view import to_json
+from client.eventlog_view import Examined, to_json
 from shared.errors import AttestgateError, ErrorCode
 from shared.eventlog import MachineState, diff_states, parse_log, replay, verify
 from shared.eventlog import types as t
@@ -99,7 +99,7 @@ def _check_log(data: bytes, quoted: dict[str, dict[int, bytes]] | None,
         return
     diff_states(base, state)
     if render:
-        json.dumps(to_json("fuzz", state, None), sort_keys=True)
+        json.dumps(to_json("fuzz", Examined(state, state.replayed), None), sort_keys=True)
 
 
 def test_fuzz_event_log(tmp_path: Path) -> None:
