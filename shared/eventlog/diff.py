@@ -184,11 +184,10 @@ def _result(changed: Sequence[int], changes: Sequence[Change],
     found = {c.verdict for c in changes}
     if problems:
         found.add(Verdict.UNKNOWN_CHANGE)
-    # Configuration that a kernel update rewrites (grub.cfg, loader entries, the command
-    # line's version) is part of that update, not a separate finding.
+    # Files a kernel update rewrites (grub.cfg, grubenv, loader entries) are part of that
+    # update. A command or command line that changed beyond its version numbers is not.
     if Verdict.KERNEL_UPDATE in found and all(
-            _KERNEL_PATH.search(c.name + (c.new.value if c.new else "")) or
-            _CONFIG_FILES.search(c.name) or c.kind in ("boot_command", "kernel_cmdline")
+            c.kind == "boot_file" and _CONFIG_FILES.search(c.name)
             for c in changes if c.verdict is Verdict.BOOT_CONFIG_CHANGED):
         found.discard(Verdict.BOOT_CONFIG_CHANGED)
     verdicts = tuple(sorted(found, key=_SEVERITY.__getitem__)) or (Verdict.UNCHANGED,)

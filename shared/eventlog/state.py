@@ -77,7 +77,7 @@ class Component:
 @dataclass(frozen=True)
 class MachineState:
     banks: tuple[str, ...]  # banks the log holds
-    checked_banks: tuple[str, ...]  # banks compared with quoted values ("" PCRs: see pcrs_compared)
+    checked_banks: tuple[str, ...]  # banks whose data digests (and quoted PCRs) were checked
     primary_bank: str  # the bank component digests are shown in
     pcrs_compared: bool  # False when no quoted values were given (data checks only)
     replayed: Mapping[str, Mapping[int, bytes]]

@@ -132,6 +132,8 @@ def boot(*, firmware: str = "FW 1.0", secure_boot: bool = True, db: bytes = b"\x
            shim),
         ev(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, image_load("\\EFI\\debian\\grubx64.efi"),
            grub),
+        ev(9, t.EV_IPL, b"(hd0,gpt1)/boot/grub/grub.cfg\x00",  # grub.cfg names the kernel
+           f"menuentry Debian {{ linux {vmlinuz} }}".encode()),
         ev(8, t.EV_IPL, linux_data, linux_measured),
         ev(8, t.EV_IPL, kcl_data, kcl_measured),
         ev(9, t.EV_IPL, vmlinuz.encode() + b"\x00", kernel_image or f"kernel {kernel}".encode()),

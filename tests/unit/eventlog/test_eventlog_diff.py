@@ -44,6 +44,12 @@ def test_kernel_update_names_the_kernel_and_what_did_not_change() -> None:
     assert app.old.digest != app.new.digest
 
 
+def test_kernel_update_with_a_new_command_line_reports_both() -> None:
+    _, summary, verdicts = _diff(kernel="6.1.0-31", cmdline="root=/dev/sda1 ro init=/bin/sh")
+    assert verdicts == (Verdict.KERNEL_UPDATE, Verdict.BOOT_CONFIG_CHANGED)
+    assert "the boot configuration changed" in summary
+
+
 def test_bootloader_update() -> None:
     verdict, summary, _ = _diff(grub=b"grub-2.12")
     assert verdict is Verdict.BOOTLOADER_UPDATE
