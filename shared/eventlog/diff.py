@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from shared.eventlog.state import Component, MachineState
 
@@ -54,6 +55,15 @@ class Change:
         side = self.new or self.old
         return side.name if side else ""
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values for a refusal body, an audit entry or ``--json``."""
+        def side(c: Component | None) -> dict[str, Any] | None:
+            return None if c is None else {"name": c.name, "value": c.value, "digest": c.digest,
+                                           "verified": c.verified, "hint": c.hint}
+
+        return {"pcr": self.pcr, "kind": self.kind, "verdict": self.verdict.value,
+                "verified": self.verified, "old": side(self.old), "new": side(self.new)}
+
 
 @dataclass(frozen=True)
 class StateDiff:
@@ -63,6 +73,11 @@ class StateDiff:
     changes: tuple[Change, ...]
     problems: tuple[str, ...]  # why something is unknown_change (anomalies, inconsistency)
     summary: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict.value, "verdicts": [v.value for v in self.verdicts],
+                "changed_pcrs": list(self.changed_pcrs), "summary": self.summary,
+                "problems": list(self.problems), "changes": [c.as_dict() for c in self.changes]}
 
 
 _KERNEL_PATH = re.compile(r"(vmlinu[xz]|bzimage|kernel|linux|\.uki|initr)", re.IGNORECASE)

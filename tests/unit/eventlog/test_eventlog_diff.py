@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from eventlog_helpers import BANKS, boot, published_pcrs, real_log
@@ -42,6 +43,16 @@ def test_kernel_update_names_the_kernel_and_what_did_not_change() -> None:
     app = next(c for c in d.changes if c.kind == "boot_application")
     assert app.old and app.new and app.new.hint and not app.verified
     assert app.old.digest != app.new.digest
+
+
+def test_diff_as_plain_values() -> None:
+    d = diff_states(_state(boot()), _state(boot(kernel="6.1.0-31"))).as_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["verdict"] == "kernel_update" and d["changed_pcrs"] == [4, 8, 9]
+    cmdline = next(c for c in d["changes"] if c["kind"] == "kernel_cmdline")
+    assert cmdline["verified"] and cmdline["old"]["value"].startswith("/boot/vmlinuz-6.1.0-28")
+    app = next(c for c in d["changes"] if c["kind"] == "boot_application")
+    assert app["new"]["hint"] is True and app["verified"] is False
 
 
 def test_kernel_update_with_a_new_command_line_reports_both() -> None:
