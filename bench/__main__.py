@@ -10,7 +10,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import bus_bench, noise_bench, stack_bench, store_bench
+from bench import bus_bench, eventlog_bench, noise_bench, stack_bench, store_bench
 from bench._common import Result, Settings
 
 SECTIONS: dict[str, Callable[[Settings], list[Result]]] = {
@@ -18,6 +18,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Result]]] = {
     "store": store_bench.run,
     "bus": bus_bench.run,
     "stack": stack_bench.run,
+    "eventlog": eventlog_bench.run,
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
-from client import flows
+from client import eventlog_view, flows
 from client import state as st
 from client.channel import NetworkError, Refused
 from client.explain import explain_refusal, explain_unavailable, pcr_meaning
@@ -211,6 +211,20 @@ def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_eventlog(args: argparse.Namespace, out: Out) -> int:
+    """The measured-boot event log: components per PCR, replayed PCRs, and the TPM's (--tpm)."""
+    path = args.file or eventlog_view.default_log_path(os.environ)
+    data = eventlog_view.read_log(path)
+    tpm_values = None
+    if args.tpm or os.environ.get("ATTESTGATE_TPM"):
+        with _tpm(args) as tpm:
+            tpm_values = tpm.pcr_read("sha256:" + ",".join(map(str, range(24))))
+    seen = eventlog_view.examine(data, tpm_values)
+    out.result(eventlog_view.to_json(path, seen, tpm_values),
+               eventlog_view.to_text(path, seen, tpm_values))
+    return EXIT_OK if seen.state.consistent else EXIT_REFUSED
+
+
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -271,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tpm-info", parents=[common], help="show the TPM, its EK and PCRs")
     t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", help="PCRs to show")
     t.set_defaults(func=cmd_tpm_info)
+
+    ev = sub.add_parser("eventlog", parents=[common], help="show the measured-boot event log",
+                        description="Parse the TCG event log, replay its PCRs and, with a TPM, "
+                                    "compare them with the TPM's sha256 PCRs.")
+    ev.add_argument("file", nargs="?", metavar="FILE",
+                    help=f"binary log (default: ${eventlog_view.ENV_EVENT_LOG}, else "
+                         f"{eventlog_view.LINUX_EVENT_LOG} when readable)")
+    ev.set_defaults(func=cmd_eventlog)
     return p
 
 

@@ -1,0 +1,41 @@
+"""Event log: parse / replay / verify a 100-event log vs the hashing a replay cannot avoid."""
+
+from __future__ import annotations
+
+import hashlib
+
+from bench._common import Result, Settings, median_ms
+from shared.eventlog import parse_log, replay, verify
+from shared.eventlog import types as t
+from shared.eventlog.build import encode_log, measured_event
+
+BANKS = ("sha1", "sha256", "sha384")
+
+
+def _log() -> bytes:
+    """100 events shaped like a GCE Ubuntu boot: variables, separators, grub commands."""
+    events = [measured_event(pcr, t.EV_SEPARATOR, bytes(4), BANKS) for pcr in range(8)]
+    events += [measured_event(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG, bytes(40 + 100 * i), BANKS)
+               for i in range(5)]
+    events += [measured_event(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, bytes(96), BANKS,
+                              measured=b"image") for _ in range(3)]
+    cmds = [f"grub_cmd: set option_{i}=value_{i}".encode() for i in range(84)]
+    events += [measured_event(8, t.EV_IPL, c + b"\x00", BANKS, measured=c[10:]) for c in cmds]
+    return encode_log(events, BANKS)
+
+
+def run(settings: Settings) -> list[Result]:
+    data = _log()
+    log = parse_log(data)
+    quoted = {"sha256": replay(log)["sha256"]}
+    runs = 50 if settings.quick else 300
+    base = median_ms(lambda: [hashlib.sha256(bytes(64)).digest() for _ in range(100)], runs)
+    label = "100 x sha256(64 B)"
+    return [
+        Result("eventlog", "parse 100 events", median_ms(lambda: parse_log(data), runs), "ms",
+               label, base),
+        Result("eventlog", "replay 3 banks", median_ms(lambda: replay(log), runs), "ms",
+               label, base),
+        Result("eventlog", "verify vs sha256 quote (from bytes)",
+               median_ms(lambda: verify(data, quoted), runs), "ms", label, base),
+    ]

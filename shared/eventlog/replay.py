@@ -1,0 +1,35 @@
+"""Replay: the PCR values a log claims, per bank, computed from its digests alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shared.eventlog.parse import EventLog
+from shared.eventlog.types import EV_NO_ACTION, HASH_BY_NAME, SIZE_BY_NAME
+
+
+def replay(log: EventLog, banks: Iterable[str] | None = None) -> dict[str, dict[int, bytes]]:
+    """``{bank: {pcr: value}}`` for every bank we can hash (or those of ``banks`` the log
+    holds) and every PCR the log extends.
+
+    Each PCR starts at zero; PCR 0 starts at ``00..00 || locality`` when the log holds a
+    StartupLocality event (TCG PC Client PFP 1.05, 10.4.5.3). EV_NO_ACTION events are
+    not extended.
+    """
+    out: dict[str, dict[int, bytes]] = {}
+    locality = log.startup_locality or 0
+    wanted = log.banks if banks is None else tuple(b for b in banks if b in log.banks)
+    for bank in wanted:
+        hasher = HASH_BY_NAME.get(bank)
+        if hasher is None:
+            continue
+        size = SIZE_BY_NAME[bank]
+        zero = bytes(size)
+        pcrs: dict[int, bytes] = {0: bytes(size - 1) + bytes([locality])}
+        for ev in log.events:
+            if ev.type != EV_NO_ACTION:
+                pcrs[ev.pcr] = hasher(pcrs.get(ev.pcr, zero) + ev.digests[bank])
+        if not any(ev.pcr == 0 and ev.type != EV_NO_ACTION for ev in log.events):
+            del pcrs[0]
+        out[bank] = pcrs
+    return out
