@@ -25,6 +25,7 @@ from shared.tpm.ekcert import (
     trim_der,
     verify_ek_chain,
 )
+from shared.tpm.x509cert import verify_signed_by
 
 # Inside every leaf's validity (the STM leaves end in 2028).
 NOW = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
@@ -60,7 +61,7 @@ def test_every_testdata_leaf_verifies_against_its_ca_dir(leaf: str,
     want = [x509.load_pem_x509_certificate((root / c).read_bytes())
             if (root / c).read_bytes().startswith(b"-----")
             else x509.load_der_x509_certificate((root / c).read_bytes()) for c in chain]
-    assert list(info.chain[1:]) == want
+    assert [c.der for c in info.chain[1:]] == [w.public_bytes(Encoding.DER) for w in want]
     key = expected["key"]
     assert isinstance(key, str)
     kind, size = key.split("-")
@@ -113,13 +114,25 @@ def test_unknown_ca_and_expired_are_refused() -> None:
     _ek_untrusted(leaf, root / "ek/nuvoton/ca")
 
 
-def test_nuvoton_certs_do_not_crash() -> None:
+def test_nuvoton_roots_load_as_trust_anchors_and_their_self_signatures_verify() -> None:
     root = require_testdata()
     store = EkCaStore.from_dir(root / "ek/nuvoton/ca")
-    assert store.roots == () and len(store.skipped) == 2
+    assert len(store.roots) == 2 and store.skipped == () and store.intermediates == ()
     for name in ("NUVO_2110.pem", "NUVO_2111.pem"):
         der = x509_pem_body(root / "ek/nuvoton/ca" / name)
-        _ek_untrusted(der, root / "ek/nuvoton/ca")
+        with pytest.raises(ValueError):  # still not DER: cryptography refuses it
+            x509.load_der_x509_certificate(der)
+        cert = load_ek_cert(der)
+        assert cert.der in {r.der for r in store.roots}
+        assert cert.subject == cert.issuer and cert.subject.rfc4514().startswith(
+            "CN=Nuvoton TPM Root CA 211")
+        verify_signed_by(cert, cert)
+        # One bit of the TBS changed: the self-signature no longer verifies.
+        flipped = bytearray(der)
+        flipped[cert.der.index(cert.tbs) + 60] ^= 1
+        with pytest.raises(AttestgateError) as e:
+            verify_signed_by(load_ek_cert(bytes(flipped)), cert)
+        assert e.value.code is ErrorCode.EK_UNTRUSTED
         _ek_untrusted(der, root / "ek/stm/ca")
 
 
