@@ -18,8 +18,8 @@ import pytest
 
 from client import flows
 from client.tpm import DEFAULT_EK_KINDS, Tpm
-from shared.tpm.constants import Alg
 from shared.store.redis_store import RedisStore
+from shared.tpm.constants import Alg
 from shared.tpm.ekcert import verify_ek_chain
 from shared.tpm.structures import parse_public
 from tests.support.stack import Stack
