@@ -162,3 +162,34 @@ def test_swtpm_ek_kat_with_private_ca(tmp_path: Path) -> None:
         with pytest.raises(AttestgateError) as e:
             ek_matches_cert(bad, rsa_cert)
         assert e.value.code is ErrorCode.EK_MISMATCH
+
+
+def test_our_reader_reads_what_cryptography_reads_on_every_der_testdata_cert() -> None:
+    """Names (RFC 4514 display), serial and validity equal cryptography's, cert by cert."""
+    import re  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    root = require_testdata()
+    seen = 0
+    for path in sorted((root / "ek").rglob("*")):
+        if path.suffix not in {".pem", ".crt", ".cer", ".der"}:
+            continue
+        data = path.read_bytes()
+        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----(.*?)-----END", data, re.S)
+        for der in [base64.b64decode(b) for b in blocks] if blocks else [trim_der(data)]:
+            ours = load_ek_cert(der)
+            assert ours.der == der and der.endswith(ours.signature)
+            if "nuvoton" in path.parts:
+                continue
+            theirs = x509.load_der_x509_certificate(der)
+            with warnings.catch_warnings():  # over-long Google CA names
+                warnings.simplefilter("ignore", UserWarning)
+                names = (theirs.subject.rfc4514_string(), theirs.issuer.rfc4514_string())
+            assert (ours.subject.rfc4514(), ours.issuer.rfc4514()) == names
+            assert ours.serial == theirs.serial_number
+            assert (ours.not_before, ours.not_after) == (theirs.not_valid_before_utc,
+                                                         theirs.not_valid_after_utc)
+            assert ours.tbs == theirs.tbs_certificate_bytes
+            assert ours.public_key() == theirs.public_key()
+            seen += 1
+    assert seen >= 20

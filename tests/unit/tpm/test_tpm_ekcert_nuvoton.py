@@ -303,3 +303,13 @@ def test_cryptography_agrees_on_der_chains(tmp_path: Path) -> None:
         assert (label, ours) == (label, theirs)
         assert ours is (label == "valid")
     assert x509.load_der_x509_certificate(root).public_bytes(Encoding.DER) == root
+
+
+def test_admin_view_shows_a_quirky_certificate(vendor: Vendor) -> None:
+    from services.registry.admin_output import ek_cert_view  # noqa: PLC0415
+
+    _, cert = vendor.ek()
+    view = ek_cert_view(cert + b"\xff" * 16)
+    assert view == {"subject": "",
+                    "issuer": "CN=Test TPM Root CA 2110+O=Test TPM Vendor Corporation+C=TW",
+                    "serial": "3f932f9d993c16bb", "not_after": "2045-01-01T00:00:00+00:00"}
