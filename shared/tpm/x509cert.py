@@ -28,16 +28,19 @@ profile) with the two relaxations TPM CAs need (see ``shared/tpm/ekcert.py``):
 * every issuer (intermediates and the trust anchor): basicConstraints present, critical,
   cA true, path length not exceeded (depth counted as cryptography does: every chain
   member counts); keyUsage present with keyCertSign; AKI, SKI and AIA non-critical and
-  AKI without issuer/serial; extendedKeyUsage, if any, containing tcg-kp-EKCertificate or
-  anyExtendedKeyUsage; certificatePolicies and subjectAltName in any criticality; no
-  other critical extension. nameConstraints are refused (we do not apply them; failing
-  closed), where cryptography would apply them;
+  an AKI holding a keyIdentifier (cryptography 50 checks no more of it);
+  extendedKeyUsage, if any, containing tcg-kp-EKCertificate or anyExtendedKeyUsage;
+  certificatePolicies and subjectAltName in any criticality; no other critical
+  extension; no malformed basicConstraints, keyUsage, extendedKeyUsage or AKI.
+  nameConstraints are refused (we do not apply them; failing closed), where
+  cryptography would apply them;
 * issuer keys: RSA (at least 2048 bits) or EC P-256/P-384/P-521, by the exact SPKI
   AlgorithmIdentifier encodings; signature algorithms: RSA PKCS#1 v1.5 or PSS (salt =
   digest length, MGF1 with the same hash) and ECDSA, each with SHA-256/384/512, by their
   exact AlgorithmIdentifier encodings;
-* the leaf (the EK certificate) gets no extension rules (cryptography's ``permit_all``):
-  EK certificates carry a critical SAN of TPM attributes and often no subject.
+* the leaf (the EK certificate) gets cryptography's ``permit_all`` extension policy: the
+  known extensions in any criticality and undecoded, but no unknown critical one. EK
+  certificates carry a critical SAN of TPM attributes and often no subject.
 
 Issuer and subject Names match when their canonical forms are equal: the RDN sequence in
 order, each RDN's attribute encodings sorted (RFC 5280 7.1 treats an RDN as a set). The
@@ -117,6 +120,12 @@ _CA_NONCRITICAL: Final = frozenset({OID_AUTHORITY_KEY_ID, OID_SUBJECT_KEY_ID,
                                     OID_AUTHORITY_INFO_ACCESS})
 _CA_AGNOSTIC: Final = frozenset({OID_BASIC_CONSTRAINTS, OID_KEY_USAGE, OID_EXT_KEY_USAGE,
                                  OID_SUBJECT_ALT_NAME, OID_CERT_POLICIES})
+# The extensions cryptography's permit_all() policy knows; any other marked critical
+# makes it refuse the leaf, and so do we.
+_LEAF_KNOWN: Final = frozenset({OID_AUTHORITY_INFO_ACCESS, OID_AUTHORITY_KEY_ID,
+                                OID_SUBJECT_KEY_ID, OID_KEY_USAGE, OID_SUBJECT_ALT_NAME,
+                                OID_BASIC_CONSTRAINTS, OID_NAME_CONSTRAINTS,
+                                OID_EXT_KEY_USAGE})
 
 # RFC 4514 short names, for display only.
 _SHORT_NAMES: Final = {
@@ -180,6 +189,19 @@ class BasicConstraints:
 
 
 @dataclass(frozen=True)
+class ExtensionFacts:
+    """What the chain rules read from the extensions. A malformed one is only noted:
+    issuers are refused for it (``check_ca``), the EK leaf is not (cryptography never
+    decodes a leaf's extensions under ``permit_all`` either)."""
+
+    basic_constraints: BasicConstraints | None = None
+    key_usage: frozenset[int] | None = None
+    extended_key_usage: frozenset[str] | None = None
+    aki_has_key_id: bool | None = None
+    malformed: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Certificate:
     """A parsed certificate. ``der`` is its encoding as given (not re-encoded)."""
 
@@ -200,10 +222,7 @@ class Certificate:
     spki: bytes
     spki_algorithm: bytes
     extensions: tuple[Extension, ...]
-    basic_constraints: BasicConstraints | None
-    key_usage: frozenset[int] | None  # bit numbers set
-    extended_key_usage: frozenset[str] | None
-    aki_has_issuer_or_serial: bool
+    known: ExtensionFacts  # what the chain rules read from the extensions
     key: PublicKeyTypes = field(repr=False, compare=False)
 
     def public_key(self) -> PublicKeyTypes:
@@ -274,8 +293,7 @@ def parse_certificate(data: bytes, code: ErrorCode = ErrorCode.EK_UNTRUSTED,
         not_before_generalized=nb_tag == asn1.GENERALIZED_TIME,
         not_after_generalized=na_tag == asn1.GENERALIZED_TIME,
         spki=spki_tlv.raw, spki_algorithm=spki_alg, extensions=extensions,
-        basic_constraints=decoded[0], key_usage=decoded[1], extended_key_usage=decoded[2],
-        aki_has_issuer_or_serial=decoded[3], key=key)
+        known=decoded, key=key)
 
 
 def _algorithm(r: DerReader) -> bytes:
@@ -335,45 +353,66 @@ def _extensions(r: DerReader) -> tuple[Extension, ...]:
     return tuple(out)
 
 
-def _decode_known(extensions: tuple[Extension, ...], code: ErrorCode, what: str,
-                  ) -> tuple[BasicConstraints | None, frozenset[int] | None,
-                             frozenset[str] | None, bool]:
-    bc: BasicConstraints | None = None
-    ku: frozenset[int] | None = None
-    eku: frozenset[str] | None = None
-    aki_extra = False
+def _decode_known(extensions: tuple[Extension, ...], code: ErrorCode, what: str) -> ExtensionFacts:
+    found: dict[str, object] = {}
+    malformed: set[str] = set()
     for ext in extensions:
-        r = DerReader(ext.value, code, f"{what} extension {ext.oid}")
-        if ext.oid == OID_BASIC_CONSTRAINTS:
-            b = r.sequence()
-            ca = False
-            if b.peek_tag() == asn1.BOOLEAN and not (ca := b.boolean()):
-                raise b.fail("cA FALSE encoded (DER omits a DEFAULT)")
-            path = b.integer() if not b.at_end() else None
-            b.end()
-            if path is not None and path < 0:
-                raise b.fail("negative path length")
-            bc = BasicConstraints(ca, path)
-        elif ext.oid == OID_KEY_USAGE:
-            bits, _unused = r.bit_string()
-            ku = frozenset(i for i in range(len(bits) * 8) if bits[i // 8] & (0x80 >> (i % 8)))
-        elif ext.oid == OID_EXT_KEY_USAGE:
-            s = r.sequence()
-            oids = []
-            while not s.at_end():
-                oids.append(s.oid())
-            if not oids:
-                raise s.fail("empty extendedKeyUsage")
-            eku = frozenset(oids)
-        elif ext.oid == OID_AUTHORITY_KEY_ID:
-            s = r.sequence()
-            while not s.at_end():
-                tag = s.read().tag
-                aki_extra = aki_extra or tag in (0xA1, 0x82)
-        else:
+        if ext.oid not in _DECODERS:
             continue
-        r.end()
-    return bc, ku, eku, aki_extra
+        r = DerReader(ext.value, code, f"{what} extension {ext.oid}")
+        try:
+            field_name, value = _DECODERS[ext.oid](r)
+            r.end()
+        except AttestgateError:
+            malformed.add(ext.oid)
+            continue
+        found[field_name] = value
+    return ExtensionFacts(**found, malformed=frozenset(malformed))  # type: ignore[arg-type]
+
+
+def _basic_constraints(r: DerReader) -> tuple[str, object]:
+    b = r.sequence()
+    ca = False
+    if b.peek_tag() == asn1.BOOLEAN and not (ca := b.boolean()):
+        raise b.fail("cA FALSE encoded (DER omits a DEFAULT)")
+    path = b.integer() if not b.at_end() else None
+    b.end()
+    if path is not None and path < 0:
+        raise b.fail("negative path length")
+    return "basic_constraints", BasicConstraints(ca, path)
+
+
+def _key_usage(r: DerReader) -> tuple[str, object]:
+    bits, _unused = r.bit_string()
+    return "key_usage", frozenset(i for i in range(len(bits) * 8)
+                                  if bits[i // 8] & (0x80 >> (i % 8)))
+
+
+def _extended_key_usage(r: DerReader) -> tuple[str, object]:
+    s = r.sequence()
+    oids = []
+    while not s.at_end():
+        oids.append(s.oid())
+    if not oids:
+        raise s.fail("empty extendedKeyUsage")
+    return "extended_key_usage", frozenset(oids)
+
+
+def _authority_key_id(r: DerReader) -> tuple[str, object]:
+    s = r.sequence()
+    has_key_id = s.read_optional(0x80) is not None  # keyIdentifier
+    s.read_optional(0xA1)  # authorityCertIssuer
+    s.read_optional(0x82)  # authorityCertSerialNumber
+    s.end()
+    return "aki_has_key_id", has_key_id
+
+
+_DECODERS: Final = {
+    OID_BASIC_CONSTRAINTS: _basic_constraints,
+    OID_KEY_USAGE: _key_usage,
+    OID_EXT_KEY_USAGE: _extended_key_usage,
+    OID_AUTHORITY_KEY_ID: _authority_key_id,
+}
 
 
 # -- path validation -----------------------------------------------------------------
@@ -437,19 +476,22 @@ def check_ca(cert: Certificate, depth: int, now: datetime.datetime) -> None:
     """The rules an issuer at ``depth`` (0 = the leaf's issuer) must meet. Raises EK_UNTRUSTED."""
     code = ErrorCode.EK_UNTRUSTED
     check_basic(cert, now)
-    bc = cert.basic_constraints
+    known = cert.known
+    if known.malformed:
+        raise AttestgateError(code, f"malformed CA extension {sorted(known.malformed)[0]}")
+    bc = known.basic_constraints
     bc_ext = cert.extension(OID_BASIC_CONSTRAINTS)
     if bc is None or bc_ext is None or not bc_ext.critical or not bc.ca:
         raise AttestgateError(code, "issuer is not a CA (basicConstraints)")
     if bc.path_length is not None and depth > bc.path_length:
         raise AttestgateError(code, "path length constraint violated")
-    if cert.key_usage is None or _KEY_CERT_SIGN not in cert.key_usage:
+    if known.key_usage is None or _KEY_CERT_SIGN not in known.key_usage:
         raise AttestgateError(code, "issuer keyUsage lacks keyCertSign")
-    eku = cert.extended_key_usage
+    eku = known.extended_key_usage
     if eku is not None and not {OID_TCG_KP_EK_CERTIFICATE, OID_ANY_EKU} & eku:
         raise AttestgateError(code, "CA extendedKeyUsage excludes EK certificates")
-    if cert.aki_has_issuer_or_serial:
-        raise AttestgateError(code, "authorityKeyIdentifier with issuer or serial")
+    if known.aki_has_key_id is False:
+        raise AttestgateError(code, "authorityKeyIdentifier without keyIdentifier")
     for ext in cert.extensions:
         if ext.oid in _CA_NONCRITICAL:
             if ext.critical:
@@ -480,6 +522,9 @@ def build_path(leaf: Certificate, anchors: tuple[Certificate, ...],
     """
     code = ErrorCode.EK_UNTRUSTED
     check_basic(leaf, now)
+    for ext in leaf.extensions:
+        if ext.critical and ext.oid not in _LEAF_KNOWN:
+            raise AttestgateError(code, f"unknown critical extension {ext.oid} in the EK cert")
     budget = [MAX_SIGNATURE_CHECKS]
     last = ["no issuer with a matching name"]
 

@@ -10,7 +10,6 @@ import der_builders as d
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from services.attestor.enroll import EnrollSettings, Evidence, check_ek
 from shared.config import EnrollPolicy
@@ -252,57 +251,127 @@ def test_ca_dir_with_a_broken_file_still_loads_the_rest(vendor: Vendor) -> None:
     assert sorted(store.skipped) == ["junk.der", "junk.pem"]
 
 
-def test_cryptography_agrees_on_der_chains(tmp_path: Path) -> None:
-    """On DER certificates our verdicts equal cryptography's client verifier (the rules we
-    mirror), for a valid chain and each rule broken once."""
+def _previous_verdict(leaf: bytes, root: bytes, inter: bytes | None) -> bool:
+    """The chain rules as they were (cryptography's verifier, WebPKI CA profile with the
+    TCG EKU and certificatePolicies relaxations), as an oracle for DER chains."""
     from cryptography.x509.verification import (  # noqa: PLC0415
+        Criticality,
         ExtensionPolicy,
         PolicyBuilder,
         Store,
         VerificationError,
     )
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = d.plain_name("Test DER Root")
+    def ca_eku(_p: object, _c: object, eku: x509.ExtendedKeyUsage | None) -> None:
+        allowed = {x509.ObjectIdentifier("2.23.133.8.1"),
+                   x509.oid.ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+        if eku is not None and not allowed & set(eku):
+            raise ValueError("CA EKU")
+
+    ca_policy = (ExtensionPolicy.webpki_defaults_ca()
+                 .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, ca_eku)
+                 .may_be_present(x509.CertificatePolicies, Criticality.AGNOSTIC, None))
+    try:
+        certs = [x509.load_der_x509_certificate(c) for c in (leaf, root, inter) if c]
+        verifier = (PolicyBuilder().store(Store([certs[1]])).time(NOW)
+                    .extension_policies(ca_policy=ca_policy,
+                                        ee_policy=ExtensionPolicy.permit_all())
+                    .build_client_verifier())
+        verifier.verify(certs[0], certs[2:])
+    except (ValueError, VerificationError):
+        return False
+    return True
+
+
+def test_our_rules_agree_with_the_previous_verifier_on_der_chains(tmp_path: Path) -> None:
+    """On DER chains our verdicts equal cryptography's client verifier with the relaxations
+    the previous code applied (the rules we mirror): a valid chain, and each rule broken."""
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    weak = rsa.generate_private_key(65537, 1024)
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    root_name, inter_name = d.plain_name("Test DER Root"), d.plain_name("Test DER Inter")
     ek_key = ec.generate_private_key(ec.SECP256R1())
-    cases: dict[str, tuple[list[bytes] | None, dict[str, object]]] = {
-        "valid": (None, {}),
-        "no keyUsage": ([d.basic_constraints(True)], {}),
-        "basicConstraints not critical": (
-            [d.key_usage(5), d.extension("2.5.29.19", d.seq(d.boolean(True)))], {}),
-        "leaf expired": (None, {"not_after": datetime.datetime(2022, 1, 1,
-                                                                tzinfo=datetime.UTC)}),
-        "leaf v1": (None, {"version": 0}),
+    ku, bc = d.key_usage(5), d.basic_constraints(True)
+    eku = d.extension  # shorthand below
+    when = {"gen_2030": datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)}
+    cases: dict[str, dict[str, object]] = {
+        "valid": {},
+        "valid RSA root": {"root_key": rsa_key},
+        "valid with intermediate": {"inter": True, "root_exts": [ku, d.basic_constraints(True, 1)]},
+        "root pathLen 0 over an intermediate": {"inter": True},
+        "no keyUsage": {"root_exts": [bc]},
+        "keyUsage without keyCertSign": {"root_exts": [d.key_usage(6), bc]},
+        "basicConstraints not critical": {
+            "root_exts": [ku, d.extension("2.5.29.19", d.seq(d.boolean(True)))]},
+        "basicConstraints cA false": {"root_exts": [ku, d.basic_constraints(False)]},
+        "CA EKU tcg-kp-EKCertificate": {
+            "root_exts": [ku, bc, eku("2.5.29.37", d.seq(d.oid("2.23.133.8.1")))]},
+        "CA EKU codeSigning only": {
+            "root_exts": [ku, bc, eku("2.5.29.37", d.seq(d.oid("1.3.6.1.5.5.7.3.3")))]},
+        "CA certificatePolicies critical": {
+            "root_exts": [ku, bc, eku("2.5.29.32", d.seq(d.seq(d.oid("2.5.29.32.0"))),
+                                      critical=True)]},
+        "CA unknown critical extension": {
+            "root_exts": [ku, bc, eku("1.2.3.4", d.octets(b""), critical=True)]},
+        "CA unknown non-critical extension": {
+            "root_exts": [ku, bc, eku("1.2.3.4", d.octets(b""))]},
+        "CA AKI critical": {
+            "root_exts": [ku, bc, eku("2.5.29.35", d.seq(d.tlv(0x80, b"\x11" * 20)),
+                                      critical=True)]},
+        "CA AKI with issuer and serial": {
+            "root_exts": [ku, bc, eku("2.5.29.35", d.seq(d.tlv(0x80, b"\x11" * 20),
+                                                         d.tlv(0xA1, d.tlv(0xA4, root_name)),
+                                                         d.tlv(0x82, b"\x01")))]},
+        "CA AKI without keyIdentifier": {
+            "root_exts": [ku, bc, eku("2.5.29.35", d.seq(d.tlv(0x82, b"\x01")))]},
+        "RSA-1024 root": {"root_key": weak},
+        "leaf expired": {"leaf": {"not_after": datetime.datetime(2022, 1, 1,
+                                                                  tzinfo=datetime.UTC)}},
+        "leaf not yet valid": {"leaf": {"not_before": when["gen_2030"]}},
+        "root expired": {"root": {"not_after": datetime.datetime(2022, 1, 1,
+                                                                  tzinfo=datetime.UTC)}},
+        "leaf v1": {"leaf": {"version": 0}, "leaf_exts": []},
+        "leaf serial 21 octets": {"leaf": {"serial": 1 << 160}},
+        "leaf serial 22 octets": {"leaf": {"serial": 1 << 168}},
+        "leaf with unknown critical extension": {
+            "leaf_exts": [eku("1.2.3.4", d.octets(b""), critical=True)]},
+        "leaf with malformed keyUsage": {"leaf_exts": [eku("2.5.29.15", b"\x03\x01\x07")]},
+        "CA with malformed keyUsage": {"root_exts": [bc, eku("2.5.29.15", b"\x03\x01\x07")]},
     }
-    for label, (ca_exts, leaf_kw) in cases.items():
-        spec = d.ca_spec(name, key)
-        if ca_exts is not None:
-            spec.extensions = ca_exts
-        root = d.sign_cert(spec, key)
-        leaf_spec = d.ek_spec(name, ek_key.public_key(), **leaf_kw)
-        if leaf_kw.get("version") == 0:
-            leaf_spec.extensions = []
-        leaf = d.sign_cert(leaf_spec, key)
+    for label, case in cases.items():
+        root_key = case.get("root_key", ec_key)
+        assert isinstance(root_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+        root_spec = d.ca_spec(root_name, root_key, **case.get("root", {}))  # type: ignore[arg-type]
+        if "root_exts" in case:
+            root_spec.extensions = list(case["root_exts"])  # type: ignore[call-overload]
+        root = d.sign_cert(root_spec, root_key)
+        signer, issuer_name, inter = root_key, root_name, None
+        if case.get("inter"):
+            inter_spec = d.ca_spec(inter_name, ec_key)
+            inter_spec.issuer = root_name
+            inter = d.sign_cert(inter_spec, root_key)
+            signer, issuer_name = ec_key, inter_name
+        leaf_spec = d.ek_spec(issuer_name, ek_key.public_key(),
+                              **case.get("leaf", {}))  # type: ignore[arg-type]
+        if "leaf_exts" in case:
+            leaf_spec.extensions = list(case["leaf_exts"])  # type: ignore[call-overload]
+        leaf = d.sign_cert(leaf_spec, signer)
         ca_dir = tmp_path / label.replace(" ", "_")
         ca_dir.mkdir()
         (ca_dir / "root.der").write_bytes(root)
-        verifier = (PolicyBuilder().store(Store([x509.load_der_x509_certificate(root)]))
-                    .time(NOW).extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-                                                  ee_policy=ExtensionPolicy.permit_all())
-                    .build_client_verifier())
-        try:
-            verifier.verify(x509.load_der_x509_certificate(leaf), [])
-            theirs = True
-        except VerificationError:
-            theirs = False
+        if inter:
+            (ca_dir / "inter.der").write_bytes(inter)
         try:
             verify_ek_chain(leaf, ca_dir, NOW)
             ours = True
-        except AttestgateError:
+        except AttestgateError as exc:
+            assert exc.code is ErrorCode.EK_UNTRUSTED
             ours = False
-        assert (label, ours) == (label, theirs)
-        assert ours is (label == "valid")
-    assert x509.load_der_x509_certificate(root).public_bytes(Encoding.DER) == root
+        assert (label, ours) == (label, _previous_verdict(leaf, root, inter))
+        assert ours is (label.startswith("valid") or label in {
+            "CA EKU tcg-kp-EKCertificate", "CA certificatePolicies critical",
+            "CA unknown non-critical extension", "leaf serial 21 octets",
+            "CA AKI with issuer and serial", "leaf with malformed keyUsage"}), label
 
 
 def test_admin_view_shows_a_quirky_certificate(vendor: Vendor) -> None:
