@@ -13,8 +13,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cryptography import x509
-
 from client import eventlog_view, flows
 from client import state as st
 from client.channel import NetworkError, Refused
@@ -22,6 +20,7 @@ from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
+from shared.tpm.ekcert import load_ek_cert
 from shared.wire import Command, Push
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
@@ -191,10 +190,10 @@ def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
         values = tpm.pcr_read(selection)
     subject = issuer = ""
     if ek.certificate:
-        try:
-            cert = x509.load_der_x509_certificate(ek.certificate)
-            subject, issuer = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
-        except ValueError:
+        try:  # our reader: NV padding and Nuvoton's non-DER names are fine
+            cert = load_ek_cert(ek.certificate)
+            subject, issuer = cert.subject.rfc4514(), cert.issuer.rfc4514()
+        except AttestgateError:
             subject = "(certificate does not parse)"
     data = {"manufacturer": info.manufacturer, "vendor": info.vendor_string,
             "firmware": f"{info.firmware_version:#018x}", "pcr_banks": list(info.pcr_banks),

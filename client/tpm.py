@@ -86,10 +86,13 @@ PCR_READ_ATTEMPTS: Final = 3
 # -- endorsement keys ------------------------------------------------------------------
 # Tried in this order; the first one with a certificate in NV wins (TCG EK
 # Credential Profile names, as tpm2_pytss.utils.create_ek_template knows them).
-DEFAULT_EK_KINDS: Final = ("EK-RSA2048", "EK-ECC256", "EK-HIGH-ECC384")
-# Where provisioning conventionally persists the RSA EK; using it saves the
-# 18-32 ms an RSA create_primary costs. Only used if it matches the template.
-_EK_PERSISTENT_HANDLES: Final = {"EK-RSA2048": 0x81010001}
+# RSA-3072 (H-6, nameAlg SHA-384) comes before ECC P-384: a TPM provisioned with a
+# 3072-bit RSA EK (swtpm_setup --rsa-keysize 3072) has no RSA-2048 certificate.
+DEFAULT_EK_KINDS: Final = ("EK-RSA2048", "EK-ECC256", "EK-HIGH-RSA3072", "EK-HIGH-ECC384")
+# Where provisioning conventionally persists the RSA EKs (TCG EK Credential Profile
+# 2.3: 0x81010001 for L-1, 0x8101001C for H-6); using them saves the create_primary
+# an RSA key costs (18-32 ms for 2048 bits, more for 3072). Only used if it matches.
+_EK_PERSISTENT_HANDLES: Final = {"EK-RSA2048": 0x81010001, "EK-HIGH-RSA3072": 0x8101001C}
 
 # TPM_PT properties (TPM 2.0 Part 2, 6.13); tpm2_pytss 3.0 names only some of them.
 _PT_MANUFACTURER: Final = 0x105
@@ -128,7 +131,7 @@ class TpmInfo:
 class Endorsement:
     """The TPM's EK: which TCG template, its TPM2B_PUBLIC, and its certificate (DER) if any."""
 
-    kind: str  # "EK-RSA2048", "EK-ECC256" or "EK-HIGH-ECC384"
+    kind: str  # one of DEFAULT_EK_KINDS, e.g. "EK-RSA2048" or "EK-HIGH-RSA3072"
     public: bytes
     certificate: bytes | None
 

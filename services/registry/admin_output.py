@@ -84,10 +84,10 @@ def ek_cert_view(cert_der: bytes) -> Doc | None:
     except AttestgateError:
         return {"error": "not a parseable certificate"}
     return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": f"{cert.serial_number:x}",
-        "not_after": cert.not_valid_after_utc.isoformat(timespec="seconds"),
+        "subject": cert.subject.rfc4514(),
+        "issuer": cert.issuer.rfc4514(),
+        "serial": f"{cert.serial:x}",
+        "not_after": cert.not_after.isoformat(timespec="seconds"),
     }
 
 

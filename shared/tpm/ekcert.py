@@ -1,8 +1,14 @@
 """EK certificates: chain to a CA directory, match against the EK public, allowlist.
 
-Chain verification uses cryptography's RFC 5280 path builder with the WebPKI CA rules,
-relaxed in exactly two ways that real TPM CA certificates need (measured on the
-Google, Infineon and STM chains in the handout test data):
+Certificates are read with our own strict DER reader and verified over their original
+TBS bytes (``shared/tpm/x509cert.py``; its docstring says why not cryptography's path
+builder or an ASN.1 library): Nuvoton's EK certificates and roots are not DER (a
+multi-valued RDN in unsorted SET OF order) and python-cryptography refuses to load them.
+One path verifies every vendor's certificates.
+
+The chain rules are cryptography's client-verifier rules with the WebPKI CA profile,
+relaxed in exactly the two ways real TPM CA certificates need (measured on the Google,
+Infineon, STM and Nuvoton certificates in the handout test data):
 
 * CA certificates carry an extendedKeyUsage of tcg-kp-EKCertificate (2.23.133.8.1)
   rather than clientAuth; WebPKI refuses that. We accept a CA EKU that contains
@@ -11,17 +17,19 @@ Google, Infineon and STM chains in the handout test data):
 * STM intermediates mark certificatePolicies critical; WebPKI refuses unknown critical
   extensions. The policies are informational for us, so they are permitted.
 
-basicConstraints (CA:true, path length), keyUsage keyCertSign, validity at ``now``,
-signature algorithms and key sizes keep the WebPKI rules. The EK leaf itself is checked
-with ``permit_all`` extensions: EK certs have no clientAuth EKU, often a critical SAN
-of TPM attributes, and sometimes no subject.
+basicConstraints (critical, CA:true, path length), keyUsage keyCertSign, validity at
+``now``, signature algorithms and key sizes keep the WebPKI rules. The EK leaf itself
+gets no extension rules: EK certs have no clientAuth EKU, often a critical SAN of TPM
+attributes, and sometimes no subject.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,49 +37,48 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    Policy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.tpm.marshal import check_size
 from shared.tpm.structures import parse_public, to_crypto_key
 from shared.tpm.templates import EK_TEMPLATES, ek_public_from_key
+from shared.tpm.x509cert import (
+    OID_TCG_KP_EK_CERTIFICATE,
+    Certificate,
+    build_path,
+    is_self_signed,
+    parse_certificate,
+)
 
 log = logging.getLogger(__name__)
 
-TCG_KP_EK_CERTIFICATE: Final = x509.ObjectIdentifier("2.23.133.8.1")
+TCG_KP_EK_CERTIFICATE: Final = x509.ObjectIdentifier(OID_TCG_KP_EK_CERTIFICATE)
 # A CA file larger than this is not a certificate; it is skipped unread.
 _MAX_CA_FILE: Final = 64 * 1024
 _PEM_BEGIN: Final = b"-----BEGIN CERTIFICATE-----"
+_PEM_BLOCK: Final = re.compile(
+    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----")
 
 
 @dataclass(frozen=True)
 class EkCaStore:
     """Trust anchors (self-signed) and intermediates loaded from a CA directory.
 
-    ``skipped`` names the files that could not be used (not a certificate, or a
-    certificate cryptography refuses, such as Nuvoton's non-DER roots).
+    ``skipped`` names the files that could not be used (not a certificate, or not one
+    our reader accepts).
     """
 
-    roots: tuple[x509.Certificate, ...]
-    intermediates: tuple[x509.Certificate, ...]
+    roots: tuple[Certificate, ...]
+    intermediates: tuple[Certificate, ...]
     skipped: tuple[str, ...] = ()
 
     @classmethod
     def from_dir(cls, ca_dir: Path) -> EkCaStore:
         """Load every PEM or DER certificate in ``ca_dir`` (not recursive)."""
-        roots: list[x509.Certificate] = []
-        inters: list[x509.Certificate] = []
+        roots: list[Certificate] = []
+        inters: list[Certificate] = []
         skipped: list[str] = []
         for path in sorted(p for p in ca_dir.iterdir() if p.is_file()):
             if path.stat().st_size > _MAX_CA_FILE:
@@ -81,37 +88,28 @@ class EkCaStore:
             if not certs:
                 skipped.append(path.name)
             for cert in certs:
-                (roots if _self_signed(cert) else inters).append(cert)
+                (roots if is_self_signed(cert) else inters).append(cert)
         if skipped:
             log.info("ek ca dir %s: skipped %s", ca_dir, ", ".join(skipped))
         return cls(tuple(roots), tuple(inters), tuple(skipped))
 
 
-def _load_ca_file(data: bytes) -> list[x509.Certificate]:
+def _load_ca_file(data: bytes) -> list[Certificate]:
     try:
         if _PEM_BEGIN in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(trim_der(data))]
-    except (ValueError, AttestgateError):
+            blocks = [binascii.a2b_base64(m.group(1)) for m in _PEM_BLOCK.finditer(data)]
+            return [parse_certificate(b, what="ca certificate") for b in blocks]
+        return [parse_certificate(trim_der(data), what="ca certificate")]
+    except (binascii.Error, AttestgateError):
         return []
-
-
-def _self_signed(cert: x509.Certificate) -> bool:
-    # verify_directly_issued_by compares the names in Rust; reading them from Python
-    # would trigger cryptography's UserWarning on the over-long Google CA names.
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 @dataclass(frozen=True)
 class EkCertInfo:
     """A verified EK certificate: the leaf, its chain up to the trust anchor, its key."""
 
-    certificate: x509.Certificate
-    chain: tuple[x509.Certificate, ...]  # leaf first, trust anchor last
+    certificate: Certificate
+    chain: tuple[Certificate, ...]  # leaf first, trust anchor last
     public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     fingerprint: str  # ek_fingerprint form: SHA-256 of the SubjectPublicKeyInfo, hex
 
@@ -142,29 +140,15 @@ def trim_der(data: bytes) -> bytes:
     return data[:end]
 
 
-def _ca_eku(_policy: Policy, _cert: x509.Certificate,
-            eku: x509.ExtendedKeyUsage | None) -> None:
-    if eku is not None and not ({TCG_KP_EK_CERTIFICATE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
-                                & set(eku)):
-        raise ValueError("CA extendedKeyUsage excludes EK certificates")
+def load_ek_cert(cert_der: bytes) -> Certificate:
+    """Parse an EK certificate as read from NV (DER, NV padding allowed; Nuvoton's
+    unsorted multi-valued RDNs accepted).
 
-
-def _ca_policy() -> ExtensionPolicy:
-    return (ExtensionPolicy.webpki_defaults_ca()
-            .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _ca_eku)
-            .may_be_present(x509.CertificatePolicies, Criticality.AGNOSTIC, None))
-
-
-def load_ek_cert(cert_der: bytes) -> x509.Certificate:
-    """Parse an EK certificate as read from NV (DER, NV padding allowed).
-
-    Raises TOO_LARGE, or EK_UNTRUSTED for anything cryptography cannot parse.
+    Raises TOO_LARGE, BAD_REQUEST (not bytes), or EK_UNTRUSTED for anything that is not
+    a certificate.
     """
     check_size(cert_der, "ek certificate")
-    try:
-        return x509.load_der_x509_certificate(trim_der(bytes(cert_der)))
-    except ValueError as exc:
-        raise AttestgateError(ErrorCode.EK_UNTRUSTED, f"ek certificate: {exc}") from None
+    return parse_certificate(trim_der(bytes(cert_der)), ErrorCode.EK_UNTRUSTED, "ek certificate")
 
 
 def verify_ek_chain(cert_der: bytes, ca_dir: Path | EkCaStore, now: datetime) -> EkCertInfo:
@@ -181,17 +165,11 @@ def verify_ek_chain(cert_der: bytes, ca_dir: Path | EkCaStore, now: datetime) ->
     leaf = load_ek_cert(cert_der)
     if not store.roots:
         raise AttestgateError(code, "no trust anchor in the EK CA directory")
-    verifier = (PolicyBuilder().store(Store(list(store.roots))).time(now)
-                .extension_policies(ca_policy=_ca_policy(), ee_policy=ExtensionPolicy.permit_all())
-                .build_client_verifier())
-    try:
-        verified = verifier.verify(leaf, list(store.intermediates))
-    except VerificationError as exc:
-        raise AttestgateError(code, f"ek chain: {exc}") from None
+    chain = build_path(leaf, store.roots, store.intermediates, now)
     key = leaf.public_key()
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise AttestgateError(code, "ek key is neither RSA nor ECC")
-    return EkCertInfo(leaf, tuple(verified.chain), key, _spki_fingerprint(key))
+    return EkCertInfo(leaf, chain, key, _spki_fingerprint(key))
 
 
 def _spki_fingerprint(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
@@ -218,7 +196,7 @@ def check_ek_allowlist(ek_public_bytes: bytes, allowlist: Collection[str]) -> st
     return fpr
 
 
-def ek_matches_cert(ek_public_bytes: bytes, cert: x509.Certificate) -> None:
+def ek_matches_cert(ek_public_bytes: bytes, cert: Certificate | x509.Certificate) -> None:
     """Check that the EK public sent by the client is the certified key under a TCG template.
 
     The bytes must equal the TPM2B_PUBLIC a TPM creates from one of the TCG EK

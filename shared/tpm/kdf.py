@@ -32,7 +32,7 @@ _ORDERS: Final[dict[int, int]] = {
         "581a0db248b0a77aecec196accc52973", 16),
     Curve.NIST_P521: int(
         "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
-        "fffa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409", 16),
+        "fa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409", 16),
 }
 
 

@@ -178,7 +178,8 @@ def _write_localca_config(ca_dir: Path) -> Path:
     return setup_conf
 
 
-def provision_template(directory: Path, ca_name: str = DEFAULT_CA_NAME) -> TemplateTpm:
+def provision_template(directory: Path, ca_name: str = DEFAULT_CA_NAME, *,
+                       rsa_keysize: int = 2048) -> TemplateTpm:
     """Run swtpm_setup once into ``directory/<ca_name>`` with a fresh CA called ``ca_name``.
 
     ``directory/<ca_name>`` must not exist yet. Slow (~0.65-1.2 s): call it
@@ -186,6 +187,10 @@ def provision_template(directory: Path, ca_name: str = DEFAULT_CA_NAME) -> Templ
     different TPMs (different seeds and EKs); with different ``ca_name``
     values their EK certificates chain to different CAs, which is what an
     "unknown CA" test needs.
+
+    ``rsa_keysize=3072`` makes the RSA EK a 3072-bit one: swtpm_setup 0.7.1 then
+    creates the H-6 "EK-HIGH-RSA3072" EK (persistent 0x8101001C, certificate in NV
+    0x01C0001C) instead of the RSA-2048 one; the ECC P-384 EK is there either way.
 
     Raises SwtpmUnavailable if swtpm is not installed, SwtpmError if setup fails.
     """
@@ -211,6 +216,7 @@ def provision_template(directory: Path, ca_name: str = DEFAULT_CA_NAME) -> Templ
         "--create-platform-cert",
         "--lock-nvram",
         "--logfile", str(log_path),
+        *(["--rsa-keysize", str(rsa_keysize)] if rsa_keysize != 2048 else []),
     ]  # fmt: skip
     # swtpm_setup looks for per-user config under XDG_CONFIG_HOME only when
     # --config is absent; pin it anyway so nothing outside `root` is touched.

@@ -77,7 +77,7 @@ def _activate(key: Key, ek_public: bytes, name: bytes, id_object: bytes,
 
 
 @pytest.mark.parametrize("template", ["EK-RSA2048", "EK-ECC256", "EK-HIGH-ECC384",
-                                      "EK-HIGH-RSA2048"])
+                                      "EK-HIGH-RSA2048", "EK-HIGH-RSA3072", "EK-HIGH-ECC521"])
 def test_make_credential_activates_in_software(template: str) -> None:
     key, ek_public = _ek(template)
     name = b"\x00\x0b" + hashlib.sha256(b"ak").digest()
@@ -177,3 +177,17 @@ def test_kdfs_match_tpm2_pytss(alg: int) -> None:
             alg, key, b"STORAGE", ctx_u, ctx_v, bits)
         assert kdfe(alg, key, b"IDENTITY\x00", ctx_u, ctx_v, bits=bits) == crypto.kdfe(
             alg, key, b"IDENTITY\x00", ctx_u, ctx_v, bits)
+
+
+def test_group_orders_are_the_curve_orders() -> None:
+    """The ECDH scalar is reduced mod these: n - 1 must be a valid key and n must not.
+    (The P-521 order once had two extra hex digits, so MakeCredential to an
+    EK-HIGH-ECC521 EK failed with a foreign ValueError.)"""
+    from shared.tpm.kdf import _ORDERS  # noqa: PLC0415
+
+    for curve_id, curve in ((3, ec.SECP256R1()), (4, ec.SECP384R1()), (5, ec.SECP521R1())):
+        order = _ORDERS[curve_id]
+        assert order.bit_length() == curve.key_size
+        ec.derive_private_key(order - 1, curve)
+        with pytest.raises(ValueError):
+            ec.derive_private_key(order, curve)

@@ -25,6 +25,7 @@ from shared.tpm.ekcert import (
     trim_der,
     verify_ek_chain,
 )
+from shared.tpm.x509cert import verify_signed_by
 
 # Inside every leaf's validity (the STM leaves end in 2028).
 NOW = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
@@ -60,7 +61,7 @@ def test_every_testdata_leaf_verifies_against_its_ca_dir(leaf: str,
     want = [x509.load_pem_x509_certificate((root / c).read_bytes())
             if (root / c).read_bytes().startswith(b"-----")
             else x509.load_der_x509_certificate((root / c).read_bytes()) for c in chain]
-    assert list(info.chain[1:]) == want
+    assert [c.der for c in info.chain[1:]] == [w.public_bytes(Encoding.DER) for w in want]
     key = expected["key"]
     assert isinstance(key, str)
     kind, size = key.split("-")
@@ -113,13 +114,25 @@ def test_unknown_ca_and_expired_are_refused() -> None:
     _ek_untrusted(leaf, root / "ek/nuvoton/ca")
 
 
-def test_nuvoton_certs_do_not_crash() -> None:
+def test_nuvoton_roots_load_as_trust_anchors_and_their_self_signatures_verify() -> None:
     root = require_testdata()
     store = EkCaStore.from_dir(root / "ek/nuvoton/ca")
-    assert store.roots == () and len(store.skipped) == 2
+    assert len(store.roots) == 2 and store.skipped == () and store.intermediates == ()
     for name in ("NUVO_2110.pem", "NUVO_2111.pem"):
         der = x509_pem_body(root / "ek/nuvoton/ca" / name)
-        _ek_untrusted(der, root / "ek/nuvoton/ca")
+        with pytest.raises(ValueError):  # still not DER: cryptography refuses it
+            x509.load_der_x509_certificate(der)
+        cert = load_ek_cert(der)
+        assert cert.der in {r.der for r in store.roots}
+        assert cert.subject == cert.issuer and cert.subject.rfc4514().startswith(
+            "CN=Nuvoton TPM Root CA 211")
+        verify_signed_by(cert, cert)
+        # One bit of the TBS changed: the self-signature no longer verifies.
+        flipped = bytearray(der)
+        flipped[cert.der.index(cert.tbs) + 60] ^= 1
+        with pytest.raises(AttestgateError) as e:
+            verify_signed_by(load_ek_cert(bytes(flipped)), cert)
+        assert e.value.code is ErrorCode.EK_UNTRUSTED
         _ek_untrusted(der, root / "ek/stm/ca")
 
 
@@ -149,3 +162,34 @@ def test_swtpm_ek_kat_with_private_ca(tmp_path: Path) -> None:
         with pytest.raises(AttestgateError) as e:
             ek_matches_cert(bad, rsa_cert)
         assert e.value.code is ErrorCode.EK_MISMATCH
+
+
+def test_our_reader_reads_what_cryptography_reads_on_every_der_testdata_cert() -> None:
+    """Names (RFC 4514 display), serial and validity equal cryptography's, cert by cert."""
+    import re  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    root = require_testdata()
+    seen = 0
+    for path in sorted((root / "ek").rglob("*")):
+        if path.suffix not in {".pem", ".crt", ".cer", ".der"}:
+            continue
+        data = path.read_bytes()
+        blocks = re.findall(rb"-----BEGIN CERTIFICATE-----(.*?)-----END", data, re.S)
+        for der in [base64.b64decode(b) for b in blocks] if blocks else [trim_der(data)]:
+            ours = load_ek_cert(der)
+            assert ours.der == der and der.endswith(ours.signature)
+            if "nuvoton" in path.parts:
+                continue
+            theirs = x509.load_der_x509_certificate(der)
+            with warnings.catch_warnings():  # over-long Google CA names
+                warnings.simplefilter("ignore", UserWarning)
+                names = (theirs.subject.rfc4514_string(), theirs.issuer.rfc4514_string())
+            assert (ours.subject.rfc4514(), ours.issuer.rfc4514()) == names
+            assert ours.serial == theirs.serial_number
+            assert (ours.not_before, ours.not_after) == (theirs.not_valid_before_utc,
+                                                         theirs.not_valid_after_utc)
+            assert ours.tbs == theirs.tbs_certificate_bytes
+            assert ours.public_key() == theirs.public_key()
+            seen += 1
+    assert seen >= 20
