@@ -47,7 +47,7 @@ CLIENT_REQUEST_TIMEOUT: Final = 15.0  # above REQUEST_TIMEOUT: the gateway answe
 
 # -- registry ----------------------------------------------------------------------
 TOKEN_DEFAULT_TTL: Final = 24 * 3600.0
-# The reconnect replay guard never moves further than this past the server's clock:
-# message 1 proves only the Noise key, and a stolen key (without the TPM) must not lock
-# the device out with a timestamp from the far future. Above NTP-level clock skew.
+# The reconnect replay guard advances only after key confirmation (the device's TPM
+# computed the session PSK), and never further than this past the server's clock, so that
+# a device whose clock once ran far ahead is not locked out once it is corrected.
 CONNECT_TS_AHEAD: Final = 2.0

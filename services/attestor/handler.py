@@ -29,6 +29,7 @@ from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
 from shared.records import Baseline, Device, refusal_for
 from shared.store.interface import Store
+from shared.timing import CONNECT_TS_AHEAD
 from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
 from shared.tpm.quote import verify_quote
 from shared.vault import Vault
@@ -75,12 +76,20 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     device_id = f.text("device_id", 64)
     h = f.blob("h", HASH_LEN, min_len=HASH_LEN)
     server_nonce = f.blob("nonce", 64, optional=True)
+    connect_ts = f.integer("ts", 0, 2**63 - 1, default=-1)
     attest = f.blob("attest", MAX_EVIDENCE_FIELD, min_len=1)
     signature = f.blob("signature", MAX_EVIDENCE_FIELD, min_len=1)
     pcrs = f.pcr_map("pcrs", MAX_PCRS, HASH_LEN)
     device = deps.store.get_device(device_id)
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
+    if connect_ts >= 0:
+        # The gateway sends message 1's timestamp with the first transport message, which
+        # decrypted: the device's TPM computed the session PSK. Only now does the replay
+        # guard advance (never past the clock + CONNECT_TS_AHEAD); concurrent sessions of
+        # one device may confirm out of order, so an older timestamp is not an error here.
+        ceiling = int((now + CONNECT_TS_AHEAD) * 1e9)
+        deps.store.advance_connect_ts(device_id, min(connect_ts, ceiling))
     code = refusal_for(device.status)
     if code is not None:
         raise AttestgateError(code, device_id)

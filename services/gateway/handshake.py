@@ -220,7 +220,7 @@ class Found:
 
 
 async def lookup(first: Message1, bus: BusClient, rid: str, deadline: Deadline,
-                 timeout: float, known: KnownKeys) -> Found:
+                 timeout: float) -> Found:
     """Ask the registry who is behind message 1's static key (it also refuses replays).
     Closed (with an "unavailable" hint when the registry could not answer) otherwise."""
     noise = first.noise
@@ -231,17 +231,17 @@ async def lookup(first: Message1, bus: BusClient, rid: str, deadline: Deadline,
         if reply.error in TRANSIENT:
             raise _unavailable(f"connect lookup failed code={reply.error}")
         raise Closed(f"connect refused code={reply.error} key={first.client_key.hex()[:16]}")
-    device_id = str(reply.body["device_id"])
-    known.learn(first.client_key, first.ts, device_id)
-    return Found(device_id, Psk(bytes(reply.body["psk"])))
+    return Found(str(reply.body["device_id"]), Psk(bytes(reply.body["psk"])))
 
 
 async def connect(peer: Peer, first: Message1, found: Found, bus: BusClient, rid: str,
-                  deadline: Deadline, timeout: float, sessions: DeviceSessions) -> Identity:
+                  deadline: Deadline, timeout: float, sessions: DeviceSessions,
+                  known: KnownKeys) -> Identity:
     """IKpsk2 message 2 with the device's session PSK, then the quote bound to ``h``.
 
     On success one place in ``sessions`` is reserved for the device; the caller
-    releases it when the session ends.
+    releases it when the session ends. Message 1's timestamp counts (priority lane here,
+    replay guard in the attestor) only once the first transport message decrypted.
     """
     noise = first.noise
     peer.noise = noise
@@ -256,23 +256,25 @@ async def connect(peer: Peer, first: Message1, found: Found, bus: BusClient, rid
     except AttestgateError as exc:
         raise Closed(f"first message rejected device={device_id} code={exc.code}") from None
     # From here on the device is authenticated: refusals carry a code.
+    known.learn(first.client_key, first.ts, device_id)
     if not sessions.reserve(device_id):
         await peer.send(encode_push(Push.REFUSED, code=ErrorCode.RATE_LIMITED.value))
         raise Closed(f"session cap device={device_id} cap={sessions.cap}")
     try:
-        return await _attest(peer, msg, bus, rid, deadline, timeout, device_id, h)
+        return await _attest(peer, msg, bus, rid, deadline, timeout, device_id, h, first.ts)
     except BaseException:
         sessions.release(device_id)
         raise
 
 
 async def _attest(peer: Peer, msg: ClientMessage, bus: BusClient, rid: str, deadline: Deadline,
-                  timeout: float, device_id: str, h: bytes) -> Identity:
+                  timeout: float, device_id: str, h: bytes, ts: int) -> Identity:
     if msg.cmd is not Command.ATTEST:
         await peer.send(encode_push(Push.REFUSED, code=ErrorCode.PROTOCOL.value))
         raise Closed("expected attest")
     reply = await call_by(deadline, timeout, bus, Service.ATTESTOR, "attest",
-                          {"device_id": device_id, "h": h, "attest": msg.body.get("attest"),
+                          {"device_id": device_id, "h": h, "ts": ts,
+                           "attest": msg.body.get("attest"),
                            "signature": msg.body.get("signature"),
                            "pcrs": msg.body.get("pcrs")}, rid=rid + "-a", idempotent=False)
     if not reply.ok:

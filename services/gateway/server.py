@@ -239,7 +239,7 @@ class Gateway:
         self._cold_lookups += 1
         try:
             return await handshake.lookup(first, self.bus, sid, deadline,
-                                          self.limits.handshake_request_timeout, self.known)
+                                          self.limits.handshake_request_timeout)
         finally:
             self._cold_lookups -= 1
 
@@ -308,9 +308,9 @@ class Gateway:
             self.known.learn(key, 0, device_id)
             return None
         if found is None:
-            found = await handshake.lookup(first, self.bus, sid, deadline, timeout, self.known)
+            found = await handshake.lookup(first, self.bus, sid, deadline, timeout)
         return await handshake.connect(peer, first, found, self.bus, sid, deadline, timeout,
-                                       self.device_sessions)
+                                       self.device_sessions, self.known)
 
     async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
         session = Session(peer, ident, self.bus, self.limits, sid)

@@ -25,7 +25,6 @@ from shared.keys import device_id_for, enroll_psk, session_psk
 from shared.records import status_view
 from shared.store.interface import PENDING_ENROLLED, Store
 from shared.store.serialize import device_from_bytes
-from shared.timing import CONNECT_TS_AHEAD
 from shared.vault import Vault
 from shared.wire import DH_LEN, TOKEN_ID_LEN
 
@@ -77,12 +76,12 @@ def _connect(req: Request, deps: RegistryDeps, now: float) -> Reply:
     device = deps.store.device_by_noise(noise_public)
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, noise_public.hex()[:16])
-    # Message 1 proves the Noise key, not the TPM: whoever stole the key can send it. So the
-    # guard never moves past the server's clock + CONNECT_TS_AHEAD, else the largest
-    # timestamp would lock the device out for good. (A device whose clock runs ahead still
-    # connects; replays of its message 1 get message 2, which only its TPM can answer.)
-    ceiling = int((now + CONNECT_TS_AHEAD) * 1e9)
-    if not deps.store.advance_connect_ts(device.device_id, min(ts, ceiling)):
+    # Only checked here, never recorded: message 1 proves the Noise key, not the TPM, and
+    # whoever stole the key can send it. The attestor records the timestamp once the first
+    # transport message proved the TPM (key confirmation). So this lookup changes nothing
+    # and a retry of it on another worker is safe; a message 1 replayed before its session
+    # confirmed gets message 2, which only the device's TPM can answer.
+    if ts <= deps.store.last_connect_ts(device.device_id):
         raise AttestgateError(ErrorCode.PROTOCOL, f"replayed message 1 device={device.device_id}")
     device_psk = deps.vault.unseal(device.psk_sealed, device.device_id)
     psk = session_psk(device_psk, e_i, e_r)

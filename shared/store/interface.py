@@ -54,8 +54,12 @@ class Store(Protocol):
 
     def list_devices(self) -> Sequence[Device]: ...
 
+    def last_connect_ts(self, device_id: str) -> int:
+        """The newest recorded reconnect timestamp of the device; -1 if none."""
+        ...
+
     def advance_connect_ts(self, device_id: str, ts: int) -> bool:
-        """Record a reconnect timestamp; False if it is not newer than the last one."""
+        """Record a reconnect timestamp; False (nothing changed) if not newer than the last."""
         ...
 
     # -- enrollment ------------------------------------------------------------------

@@ -69,6 +69,9 @@ class MemoryStore:
     def list_devices(self) -> Sequence[Device]:
         return sorted(self.devices.values(), key=lambda d: d.device_id)
 
+    def last_connect_ts(self, device_id: str) -> int:
+        return self.connect_ts.get(device_id, -1)
+
     def advance_connect_ts(self, device_id: str, ts: int) -> bool:
         if self.connect_ts.get(device_id, -1) >= ts:
             return False

@@ -221,6 +221,11 @@ class RedisStore:
             raws = self._r.mget([REG + "dev:" + i for i in ids]) if ids else []
         return [device_from_bytes(r) for r in raws if r is not None]
 
+    def last_connect_ts(self, device_id: str) -> int:
+        with _mapped():
+            last = self._r.get(REG + "ts:" + device_id)
+        return -1 if last is None else int(last)
+
     def advance_connect_ts(self, device_id: str, ts: int) -> bool:
         key = REG + "ts:" + device_id
         for _ in range(_RETRIES):
