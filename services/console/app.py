@@ -177,7 +177,7 @@ class Console:
         self.metrics.logins.labels("ok").inc()
         log.info("login from=%s", request.remote)
         session = make_token(self.key, TokenKind.SESSION, now, SESSION_TTL, self.rng)
-        response = web.HTTPSeeOther("/board")
+        response = _see_other("/board")
         response.set_cookie(COOKIE, session, max_age=int(SESSION_TTL), path="/", httponly=True,
                             samesite="Strict", secure=self.secure_cookie)
         return response
@@ -190,7 +190,7 @@ class Console:
     # -- pages ----------------------------------------------------------------------------
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
-        return web.HTTPSeeOther("/board")
+        return _see_other("/board")
 
     async def call(self, service: Service, op: str, body: Mapping[str, Any]) -> Reply:
         reply = await self.bus.request(service.value, op, body, request_id=self.rng(12).hex(),
@@ -333,6 +333,10 @@ def sse_frame(event: BusEvent) -> bytes | None:
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for k, v in SECURITY_HEADERS.items():
         response.headers.setdefault(k, v)
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
 
 
 def _html(body: Markup, status: int = 200) -> web.Response:
