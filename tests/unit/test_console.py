@@ -32,6 +32,7 @@ from services.registry.handler import handle as registry_handle
 from shared.audit import ChainProblem
 from shared.bus.interface import BusEvent, Request
 from shared.bus.memory import MemoryBus
+from shared.codec import pack
 from shared.config import Consequence, EnrollPolicy
 from shared.console_token import (
     ConsoleKey,
@@ -396,3 +397,19 @@ def test_verify_audit_reports_unanchored_log() -> None:
     reply = attestor_handle(Request("v", "attestor", "verify_audit", {}, NOW + 5), deps, NOW)
     assert reply.body["problems"] == [{"entry_id": "", "check": "unanchored"}]
     assert ChainProblem("", "unanchored").problem in pages.PROBLEM_WORDS
+
+
+def test_registry_operator_views_carry_no_secret() -> None:
+    w = world()
+    deps = RegistryDeps(w.store, Vault(VAULT_KEY), True)
+    for op, body in (("list_devices", {}), ("show_device", {"device": "alice"}),
+                     ("list_devices", {"status": "locked"})):
+        reply = registry_handle(Request("r", "registry", op, body, NOW + 5), deps, NOW)
+        assert reply.ok, reply
+        packed = pack(reply.body)
+        for dev in (w.alice, w.mallory):
+            assert dev.device_psk not in packed
+            assert w.store.devices[dev.device_id].psk_sealed not in packed
+    locked = registry_handle(Request("r", "registry", "list_devices", {"status": "locked"},
+                                     NOW + 5), deps, NOW)
+    assert [d["device_id"] for d in locked.body["devices"]] == [w.mallory.device_id]
