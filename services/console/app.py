@@ -285,8 +285,8 @@ class Console:
                 frame = sse_frame(event)
                 if frame is not None:
                     await response.write(frame)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the browser went away
         finally:
             self._sse -= 1
             self.metrics.sse.dec()

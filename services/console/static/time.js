@@ -3,7 +3,7 @@
 (function () {
   function ago(seconds) {
     var s = Math.round(seconds);
-    if (s < 0) { return "in the future"; }
+    if (s < -60) { return "in the future (clocks differ)"; }
     if (s < 45) { return "just now"; }
     var m = Math.round(s / 60);
     if (m < 60) { return m + " min ago"; }
