@@ -159,7 +159,8 @@ def _scenario(stack: Stack, tmp: Path, tpms: list[SwtpmProcess],
         acked = time.monotonic()
         selector = f'article[data-post-id="{live["post_id"]}"]'
         _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, selector), LIVE_WITHIN_S)
-        print(f"live post shown {time.monotonic() - acked:.3f} s after its acknowledgement")
+        with capsys.disabled():
+            print(f"\nlive post shown {time.monotonic() - acked:.3f} s after its acknowledgement")
         assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-not-reloaded") == "1"
         top = driver.find_element(By.CSS_SELECTOR, "#posts article.post")
         assert top.get_attribute("data-post-id") == live["post_id"]
