@@ -19,9 +19,10 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.attestgate-setup.stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_PACKAGES := redis-server swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc \
-                python3-venv python3-dev gnutls-bin
+                python3-venv python3-dev gnutls-bin chromium chromium-driver
 # Fallback check where there is no dpkg: one command per package above that has one.
-APT_COMMANDS := redis-server swtpm swtpm_setup tpm2_startup pkg-config gcc certtool
+APT_COMMANDS := redis-server swtpm swtpm_setup tpm2_startup pkg-config gcc certtool chromium \
+                chromedriver
 
 # A .venv whose interpreter does not run (or is older than 3.11) forces the stamp's recipe,
 # which recreates it, even when the stamp looks up to date.

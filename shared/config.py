@@ -43,6 +43,9 @@ class Consequence(StrEnum):
 
 
 DEFAULT_PCR_SELECTION = "sha256:0,1,2,3,4,5,6,7"
+# The gateway's endpoints, then the web console's (shared.console_settings).
+DEFAULT_BUS = "tcp://127.0.0.1:7450,tcp://127.0.0.1:7452"
+DEFAULT_EVENTS = "tcp://127.0.0.1:7451,tcp://127.0.0.1:7453"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_FAILURES_RANGE = (1, 1000)
 REATTEST_RANGE = (0.1, 86400.0)  # seconds
@@ -228,6 +231,7 @@ class ServerConfig:
     listen_port: int
     redis_url: str
     bus_endpoints: tuple[str, ...]  # gateway binds the first; workers connect to all
+    # (by default also to the web console's own endpoint: services/console/__init__.py)
     events_endpoints: tuple[str, ...]
     server_home: Path
     enroll_policy: EnrollPolicy
@@ -265,8 +269,9 @@ class ServerConfig:
             listen_host=host,
             listen_port=port,
             redis_url=setting(e, "ATTESTGATE_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url),
-            bus_endpoints=setting(e, "ATTESTGATE_BUS", "tcp://127.0.0.1:7450", _endpoints),
-            events_endpoints=setting(e, "ATTESTGATE_EVENTS", "tcp://127.0.0.1:7451", _endpoints),
+            bus_endpoints=setting(e, "ATTESTGATE_BUS", DEFAULT_BUS, _endpoints),
+            events_endpoints=setting(e, "ATTESTGATE_EVENTS", DEFAULT_EVENTS,
+                                     _endpoints),
             server_home=home,
             enroll_policy=policy,
             ek_ca_dir=_path(ca) if ca else None,

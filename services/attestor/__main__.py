@@ -3,8 +3,9 @@
 import sys
 
 from services.attestor.enroll import EnrollSettings
-from services.attestor.handler import AttestorDeps, handle
+from services.attestor.handler import AttestorDeps, AuditAnchor, handle
 from services.attestor.policy import AttestPolicy
+from shared.audit import Checkpoint
 from shared.config import ServerConfig, parse_window
 from shared.service_main import WorkerKeys, serve
 from shared.store.redis_store import RedisStore
@@ -19,7 +20,15 @@ def deps(cfg: ServerConfig, store: RedisStore, keys: WorkerKeys) -> AttestorDeps
                                    cfg.pcr_selection),
         policy=AttestPolicy(cfg.pcr_selection, cfg.max_failures, cfg.consequence,
                             parse_window(cfg.connect_window)),
+        audit=AuditAnchor(keys.audit_key, lambda: _checkpoints(keys)),
     )
+
+
+def _checkpoints(keys: WorkerKeys) -> list[Checkpoint | None] | None:
+    try:
+        return keys.checkpoints.read()
+    except FileNotFoundError:
+        return None
 
 
 sys.exit(serve(Service.ATTESTOR.value, handle, deps))

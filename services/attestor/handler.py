@@ -2,14 +2,18 @@
 
 Ops: ``enroll_begin``, ``enroll_finish`` (see ``enroll.py``) and ``attest``: the
 quote that must be the first message of every reconnect (and of every
-re-attestation), bound to the session's handshake hash ``h``.
+re-attestation), bound to the session's handshake hash ``h``. Read-only operator ops
+for the web console: ``read_audit`` (newest entries, filtered by device and event) and
+``verify_audit`` (the whole chain against its head and the checkpoint file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Final
 
 from services.attestor import enroll
 from services.attestor.policy import (
@@ -21,9 +25,10 @@ from services.attestor.policy import (
     matching_baseline,
     refused,
 )
+from shared.audit import AuditKey, ChainProblem, Checkpoint, verify_chain
 from shared.binding import quote_nonce, reattest_nonce
 from shared.bus.interface import Reply, Request
-from shared.codec import Fields
+from shared.codec import Fields, pack
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
@@ -33,7 +38,13 @@ from shared.timing import CONNECT_TS_AHEAD
 from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
 from shared.tpm.quote import verify_quote
 from shared.vault import Vault
-from shared.wire import HASH_LEN, MAX_EVIDENCE_FIELD, MAX_PCRS
+from shared.wire import (
+    HASH_LEN,
+    MAX_BUS_MESSAGE,
+    MAX_EVIDENCE_FIELD,
+    MAX_PCRS,
+    REPLY_ENVELOPE_RESERVE,
+)
 
 _log = logging.getLogger("attestgate.attestor")
 
@@ -44,6 +55,21 @@ _COUNTED = frozenset({ErrorCode.QUOTE_INVALID, ErrorCode.QUOTE_BINDING, ErrorCod
                       ErrorCode.CLOCK_ROLLBACK})
 
 
+AUDIT_READ_MAX: Final = 500  # entries one read_audit reply may hold
+AUDIT_PROBLEMS_MAX: Final = 100  # problems one verify_audit reply lists (all are counted)
+AUDIT_BUDGET: Final = MAX_BUS_MESSAGE - REPLY_ENVELOPE_RESERVE
+_AUDIT_ALL: Final = 1 << 62
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """What ``verify_audit`` checks against: the audit key, and a reader of the checkpoint
+    lines (None: no checkpoint file). The worker passes its own; tests pass fixed ones."""
+
+    key: AuditKey
+    checkpoints: Callable[[], list[Checkpoint | None] | None]
+
+
 @dataclass(frozen=True)
 class AttestorDeps:
     store: Store
@@ -51,6 +77,7 @@ class AttestorDeps:
     enroll: enroll.EnrollSettings
     policy: AttestPolicy
     rng: Random = os.urandom
+    audit: AuditAnchor | None = None  # None: verify_audit answers not_found
 
 
 def _enroll_begin(req: Request, deps: AttestorDeps, now: float) -> Reply:
@@ -143,10 +170,50 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
     raise Refusal(code, detail, body, outcome.events)
 
 
+# -- read-only operator views (services/console) -----------------------------------------
+
+
+def _read_audit(req: Request, deps: AttestorDeps, now: float) -> Reply:
+    """The newest ``limit`` entries (newest first) of one device and/or one event."""
+    f = Fields(req.body)
+    device_id = f.text("device_id", 64, optional=True) or None
+    event = f.text("event", 64, optional=True)
+    limit = f.integer("limit", 1, AUDIT_READ_MAX, default=100)
+    entries = [e for e in deps.store.read_audit(device_id, _AUDIT_ALL)
+               if not event or e.event == event]
+    views: list[dict[str, Any]] = []
+    used = 0
+    for e in reversed(entries[-limit:]):
+        view = {"entry_id": e.entry_id, "ts": e.ts, "event": e.event,
+                "device_id": e.device_id, "detail": e.detail}
+        used += len(pack(view))
+        if used > AUDIT_BUDGET:
+            break
+        views.append(view)
+    return Reply(req.id, {"entries": views, "total": len(entries)})
+
+
+def _verify_audit(req: Request, deps: AttestorDeps, now: float) -> Reply:
+    """Check the whole chain, as ``attestgate-admin audit --verify`` does."""
+    if deps.audit is None:
+        raise AttestgateError(ErrorCode.NOT_FOUND, "no audit key given to this worker")
+    chain = list(deps.store.read_audit(None, _AUDIT_ALL))
+    checkpoints = deps.audit.checkpoints()
+    problems = verify_chain(chain, deps.store.audit_head(), deps.audit.key, checkpoints or [])
+    if checkpoints is None and chain:
+        problems.append(ChainProblem("", "unanchored"))
+    return Reply(req.id, {
+        "checked": len(chain), "problem_count": len(problems),
+        "problems": [{"entry_id": p.entry_id, "check": p.problem}
+                     for p in problems[:AUDIT_PROBLEMS_MAX]]})
+
+
 _OPS: dict[str, Op[AttestorDeps]] = {
     "enroll_begin": _enroll_begin,
     "enroll_finish": _enroll_finish,
     "attest": _attest,
+    "read_audit": _read_audit,
+    "verify_audit": _verify_audit,
 }
 
 

@@ -41,6 +41,8 @@ from shared.board_settings import BoardSettings
 from shared.bus.interface import BusEvent
 from shared.bus.zmq_bus import ZmqPublisher
 from shared.config import ConfigError, ServerConfig
+from shared.console_settings import ConsoleSettings
+from shared.console_token import API_TTL, LOGIN_TTL, TokenKind, load_or_create_key, make_token
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, enroll_psk, fingerprint
 from shared.post_display import format_post
@@ -99,6 +101,7 @@ class Context:
     rng: Random
     warn: Callable[[str], None]
     board: BoardSettings = field(default_factory=BoardSettings.defaults)
+    env: Mapping[str, str] = field(default_factory=dict)
     _store: RedisStore | None = field(default=None, init=False)
 
     @property
@@ -478,6 +481,28 @@ def cmd_verify_post(args: argparse.Namespace, ctx: Context) -> Outcome:
     return Outcome(doc, text, failure)
 
 
+def cmd_console_token(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """A login link for the web console (or, with --bearer, a token for scripts). Touches
+    neither Redis nor the services: only the console key in the server home."""
+    settings = ConsoleSettings.from_env(ctx.env)
+    key = load_or_create_key(ctx.config.server_home, ctx.rng)
+    kind = TokenKind.API if args.bearer else TokenKind.LOGIN
+    ttl = args.ttl or (API_TTL if args.bearer else LOGIN_TTL)
+    try:
+        token = make_token(key, kind, ctx.now, ttl, ctx.rng)
+    except ValueError as exc:
+        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value, f"--ttl: {exc}") from None
+    expires = out.iso(ctx.now + ttl)
+    if args.bearer:
+        return Outcome({"token": token, "kind": kind.value, "expires_at": expires,
+                        "url": settings.url},
+                       f"{token}\nbearer token for {settings.url}, valid until {expires}: "
+                       f"curl -H 'Authorization: Bearer <token>' {settings.url}/devices")
+    link = f"{settings.url}/login?token={token}"
+    return Outcome({"link": link, "kind": kind.value, "expires_at": expires},
+                   f"{link}\nopen this link in a browser before {expires} (it works once)")
+
+
 def cmd_purge(args: argparse.Namespace, ctx: Context) -> Outcome:
     if not args.yes:
         raise AdminError(EXIT_REFUSED, "not_confirmed",
@@ -588,6 +613,14 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
                     "device id, time, key and text; the author shown is the registry's name; "
                     "exit 3 naming what differs if anything does, or if the post is unknown. "
                     "Read-only."),
+    "console-token": (cmd_console_token, "print a login link for the web console",
+                      "Print a link that logs a browser into the web console "
+                      "(services/console; ATTESTGATE_CONSOLE_URL) for one session; the link "
+                      "works once, within --ttl (default 300 s). With --bearer, print a token "
+                      "for scripts (Authorization: Bearer; default 24 h). Signed with "
+                      "console.key in ATTESTGATE_SERVER_HOME (created 0600 if missing; delete "
+                      "it and restart the console to invalidate every token and session). "
+                      "Touches no store."),
     "purge": (cmd_purge, "delete ALL attestgate data from Redis",
               "Delete every attestgate key in Redis: devices, tokens and posts; the audit log "
               "is kept and records a 'purged' entry. With --include-audit the audit log goes "
@@ -628,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["verify-post"].add_argument("post_id", metavar="POST_ID", help="e.g. 1700000000000-0")
     parsers["init"].add_argument("--new-audit-key", action="store_true",
                                  help="replace a missing audit key; the old log is kept aside")
+    parsers["console-token"].add_argument("--bearer", action="store_true",
+                                          help="a token for scripts instead of a login link")
+    parsers["console-token"].add_argument("--ttl", type=_seconds, metavar="SECONDS",
+                                          help="validity (default 300 s, --bearer 24 h)")
     parsers["purge"].add_argument("--yes", action="store_true",
                                   help="confirm that everything is to be deleted")
     parsers["purge"].add_argument("--include-audit", action="store_true",
@@ -673,7 +710,7 @@ def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
     try:
         config = ServerConfig.from_env(env)
         ctx = Context(config, args.redis_url or config.redis_url, clock(), rng, warn,
-                      BoardSettings.from_env(env))
+                      BoardSettings.from_env(env), env)
         outcome = args.handler(args, ctx)
         doc: dict[str, Any] = {"ok": outcome.failure is None, **outcome.doc}
         print(json.dumps(doc, indent=2) if args.json else outcome.text, file=stdout)

@@ -8,7 +8,8 @@
   secret): count it and audit ``token_failed``; at ``token_max_failures`` the token
   is burned (deleted, audited ``token_burned``) and refuses even the right secret;
 * ``register``  — store a device whose enrollment the attestor has verified;
-* ``status``    — a device's own view of its record.
+* ``status``    — a device's own view of its record;
+* ``list_devices``, ``show_device`` — read-only operator views (the web console).
 """
 
 from __future__ import annotations
@@ -16,19 +17,23 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
+from typing import Any, Final
 
+from services.registry import admin_output
 from shared.bus.interface import Reply, Request
-from shared.codec import Fields
+from shared.codec import Fields, pack
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
 from shared.keys import device_id_for, enroll_psk, session_psk
-from shared.records import status_view
+from shared.records import Device, status_view
 from shared.store.interface import PENDING_ENROLLED, Store
 from shared.store.serialize import device_from_bytes
+from shared.tpm.pcrs import diff_view
 from shared.vault import Vault
-from shared.wire import DH_LEN, TOKEN_ID_LEN
+from shared.wire import DH_LEN, MAX_BUS_MESSAGE, REPLY_ENVELOPE_RESERVE, TOKEN_ID_LEN
 
 _log = logging.getLogger("attestgate.registry")
+LIST_BUDGET: Final = MAX_BUS_MESSAGE - REPLY_ENVELOPE_RESERVE  # list_devices rows, encoded
 
 TOKEN_MAX_FAILURES = 10  # wrong-secret handshakes before a token is burned (configurable)
 
@@ -122,12 +127,51 @@ def _status(req: Request, deps: RegistryDeps, now: float) -> Reply:
     return Reply(req.id, status_view(device))
 
 
+# -- read-only operator views (services/console) -----------------------------------------
+# What `attestgate-admin devices` and `show` print, for a reader that must not touch Redis.
+# Never a secret: no PSK (sealed or not), no key material beyond public-key facts.
+
+
+def _device_row(d: Device) -> dict[str, Any]:
+    return {**status_view(d), "last_diff": diff_view(d.last_diff),
+            "refused_state": d.last_refused is not None}
+
+
+def _list_devices(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    status = Fields(req.body).text("status", 16, optional=True)
+    rows: list[dict[str, Any]] = []
+    used, more = 0, False
+    for d in sorted(deps.store.list_devices(), key=lambda d: (d.name.casefold(), d.device_id)):
+        if status and d.status.value != status:
+            continue
+        row = _device_row(d)
+        size = len(pack(row))
+        if used + size > LIST_BUDGET:
+            more = True
+            break
+        rows.append(row)
+        used += size
+    return Reply(req.id, {"devices": rows, "more": more})
+
+
+def _show_device(req: Request, deps: RegistryDeps, now: float) -> Reply:
+    ref = Fields(req.body).text("device", 128)
+    device = deps.store.get_device(ref) or deps.store.device_by_name(ref)
+    if device is None:
+        raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, ref)
+    return Reply(req.id, {**admin_output.device_detail(device),
+                          "enrolled_ts": device.enrolled_at,
+                          "last_attest_ts": device.last_attest_at})
+
+
 _OPS: dict[str, Op[RegistryDeps]] = {
     "token_psk": _token_psk,
     "token_failed": _token_failed,
     "connect": _connect,
     "register": _register,
     "status": _status,
+    "list_devices": _list_devices,
+    "show_device": _show_device,
 }
 
 

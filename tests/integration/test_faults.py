@@ -172,6 +172,10 @@ def supervised(directory: Path, trust: Path) -> Iterator[Supervised]:
         "ATTESTGATE_REDIS_URL": redis_url,
         "ATTESTGATE_BUS": f"tcp://127.0.0.1:{free_port()}",
         "ATTESTGATE_EVENTS": f"tcp://127.0.0.1:{free_port()}",
+        # The console (in the group) on ports of its own; the workers need not reach it here.
+        "ATTESTGATE_CONSOLE_LISTEN": f"127.0.0.1:{free_port()}",
+        "ATTESTGATE_CONSOLE_BUS": f"tcp://127.0.0.1:{free_port()}",
+        "ATTESTGATE_CONSOLE_EVENTS": f"tcp://127.0.0.1:{free_port()}",
         "ATTESTGATE_SERVER_HOME": str(run / "server"),
         "ATTESTGATE_ENROLL_POLICY": "require-ek-cert",
         "ATTESTGATE_EK_CA_DIR": str(trust),

@@ -2,7 +2,9 @@
 
 ``Stack.start(dir, ca_dir)`` runs redis-server, the gateway and one worker of each
 service (``extra_workers`` adds more) with ``python -m services.<name>``, exactly
-as honcho or supervisord would, each with its own logs under ``dir/logs``.
+as honcho or supervisord would, each with its own logs under ``dir/logs``. With
+``console=True`` the web console runs too, on its own bus endpoints, which the workers
+connect to as to a second gateway (``console_url`` is its address).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +35,12 @@ class Stack:
     env: dict[str, str]
     gateway_port: int
     procs: dict[str, list[subprocess.Popen[bytes]]] = field(default_factory=dict)
+    console_port: int = 0
 
     @classmethod
     def start(cls, directory: Path, *, ca_dir: Path | None = None,
               settings: Mapping[str, str] | None = None,
-              workers: Mapping[str, int] | None = None) -> Self:
+              workers: Mapping[str, int] | None = None, console: bool = False) -> Self:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "logs").mkdir(exist_ok=True)
         redis = RedisServer.start(directory / "redis")
@@ -54,13 +58,28 @@ class Stack:
             "PYTHONPATH": str(REPO),
             **(settings or {}),
         }
-        stack = cls(directory, redis, env, gateway_port)
+        console_port = 0
+        if console:
+            console_port = free_port()
+            bus, events = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            env.update({
+                "ATTESTGATE_BUS": f"{env['ATTESTGATE_BUS']},{bus}",
+                "ATTESTGATE_EVENTS": f"{env['ATTESTGATE_EVENTS']},{events}",
+                "ATTESTGATE_CONSOLE_BUS": bus,
+                "ATTESTGATE_CONSOLE_EVENTS": events,
+                "ATTESTGATE_CONSOLE_LISTEN": f"127.0.0.1:{console_port}",
+            })
+        stack = cls(directory, redis, env, gateway_port, console_port=console_port)
         try:
             stack.spawn("gateway")
+            if console:
+                stack.spawn("console")
             for name in ("attestor", "registry", "board"):
                 for _ in range((workers or {}).get(name, 1)):
                     stack.spawn(name)
             stack.wait_gateway()
+            if console:
+                stack.wait_console()
         except BaseException:
             stack.stop()
             raise
@@ -90,6 +109,25 @@ class Stack:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"gateway not listening: {self.log('gateway')}")
+
+    def wait_console(self) -> None:
+        """Until the console answers /healthz 200: every service has a worker on its bus."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.procs["console"][0].poll() is not None:
+                raise RuntimeError(f"console exited: {self.log('console')}")
+            try:
+                with urllib.request.urlopen(self.console_url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"console not ready: {self.log('console')}")
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{self.console_port}"
 
     @property
     def server(self) -> str:

@@ -40,8 +40,9 @@ def test_defaults() -> None:
     c = ServerConfig.from_env({})
     assert (c.listen_host, c.listen_port) == ("127.0.0.1", 7443)
     assert c.redis_url == "redis://127.0.0.1:6379/0"
-    assert c.bus_endpoints == ("tcp://127.0.0.1:7450",)
-    assert c.events_endpoints == ("tcp://127.0.0.1:7451",)
+    # The gateway's endpoint first (it binds it), then the web console's.
+    assert c.bus_endpoints == ("tcp://127.0.0.1:7450", "tcp://127.0.0.1:7452")
+    assert c.events_endpoints == ("tcp://127.0.0.1:7451", "tcp://127.0.0.1:7453")
     assert c.server_home == Path("run/server")
     assert c.enroll_policy is EnrollPolicy.REQUIRE_EK_CERT
     assert c.ek_ca_dir == Path("run/server/ek-ca")
