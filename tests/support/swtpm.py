@@ -377,8 +377,11 @@ class SwtpmProcess:
             if proc.poll() is not None:
                 return False, f"exited {proc.returncode}: {_tail(self.log_path, 500)}"
             try:
-                with socket.create_connection((HOST, port + 1), timeout=0.5):
-                    pass
+                # Both ports: swtpm binds the control port first, and a TCTI opened before
+                # the data port listens fails with "IO failure" (seen on a loaded machine).
+                for p in (port + 1, port):
+                    with socket.create_connection((HOST, p), timeout=0.5):
+                        pass
             except OSError:
                 time.sleep(READY_POLL_S)
                 continue

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.ports import free_port_pair
+
 SWTPM = shutil.which("swtpm")
 SWTPM_SETUP = shutil.which("swtpm_setup")
 SWTPM_LOCALCA = shutil.which("swtpm_localca")
@@ -74,23 +76,6 @@ def provision(state_dir: Path, ca_dir: Path) -> None:
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
 @dataclass
 class Swtpm:
     proc: subprocess.Popen[bytes]
@@ -113,7 +98,7 @@ class Swtpm:
 def start(state_dir: Path) -> Swtpm:
     """Start swtpm on a state directory (copied from a provisioned one by the caller)."""
     for _ in range(5):
-        port = _free_port_pair()
+        port = free_port_pair()
         proc = subprocess.Popen(
             [str(SWTPM), "socket", "--tpm2", "--tpmstate", f"dir={state_dir}",
              "--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={port + 1}",
@@ -122,7 +107,8 @@ def start(state_dir: Path) -> Swtpm:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                socket.create_connection(("127.0.0.1", port + 1), timeout=0.2).close()
+                for p in (port + 1, port):  # both: the data port may listen last
+                    socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
                 return Swtpm(proc, port)
             except OSError:
                 time.sleep(0.01)
