@@ -92,7 +92,7 @@ def _load_ca_file(data: bytes) -> list[x509.Certificate]:
         if _PEM_BEGIN in data:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(trim_der(data))]
-    except (ValueError, AttestgateError):
+    except (ValueError, AttestgateError, x509.InvalidVersion):
         return []
 
 
@@ -158,13 +158,18 @@ def _ca_policy() -> ExtensionPolicy:
 def load_ek_cert(cert_der: bytes) -> x509.Certificate:
     """Parse an EK certificate as read from NV (DER, NV padding allowed).
 
-    Raises TOO_LARGE, or EK_UNTRUSTED for anything cryptography cannot parse.
+    Raises TOO_LARGE, or EK_UNTRUSTED for anything cryptography cannot parse,
+    its public key included.
     """
     check_size(cert_der, "ek certificate")
     try:
-        return x509.load_der_x509_certificate(trim_der(bytes(cert_der)))
-    except ValueError as exc:
+        cert = x509.load_der_x509_certificate(trim_der(bytes(cert_der)))
+        # cryptography parses lazily: load the key now, so that a certificate handed on
+        # never raises ValueError later (a point off the curve, a malformed modulus).
+        cert.public_key()
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise AttestgateError(ErrorCode.EK_UNTRUSTED, f"ek certificate: {exc}") from None
+    return cert
 
 
 def verify_ek_chain(cert_der: bytes, ca_dir: Path | EkCaStore, now: datetime) -> EkCertInfo:
@@ -186,7 +191,7 @@ def verify_ek_chain(cert_der: bytes, ca_dir: Path | EkCaStore, now: datetime) ->
                 .build_client_verifier())
     try:
         verified = verifier.verify(leaf, list(store.intermediates))
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:  # ValueError: a field parsed only now
         raise AttestgateError(code, f"ek chain: {exc}") from None
     key = leaf.public_key()
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
