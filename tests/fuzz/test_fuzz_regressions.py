@@ -14,12 +14,12 @@ import pytest
 from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "tpm"))
-import tpm_kat_data as kat  # noqa: E402
+import tpm_kat_data as kat
 
-from shared.errors import AttestgateError, ErrorCode  # noqa: E402
-from shared.tpm.credential import make_credential, wrap_hmac_key  # noqa: E402
-from shared.tpm.ekcert import EkCaStore, ek_matches_cert, load_ek_cert, verify_ek_chain  # noqa: E402
-from shared.tpm.structures import name_of, parse_public, to_crypto_key  # noqa: E402
+from shared.errors import AttestgateError, ErrorCode
+from shared.tpm.credential import make_credential, wrap_hmac_key
+from shared.tpm.ekcert import EkCaStore, ek_matches_cert, load_ek_cert, verify_ek_chain
+from shared.tpm.structures import name_of, parse_public, to_crypto_key
 
 
 def _ek_with_modulus_tail(last: int) -> bytes:

@@ -368,7 +368,7 @@ def test_fuzz_credential_and_kdf() -> None:
             id_object, secret = make_credential(*args)
             assert id_object and secret
         elif kind == "wrap_hmac_key":
-            public, dup, seed = wrap_hmac_key(*args)
+            public, _dup, _seed = wrap_hmac_key(*args)
             assert parse_public(public).type == Alg.KEYEDHASH
         else:
             alg, key, label, u, v, bits = args
