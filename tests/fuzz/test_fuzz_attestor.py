@@ -10,12 +10,10 @@ field at a time (bytes, type, presence) or as msgpack bytes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 from typing import Any
 
-import msgpack
 import pytest
 import tpm_kat_data as kat
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,15 +25,15 @@ from services.attestor.enroll import PENDING_BEGIN, EnrollSettings, activation_m
 from services.attestor.handler import AttestorDeps, handle
 from services.attestor.policy import AttestPolicy
 from shared.binding import quote_nonce, reattest_nonce
-from shared.bus.interface import Reply, Request
-from shared.codec import pack, unpack_map
+from shared.bus.interface import Request
+from shared.codec import unpack_map
 from shared.config import Consequence, EnrollPolicy
 from shared.errors import AttestgateError
 from shared.store.memory import MemoryStore
 from shared.store.serialize import device_from_bytes
 from shared.tpm.structures import name_of
 from shared.vault import Vault
-from tests.support.fuzz import FUZZ_INPUTS, Mutator, run
+from tests.support.fuzz import FUZZ_INPUTS, BodyMutator, check_reply, run
 
 pytestmark = pytest.mark.fuzz
 
@@ -45,10 +43,6 @@ AK_KEY = ec.derive_private_key(0x1111, ec.SECP256R1())
 POST_KEY = ec.derive_private_key(0x2222, ec.SECP256R1())
 VAULT = Vault(VAULT_KEY)
 POLICY = AttestPolicy(SELECTION, 3, Consequence.LOCK, None)
-_OTHER_VALUES: tuple[Any, ...] = (None, True, 0, -1, 2**64 - 1, 1.5, float("nan"), "", "x" * 70,
-                                  b"", b"\x00" * 33, [], {}, {"0": b"\x00" * 32}, [b"a"],
-                                  {1: b"x"})
-
 
 def _deps(store: MemoryStore, policy: EnrollPolicy = EnrollPolicy.TOFU) -> AttestorDeps:
     return AttestorDeps(store, VAULT, EnrollSettings(policy, None, frozenset(), SELECTION),
@@ -70,53 +64,6 @@ def _enroll_body() -> dict[str, Any]:
             "quote_attest": quote, "quote_signature": sign_data(AK_KEY, quote),
             "pcrs": {str(i): v for i, v in pcrs.items()}, "h": H, "noise_public": NOISE_PUBLIC,
             "token_id": ""}
-
-
-class BodyMutator:
-    """Mutates a request body the way a peer could: one field's bytes, type or presence,
-    or the msgpack encoding of the whole body."""
-
-    def __init__(self, bodies: list[dict[str, Any]]) -> None:
-        self.bodies = bodies
-        blobs = [v for b in bodies for v in b.values() if isinstance(v, bytes) and v]
-        self.bytes = Mutator(random.Random(0), blobs, max_len=4096 + 16)
-        self.packed = Mutator(random.Random(0), [pack(b) for b in bodies], max_len=64 * 1024)
-
-    def __call__(self, rng: random.Random) -> dict[str, Any]:
-        self.bytes.rng = self.packed.rng = rng
-        body = dict(rng.choice(self.bodies))
-        roll = rng.random()
-        if roll < 0.05:  # the encoded body, as the bus would carry mutated bytes
-            with contextlib.suppress(AttestgateError):  # undecodable: the bus drops it
-                return unpack_map(self.packed.generate(), max_size=1 << 20)
-            roll = rng.random()
-        key = rng.choice(sorted(body))
-        value = body[key]
-        if roll < 0.2:
-            del body[key]
-        elif roll < 0.3:
-            body[key] = rng.choice(_OTHER_VALUES)
-        elif isinstance(value, bytes):
-            body[key] = self.bytes.mutate(value)
-        elif isinstance(value, str):
-            body[key] = self.bytes.mutate(value.encode()).decode("utf-8", "replace")
-        elif isinstance(value, dict):
-            pcrs = dict(value)
-            k = rng.choice(sorted(pcrs))
-            choice = rng.random()
-            if choice < 0.4:
-                pcrs[k] = self.bytes.mutate(pcrs[k])
-            elif choice < 0.6:
-                del pcrs[k]
-            else:
-                pcrs[rng.choice(("24", "99", "-1", "07", "x", k + "0"))] = pcrs[k]
-            body[key] = pcrs
-        return body
-
-
-def _check_reply(reply: Reply) -> None:
-    assert isinstance(reply, Reply)
-    msgpack.packb(reply.body, use_bin_type=True)  # whatever comes back can be sent
 
 
 def test_fuzz_attestor_enroll_begin_and_finish() -> None:
@@ -144,7 +91,7 @@ def test_fuzz_attestor_enroll_begin_and_finish() -> None:
         if op == "enroll_finish":
             store.pending.update(pending)
         reply = handle(Request("r1", "attestor", op, body, NOW + 5), _deps(store), NOW)
-        _check_reply(reply)
+        check_reply(reply)
         if reply.error is not None:
             raise AttestgateError(reply.error)  # counted by code in the summary
         assert not store.devices  # the attestor never stores a device itself
@@ -181,7 +128,7 @@ def test_fuzz_attestor_attest() -> None:
         store = MemoryStore()
         store.devices[dev.device_id] = dev.record
         reply = handle(Request("r1", "attestor", "attest", body, NOW + 5), _deps(store), NOW)
-        _check_reply(reply)
+        check_reply(reply)
         if reply.error is not None:
             raise AttestgateError(reply.error)
 

@@ -18,6 +18,7 @@ name, so a failure names the seed and the input index and replays exactly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shared.bus.interface import Reply
+from shared.codec import pack, unpack_map
 from shared.errors import ALL_CODES, AttestgateError, ErrorCode
 
 T = TypeVar("T")
@@ -285,3 +288,65 @@ def summary_table(results: Sequence[FuzzResult]) -> list[str]:
     total_s = sum(r.seconds for r in results)
     lines.append(f"{'total':<34} {total_inputs:>9} {total_s:>8.1f}")
     return lines
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+# Values of the wrong type (or edge values) a peer may put in any field.
+OTHER_VALUES: tuple[Any, ...] = (None, True, 0, -1, 2**64 - 1, 1.5, float("nan"), "", "x" * 70,
+                                 b"", b"\x00" * 33, [], {}, {"0": b"\x00" * 32}, [b"a"], {1: b"x"})
+INTERESTING_INTS = (0, 1, -1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, -(2**63))
+
+
+class BodyMutator:
+    """Mutates a request body (a str-keyed map) the way a peer could: one field's bytes,
+    text, number, type or presence, or the msgpack encoding of the whole body."""
+
+    def __init__(self, bodies: Sequence[dict[str, Any]]) -> None:
+        self.bodies = list(bodies)
+        blobs = [v for b in bodies for v in b.values() if isinstance(v, bytes) and v]
+        self.bytes = Mutator(random.Random(0), blobs or [b"\x00"], max_len=4096 + 16)
+        self.packed = Mutator(random.Random(0), [pack(b) for b in bodies], max_len=64 * 1024)
+
+    def __call__(self, rng: random.Random) -> dict[str, Any]:
+        self.bytes.rng = self.packed.rng = rng
+        body = dict(rng.choice(self.bodies))
+        roll = rng.random()
+        if roll < 0.05:  # the encoded body, as the bus would carry mutated bytes
+            with contextlib.suppress(AttestgateError):  # undecodable: the bus drops it
+                return unpack_map(self.packed.generate(), max_size=1 << 20)
+            roll = rng.random()
+        if not body:
+            return {rng.choice(("id", "x", "")): rng.choice(OTHER_VALUES)}
+        key = rng.choice(sorted(body))
+        value = body[key]
+        if roll < 0.2:
+            del body[key]
+        elif roll < 0.3:
+            body[key] = rng.choice(OTHER_VALUES)
+        elif isinstance(value, bytes):
+            body[key] = self.bytes.mutate(value)
+        elif isinstance(value, str):
+            body[key] = self.bytes.mutate(value.encode()).decode("utf-8", "replace")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            body[key] = rng.choice((*INTERESTING_INTS, value + 1, value - 1))
+        elif isinstance(value, dict) and value:
+            inner = dict(value)
+            k = rng.choice(sorted(inner))
+            choice = rng.random()
+            if choice < 0.4 and isinstance(inner[k], bytes):
+                inner[k] = self.bytes.mutate(inner[k])
+            elif choice < 0.6:
+                del inner[k]
+            else:
+                inner[rng.choice(("24", "99", "-1", "07", "x", k + "0"))] = inner[k]
+            body[key] = inner
+        else:
+            body[key] = rng.choice(OTHER_VALUES)
+        return body
+
+
+def check_reply(reply: Reply) -> None:
+    """A handler's reply is a Reply whose body can go on the bus."""
+    assert isinstance(reply, Reply)
+    pack(dict(reply.body))
