@@ -191,7 +191,9 @@ def verify_ek_chain(cert_der: bytes, ca_dir: Path | EkCaStore, now: datetime) ->
                 .build_client_verifier())
     try:
         verified = verifier.verify(leaf, list(store.intermediates))
-    except (VerificationError, ValueError) as exc:  # ValueError: a field parsed only now
+    # cryptography parses the leaf's names and extensions only now: a malformed one
+    # raises ValueError or TypeError rather than VerificationError.
+    except (VerificationError, ValueError, TypeError) as exc:
         raise AttestgateError(code, f"ek chain: {exc}") from None
     key = leaf.public_key()
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):

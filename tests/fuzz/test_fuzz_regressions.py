@@ -97,3 +97,15 @@ def test_ek_certificate_of_unknown_version_is_untrusted_not_invalidversion() -> 
     with pytest.raises(AttestgateError) as e:
         load_ek_cert(data)
     assert e.value.code is ErrorCode.EK_UNTRUSTED
+
+
+def test_ek_certificate_with_bitstring_subject_is_untrusted_not_a_typeerror() -> None:
+    """tpm EK certificate target (seed 1): a subject attribute tagged BIT STRING loads,
+    and the chain builder, refusing a leaf outside its validity, then raised TypeError
+    ("oid must be X500_UNIQUE_IDENTIFIER for BitString type") out of verify_ek_chain."""
+    subject = bytes.fromhex("13 07") + b"unknown"
+    data = kat.EK_RSA_CERT.replace(subject, bytes.fromhex("03 07") + b"unknown")
+    store = EkCaStore((x509.load_pem_x509_certificate(kat.EK_CA_CERT_PEM),), ())
+    with pytest.raises(AttestgateError) as e:
+        verify_ek_chain(data, store, datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC))
+    assert e.value.code is ErrorCode.EK_UNTRUSTED
