@@ -109,3 +109,15 @@ def test_ek_certificate_with_bitstring_subject_is_untrusted_not_a_typeerror() ->
     with pytest.raises(AttestgateError) as e:
         verify_ek_chain(data, store, datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC))
     assert e.value.code is ErrorCode.EK_UNTRUSTED
+
+
+def test_ca_directory_skips_a_certificate_of_unknown_version(tmp_path: Path) -> None:
+    """The same x509.InvalidVersion escaped EkCaStore.from_dir (service start-up) for a
+    DER file in the EK CA directory: such a file is skipped like any unusable one."""
+    version = bytes.fromhex("a003020102")
+    (tmp_path / "bad.der").write_bytes(kat.EK_RSA_CERT.replace(version,
+                                                               bytes.fromhex("a003020122")))
+    (tmp_path / "ca.pem").write_bytes(kat.EK_CA_CERT_PEM)
+    store = EkCaStore.from_dir(tmp_path)
+    assert store.skipped == ("bad.der",)
+    assert len(store.roots) == 1
