@@ -245,6 +245,7 @@ def run(target: str, generate: Callable[[random.Random], T], check: Callable[[T]
     rss_before = rss_bytes()
     started = time.perf_counter()
     clock = time.perf_counter
+    executed = 0  # counted apart from the loop: the caller asserts what really ran
     for index in range(count):
         data = generate(rng)
         t0 = clock()
@@ -261,14 +262,16 @@ def run(target: str, generate: Callable[[random.Random], T], check: Callable[[T]
                               f"{type(exc).__name__}: {exc}; input = {_show(data)}") from exc
         else:
             outcomes["ok"] += 1
+        executed += 1
         spent = clock() - t0
         if spent > slowest:
             slowest = spent
             if spent > HANG_S:
                 raise FuzzFailure(f"{target}: input #{index} took {spent:.1f} s (a hang); "
                                   f"input = {_show(data)}")
-    result = FuzzResult(target, count, time.perf_counter() - started, outcomes, slowest,
+    result = FuzzResult(target, executed, time.perf_counter() - started, outcomes, slowest,
                         rss_bytes() - rss_before)
+    assert sum(outcomes.values()) == executed
     RESULTS.append(result)
     if result.rss_growth > MAX_RSS_GROWTH:
         raise FuzzFailure(f"{target}: RSS grew by {result.rss_growth // 2**20} MiB "
