@@ -25,7 +25,9 @@ from shared.noise_session import NoiseSession, State, responder_ephemeral
 from shared.wire import FRAME_HEADER_LEN, MAGIC, MAX_NOISE_MESSAGE, PROTOCOL_VERSION
 from tests.support.fuzz import FUZZ_INPUTS, Mutator, run
 
-pytestmark = pytest.mark.fuzz
+# A loaded CI machine may run a target several times slower than its ~10-60 s here; the
+# per-input hang check (tests.support.fuzz.HANG_S) is what catches a hang.
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(900)]
 
 SERVER = StaticKey.from_private(b"\x01" * 32)
 CLIENT = StaticKey.from_private(b"\x02" * 32)
