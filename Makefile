@@ -35,12 +35,13 @@ endif
 # $(call timed,LABEL,COMMAND): run COMMAND, then print how long it took (also on failure).
 timed = echo '==> $(1): $(2)'; TIMEFORMAT='<== $(1): %1Rs'; time $(2)
 
-.PHONY: help setup system-packages test unit lint demo bench run supervise clean FORCE
+.PHONY: help setup system-packages test unit fuzz lint demo bench run supervise clean FORCE
 
 help:
 	@echo 'make setup      install apt packages if missing, create .venv, pip install -e .[test,bench]'
 	@echo 'make test       setup, then ruff, mypy and the whole pytest suite (what CI runs)'
 	@echo 'make unit       pytest tests/unit only'
+	@echo 'make fuzz       the fuzz targets only (ATTESTGATE_FUZZ_INPUTS per target, default 100000)'
 	@echo 'make lint       ruff + mypy'
 	@echo 'make demo       setup, then deploy/demo.sh'
 	@echo 'make bench      setup, then python -m bench'
@@ -109,6 +110,10 @@ test: setup
 
 unit:
 	$(VENV)/bin/pytest -q tests/unit
+
+# Also part of `make test`; run more with e.g. ATTESTGATE_FUZZ_INPUTS=1000000 ATTESTGATE_FUZZ_SEED=7.
+fuzz:
+	$(VENV)/bin/pytest -q -m fuzz
 
 lint:
 	$(VENV)/bin/ruff check .

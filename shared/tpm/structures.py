@@ -271,6 +271,8 @@ def to_crypto_key(pub: TpmPublic, *, code: ErrorCode = ErrorCode.BAD_REQUEST) ->
             len(n_bytes) * 8 != pub.parameters.key_bits or n_bytes[0] & 0x80 == 0
         ):
             raise AttestgateError(code, "rsa modulus does not match keyBits")
+        if n_bytes[-1] & 1 == 0:  # cryptography loads it, then fails at encrypt (ValueError)
+            raise AttestgateError(code, "rsa modulus is even")
         e = pub.parameters.exponent or 65537
         try:
             return rsa.RSAPublicNumbers(e, int.from_bytes(n_bytes, "big")).public_key()

@@ -256,6 +256,8 @@ def parse_certificate(data: bytes, code: ErrorCode = ErrorCode.EK_UNTRUSTED,
     if t.peek_tag() == 0xA0:
         v = t.sequence(tag=0xA0)
         version = v.integer()
+        if version not in (1, 2):  # v2, v3; DER omits the default v1
+            raise v.fail(f"unknown X.509 version {version}")
         v.end()
     serial_tlv = t.read(asn1.INTEGER)
     serial = asn1.decode_integer(serial_tlv, t)
