@@ -353,9 +353,14 @@ class TpmObjects:
         found = self._persistent_ek(ectx, persistent, choice) if persistent else None
         if found is not None:
             handle, public = found
+            # A command naming a persistent object has the TPM load it into a
+            # transient slot for the command's duration: keep one free.
+            self._make_room(ectx, 1)
+            self._extra += 1
             try:
                 yield handle, public
             finally:
+                self._extra -= 1
                 # A persistent object is not flushed; just drop ESAPI's metadata.
                 with contextlib.suppress(TSS2_Exception):
                     ectx.tr_close(handle)
