@@ -48,9 +48,9 @@ def import_hmac_key(objs: TpmObjects, public: bytes, duplicate: bytes, seed: byt
         raise AttestgateError(ErrorCode.BAD_REQUEST, "import: not a keyedhash object")
     with objs.operation("import_hmac_key") as ectx:
         srk, _ = objs.primary(ectx, "srk")
-        private = ectx.import_(
+        private = objs.with_room(ectx, lambda: ectx.import_(
             srk, TPM2B_DATA(), pub, dup, sym_seed, TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
-        )
+        ))
         return KeyBlob(bytes(private.marshal()), bytes(pub.marshal()))
 
 
@@ -82,7 +82,8 @@ def hmac(objs: TpmObjects, key: KeyBlob, data: bytes) -> bytes:
 def create_post_key(objs: TpmObjects) -> KeyBlob:
     with objs.operation("create_post_key") as ectx:
         srk, _ = objs.primary(ectx, "srk")
-        private, public, *_ = ectx.create(srk, None, post_key_template())
+        private, public, *_ = objs.with_room(
+            ectx, lambda: ectx.create(srk, None, post_key_template()))
         return KeyBlob(bytes(private.marshal()), bytes(public.marshal()))
 
 
@@ -107,7 +108,8 @@ def seal(objs: TpmObjects, secret: bytes, pcr_selection: str | None) -> KeyBlob:
         if indices is not None:
             policy = pcr_policy_digest(indices, objs.read_pcrs(ectx, indices))
         srk, _ = objs.primary(ectx, "srk")
-        private, public, *_ = ectx.create(srk, sensitive, sealed_template(policy))
+        private, public, *_ = objs.with_room(
+            ectx, lambda: ectx.create(srk, sensitive, sealed_template(policy)))
         return KeyBlob(bytes(private.marshal()), bytes(public.marshal()))
 
 

@@ -189,8 +189,12 @@ class TpmObjects:
         self._publics.pop(key, None)
         self._flush(ectx, handle)
 
-    def _with_room(self, ectx: Any, create: Callable[[], Any], needed: int = 1) -> Any:
-        """Run a command that creates ``needed`` transient objects; retry once on 0x902."""
+    def with_room(self, ectx: Any, create: Callable[[], Any], needed: int = 1) -> Any:
+        """Run a command that needs ``needed`` free object slots; retry once on 0x902.
+
+        Loading and creating need one; so do TPM2_Create and TPM2_Import, which
+        build the new object in a free slot before returning its blob.
+        """
         self._make_room(ectx, needed)
         try:
             return create()
@@ -227,7 +231,7 @@ class TpmObjects:
             template, hierarchy = srk_template(), ESYS_TR.OWNER
         else:
             template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
-        handle, public, *_ = self._with_room(
+        handle, public, *_ = self.with_room(
             ectx, lambda: ectx.create_primary(None, template, hierarchy))
         self._keep(key, handle)
         self._publics[key] = public
@@ -261,7 +265,7 @@ class TpmObjects:
     @contextlib.contextmanager
     def transient(self, ectx: Any, create: Callable[[], Any]) -> Iterator[Any]:
         """An object outside the cache (a transient EK, a sequence) for this operation."""
-        result = self._with_room(ectx, create)
+        result = self.with_room(ectx, create)
         self._extra += 1
         try:
             yield result
@@ -279,7 +283,7 @@ class TpmObjects:
         public = unmarshal_strict(TPM2B_PUBLIC, blob.public, "key blob public")
         srk, _ = self.primary(ectx, "srk")
         try:
-            return self._with_room(ectx, lambda: ectx.load(srk, private, public))
+            return self.with_room(ectx, lambda: ectx.load(srk, private, public))
         except TSS2_Exception as exc:
             raise AttestgateError(
                 ErrorCode.TPM_ERROR,
