@@ -70,14 +70,14 @@ def main() -> None:
             state = flows.enroll(tpm, tmp / "home", stack.server, "prof", None,
                                  flows.ServerPin(None, True), False, _quiet)
             flows.connect(tpm, state, _quiet).close()  # warm
-            counter = _Counting(tpm._ectx)  # bench only: count what reaches the TPM
-            tpm._ectx = counter
+            counter = _Counting(tpm._objs._ectx)  # bench only: count what reaches the TPM
+            tpm._objs._ectx = counter
             ch = flows.connect(tpm, state, _quiet)
             print("TPM commands, one connect:", sum(counter.calls.values()), dict(counter.calls))
             counter.calls.clear()
             flows.post(tpm, state, ch, "count")
             print("TPM commands, one post:", sum(counter.calls.values()), dict(counter.calls))
-            tpm._ectx = counter._inner
+            tpm._objs._ectx = counter._inner
             pids = {name: [p.pid for p in procs] for name, procs in stack.procs.items()}
             before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
             prof = Profiler(interval=0.0002)
