@@ -5,7 +5,9 @@ Starts the stack (tests.support.stack) and one swtpm, enrolls a device, then
 * counts the TPM commands of one connect and one post (ESAPI calls, by name);
 * profiles ``connects`` connects and ``posts`` posts on the client with pyinstrument
   (top frames printed, the full HTML written to bench/results/profile-*.html);
-* reads each service's CPU (``/proc/PID/stat``) over those operations.
+* reads each service's CPU (``/proc/PID/stat``) over those operations;
+* with ``--services``, runs registry, attestor and board under cProfile (a second worker
+  of each, the first one stopped) and prints where their CPU went.
 
 The findings are written down in bench/README.md.
 """
@@ -14,6 +16,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import pstats
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +30,7 @@ from pyinstrument import Profiler
 from bench.cpu import cpu_seconds
 from client import flows
 from client.tpm import Tpm
-from tests.support.stack import Stack
+from tests.support.stack import REPO, Stack
 from tests.support.swtpm import SwtpmProcess, provision_template
 
 RESULTS = Path(__file__).with_name("results")
@@ -57,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--connects", type=int, default=100)
     parser.add_argument("--posts", type=int, default=300)
+    parser.add_argument("--services", action="store_true")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="attestgate-profile-") as tmp_name:
@@ -69,6 +76,7 @@ def main() -> None:
         ) as stack, Tpm(tpm_proc.tcti) as tpm:
             state = flows.enroll(tpm, tmp / "home", stack.server, "prof", None,
                                  flows.ServerPin(None, True), False, _quiet)
+            profiled = _profiled_workers(stack, tmp) if args.services else {}
             flows.connect(tpm, state, _quiet).close()  # warm
             counter = _Counting(tpm._objs._ectx)  # bench only: count what reaches the TPM
             tpm._objs._ectx = counter
@@ -78,7 +86,10 @@ def main() -> None:
             flows.post(tpm, state, ch, "count")
             print("TPM commands, one post:", sum(counter.calls.values()), dict(counter.calls))
             tpm._objs._ectx = counter._inner
-            pids = {name: [p.pid for p in procs] for name, procs in stack.procs.items()}
+            pids = {name: [p.pid for p in procs if p.poll() is None]
+                    for name, procs in stack.procs.items()}
+            for name, (proc, _) in profiled.items():
+                pids[name].append(proc.pid)
             before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
             prof = Profiler(interval=0.0002)
             t0 = time.perf_counter()
@@ -110,6 +121,30 @@ def main() -> None:
                       "CPU per post")
             (RESULTS / "profile-post.html").write_text(prof.output_html())
             print(prof.output_text(unicode=False, color=False, show_all=False)[:6000])
+            for name, (proc, out) in profiled.items():
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+                print(f"\n== {name} (cProfile, connects and posts above): the handler's callees")
+                stats = pstats.Stats(str(out)).sort_stats("cumulative")
+                stats.print_callees(r"handler.py:\d+\((_attest|_connect|_post)\)")
+                stats.print_callees(r"redis_store.py:\d+\((append_audit|update_device)\)")
+
+
+def _profiled_workers(stack: Stack, tmp: Path) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    """Replace each worker by one running under cProfile (stopped by SIGTERM, so it writes)."""
+    out = {}
+    for name in ("registry", "attestor", "board"):
+        prof = tmp / f"{name}.prof"
+        log = open(tmp / f"{name}-prof.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "cProfile", "-o", str(prof), "-m",
+                                 f"services.{name}"], cwd=REPO, env=stack.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        log.close()
+        out[name] = (proc, prof)
+    time.sleep(2.0)  # registered with the gateway
+    for name in out:
+        stack.kill(name, 0, signal.SIGTERM)
+    return out
 
 
 if __name__ == "__main__":

@@ -53,9 +53,10 @@ POSTS: Final = BOARD + "posts"
 AUDIT_LOG: Final = AUDIT + "log"
 AUDIT_HEAD: Final = AUDIT + "head"
 _RETRIES: Final = 50
-# Device records last read, by id: update_device's compare-and-set starts from them,
-# so an update right after a read is one round trip. Bounded; a stale one costs a retry.
-_SEEN_DEVICES: Final = 4096
+# Device records last read, by id (raw and parsed): update_device's compare-and-set
+# starts from them, so an update right after a read (the attestor's get, check, update)
+# is one round trip and no second parse. Bounded; a stale one costs a retry.
+_SEEN_DEVICES: Final = 256
 
 # Steps that need a transaction run as scripts: one round trip each, atomic, and
 # nothing to retry unless another writer came between our read and our write
@@ -159,17 +160,21 @@ class RedisStore:
         self._advance_ts = self._r.register_script(_ADVANCE_TS)
         self._cas_device = self._r.register_script(_CAS_DEVICE)
         self._append_audit = self._r.register_script(_APPEND_AUDIT)
-        self._seen: OrderedDict[str, bytes] = OrderedDict()  # device id -> raw record
+        self._seen: OrderedDict[str, tuple[bytes, Device]] = OrderedDict()  # id -> record
         self._audit_head: str | None = None  # the head as we last saw it
 
-    def _remember(self, device_id: str, raw: bytes | None) -> None:
+    def _remember(self, device_id: str, raw: bytes | None) -> Device | None:
+        """Parse ``raw`` (None: no such device) and keep both for update_device."""
         if raw is None:
             self._seen.pop(device_id, None)
-            return
-        self._seen[device_id] = raw
+            return None
+        seen = self._seen.get(device_id)
+        device = seen[1] if seen is not None and seen[0] == raw else device_from_bytes(raw)
+        self._seen[device_id] = (raw, device)
         self._seen.move_to_end(device_id)
         if len(self._seen) > _SEEN_DEVICES:
             self._seen.popitem(last=False)
+        return device
 
     def close(self) -> None:
         self._r.close()
@@ -182,17 +187,14 @@ class RedisStore:
     def get_device(self, device_id: str) -> Device | None:
         with _mapped():
             raw = self._r.get(REG + "dev:" + device_id)
-        self._remember(device_id, raw)
-        return device_from_bytes(raw) if raw is not None else None
+        return self._remember(device_id, raw)
 
     def _by_index(self, index: str, key: str) -> Device | None:
         with _mapped():
             found = self._by_index_script(keys=[REG + "idx:" + index], args=[key, REG + "dev:"])
         if not found:
             return None
-        dev_id, raw = found[0].decode(), found[1]
-        self._remember(dev_id, raw)
-        return device_from_bytes(raw) if raw is not None else None
+        return self._remember(found[0].decode(), found[1])
 
     def device_by_noise(self, noise_public: bytes) -> Device | None:
         return self._by_index("noise", noise_public.hex())
@@ -268,20 +270,22 @@ class RedisStore:
         """Compare-and-set from the record last read (one round trip when nobody wrote
         in between); when it changed, the script hands back the current one to retry on."""
         key = REG + "dev:" + device_id
-        raw = self._seen.get(device_id)
+        seen = self._seen.get(device_id)
+        raw = seen[0] if seen is not None else None
         if raw is None:
             with _mapped():
                 raw = self._r.get(key)
         for _ in range(_RETRIES):
-            if raw is None:
-                self._remember(device_id, None)
+            current = self._remember(device_id, raw)
+            if raw is None or current is None:
                 raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
-            new = change(device_from_bytes(raw))
+            new = change(current)
             new_raw = device_to_bytes(new)
             with _mapped():
                 answer = self._cas_device(keys=[key], args=[raw, new_raw])
             if int(answer[0]) == 2:
-                self._remember(device_id, new_raw)
+                self._seen[device_id] = (new_raw, new)
+                self._seen.move_to_end(device_id)
                 return new
             raw = answer[1] if int(answer[0]) == 1 else None
         self._remember(device_id, None)
