@@ -589,3 +589,18 @@ def test_key_blob_repr_shows_no_bytes() -> None:
     blob = KeyBlob(b"secret-ish", b"public")
     assert "secret" not in repr(blob)
     assert KeyBlob.from_bytes(blob.to_bytes()) == blob
+
+
+def test_unseal_with_reuse_asks_the_tpm_once_per_open_tpm(swtpm: SwtpmProcess) -> None:
+    """The Noise key is unsealed once per process; a plain unseal still checks the PCRs."""
+    with Tpm(swtpm.tcti) as tpm:
+        sealed = tpm.seal(b"k" * 32, "sha256:16")
+        assert tpm.unseal(sealed, "sha256:16", reuse=True) == b"k" * 32
+        tpm.extend_pcr(16, b"changed")
+        assert tpm.unseal(sealed, "sha256:16", reuse=True) == b"k" * 32  # from memory
+        with pytest.raises(AttestgateError) as err:
+            tpm.unseal(sealed, "sha256:16")
+        assert err.value.code is ErrorCode.PCR_MISMATCH
+    with Tpm(swtpm.tcti) as fresh, pytest.raises(AttestgateError) as err:
+        fresh.unseal(sealed, "sha256:16", reuse=True)  # a new process asks the TPM again
+    assert err.value.code is ErrorCode.PCR_MISMATCH
