@@ -1,4 +1,4 @@
-"""The TPM adapter (client/tpm/) against a real swtpm: every test gets its own copy of the template TPM.
+"""The TPM adapter (client/tpm/) against a real swtpm; each test has its own template copy.
 
 Verification here uses cryptography and tpm2_pytss's software helpers
 (make_credential, wrap) the way the server does, so a passing test means the
