@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(table(results))
+        for r in results:
+            if r.detail:
+                print(f"  {r.key}: {r.detail}")
         print(f"\nratio = figure / baseline (ops/s: higher is faster; ms, KiB: lower is "
               f"better); {elapsed:.1f} s in all; written: {', '.join(map(str, written))}")
         for name, why in failed.items():

@@ -35,6 +35,7 @@ class Result:
     baseline: str
     baseline_figure: float
     goal: str = ""
+    detail: str = ""  # e.g. the figure split by process
 
     @property
     def ratio(self) -> float:

@@ -191,18 +191,18 @@ def start_clients(fleet: Fleet, mode: str, params: dict[str, Any] | None = None)
 
 
 def run_phase(fleet: Fleet, mode: str, seconds: float, services: tuple[str, ...]
-              ) -> tuple[int, float, float]:
-    """(operations, service CPU seconds, wall seconds) of ``mode`` from every device at once."""
+              ) -> tuple[int, dict[str, float], float]:
+    """(operations, CPU seconds by service, wall seconds) of ``mode`` from every device."""
     clients = start_clients(fleet, mode)
     try:
         clients.expect("ready")
-        cpu0 = fleet.cpu(*services)
+        cpu0 = {name: fleet.cpu(name) for name in services}
         t0 = time.time()
         clients.stop_at.value = t0 + seconds
         clients.go.set()
         counts = clients.expect("done")
         wall = time.time() - t0
-        cpu = fleet.cpu(*services) - cpu0
+        cpu = {name: fleet.cpu(name) - cpu0[name] for name in services}
         return sum(counts), cpu, wall
     finally:
         clients.join()

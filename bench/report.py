@@ -33,8 +33,10 @@ def markdown(doc: dict[str, Any], results: list[Result]) -> str:
     ]
     for r in results:
         ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.2f}x"
-        lines.append(f"| `{r.key}` | {r.name}: **{fmt(r.figure, r.unit)}** | {r.baseline}: "
-                     f"{fmt(r.baseline_figure, r.unit)} | {ratio} | {r.goal or ''} |")
+        detail = f" ({r.detail})" if r.detail else ""
+        lines.append(f"| `{r.key}` | {r.name}: **{fmt(r.figure, r.unit)}**{detail} | "
+                     f"{r.baseline}: {fmt(r.baseline_figure, r.unit)} | {ratio} | "
+                     f"{r.goal or ''} |")
     for name, why in doc["failed"].items():
         lines.append(f"\nFAILED {name}: {why}")
     return "\n".join(lines) + "\n"
