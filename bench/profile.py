@@ -77,57 +77,65 @@ def main() -> None:
             state = flows.enroll(tpm, tmp / "home", stack.server, "prof", None,
                                  flows.ServerPin(None, True), False, _quiet)
             profiled = _profiled_workers(stack, tmp) if args.services else {}
-            flows.connect(tpm, state, _quiet).close()  # warm
-            counter = _Counting(tpm._objs._ectx)  # bench only: count what reaches the TPM
-            tpm._objs._ectx = counter
-            ch = flows.connect(tpm, state, _quiet)
-            print("TPM commands, one connect:", sum(counter.calls.values()), dict(counter.calls))
-            counter.calls.clear()
-            flows.post(tpm, state, ch, "count")
-            print("TPM commands, one post:", sum(counter.calls.values()), dict(counter.calls))
-            tpm._objs._ectx = counter._inner
-            pids = {name: [p.pid for p in procs if p.poll() is None]
-                    for name, procs in stack.procs.items()}
-            for name, (proc, _) in profiled.items():
-                pids[name].append(proc.pid)
-            before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
-            prof = Profiler(interval=0.0002)
-            t0 = time.perf_counter()
-            prof.start()
-            for _ in range(args.connects):
-                flows.connect(tpm, state, _quiet).close()
-            prof.stop()
-            wall = time.perf_counter() - t0
-            after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
-            print(f"\n== {args.connects} connects: {wall / args.connects * 1000:.2f} ms each")
-            for name, cpu in before.items():
-                print(f"   {name}: {(after[name] - cpu) / args.connects * 1000:.3f} ms "
-                      "CPU per connect")
-            (RESULTS / "profile-connect.html").write_text(prof.output_html())
-            print(prof.output_text(unicode=False, color=False, show_all=False)[:6000])
-            before = after
-            prof = Profiler(interval=0.0002)
-            t0 = time.perf_counter()
-            prof.start()
-            for i in range(args.posts):
-                flows.post(tpm, state, ch, f"p{i}")
-            prof.stop()
-            wall = time.perf_counter() - t0
-            after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
-            ch.close()
-            print(f"\n== {args.posts} posts: {wall / args.posts * 1000:.2f} ms each")
-            for name, cpu in before.items():
-                print(f"   {name}: {(after[name] - cpu) / args.posts * 1000:.3f} ms "
-                      "CPU per post")
-            (RESULTS / "profile-post.html").write_text(prof.output_html())
-            print(prof.output_text(unicode=False, color=False, show_all=False)[:6000])
-            for name, (proc, out) in profiled.items():
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10)
-                print(f"\n== {name} (cProfile, connects and posts above): the handler's callees")
-                stats = pstats.Stats(str(out)).sort_stats("cumulative")
-                stats.print_callees(r"handler.py:\d+\((_attest|_connect|_post)\)")
-                stats.print_callees(r"redis_store.py:\d+\((append_audit|update_device)\)")
+            try:
+                flows.connect(tpm, state, _quiet).close()  # warm
+                counter = _Counting(tpm._objs._ectx)  # bench only: count what reaches the TPM
+                tpm._objs._ectx = counter
+                ch = flows.connect(tpm, state, _quiet)
+                print("TPM commands, one connect:", sum(counter.calls.values()),
+                      dict(counter.calls))
+                counter.calls.clear()
+                flows.post(tpm, state, ch, "count")
+                print("TPM commands, one post:", sum(counter.calls.values()), dict(counter.calls))
+                tpm._objs._ectx = counter._inner
+                pids = {name: [p.pid for p in procs if p.poll() is None]
+                        for name, procs in stack.procs.items()}
+                for name, (proc, _) in profiled.items():
+                    pids[name].append(proc.pid)
+                before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+                prof = Profiler(interval=0.0002)
+                t0 = time.perf_counter()
+                prof.start()
+                for _ in range(args.connects):
+                    flows.connect(tpm, state, _quiet).close()
+                prof.stop()
+                wall = time.perf_counter() - t0
+                after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+                print(f"\n== {args.connects} connects: {wall / args.connects * 1000:.2f} ms each")
+                for name, cpu in before.items():
+                    print(f"   {name}: {(after[name] - cpu) / args.connects * 1000:.3f} ms "
+                          "CPU per connect")
+                (RESULTS / "profile-connect.html").write_text(prof.output_html())
+                print(prof.output_text(unicode=False, color=False, show_all=False)[:6000])
+                before = after
+                prof = Profiler(interval=0.0002)
+                t0 = time.perf_counter()
+                prof.start()
+                for i in range(args.posts):
+                    flows.post(tpm, state, ch, f"p{i}")
+                prof.stop()
+                wall = time.perf_counter() - t0
+                after = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+                ch.close()
+                print(f"\n== {args.posts} posts: {wall / args.posts * 1000:.2f} ms each")
+                for name, cpu in before.items():
+                    print(f"   {name}: {(after[name] - cpu) / args.posts * 1000:.3f} ms "
+                          "CPU per post")
+                (RESULTS / "profile-post.html").write_text(prof.output_html())
+                print(prof.output_text(unicode=False, color=False, show_all=False)[:6000])
+                for name, (proc, out) in profiled.items():
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(10)
+                    print(f"\n== {name} (cProfile, connects and posts above): "
+                          "the handler's callees")
+                    stats = pstats.Stats(str(out)).sort_stats("cumulative")
+                    stats.print_callees(r"handler.py:\d+\((_attest|_connect|_post)\)")
+                    stats.print_callees(r"redis_store.py:\d+\((append_audit|update_device)\)")
+            finally:
+                for proc, _ in profiled.values():  # stopped above, or after an error here
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait(10)
 
 
 def _profiled_workers(stack: Stack, tmp: Path) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
