@@ -21,12 +21,21 @@ class Settings:
 
 @dataclass(frozen=True)
 class Result:
+    """One row: ``figure`` against ``baseline_figure`` measured in the same run.
+
+    ``key`` is stable (scripts and the README's table find rows by it); ``goal`` is the
+    issue's target for ``ratio`` (e.g. "<= 1.5"), empty when there is none.
+    """
+
+    key: str
     section: str
     name: str
     figure: float
-    unit: str  # "ops/s" (higher is better) or "ms" (lower is better)
+    unit: str  # "ops/s" (higher is better); "ms", "us", "KiB" (lower is better)
     baseline: str
     baseline_figure: float
+    goal: str = ""
+    detail: str = ""  # e.g. the figure split by process
 
     @property
     def ratio(self) -> float:
@@ -34,7 +43,8 @@ class Result:
         return self.figure / self.baseline_figure if self.baseline_figure else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": self.ratio}
+        d = {**asdict(self), "ratio": self.ratio}
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
 def rate(fn: Callable[[], object], seconds: float, warmup: int = 3) -> float:

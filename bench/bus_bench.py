@@ -186,7 +186,8 @@ def run(s: Settings) -> list[Result]:
     levels = (1, 32)
     measured = asyncio.run(_measure(s.seconds, levels))
     return [
-        Result("bus", f"ZmqBus.request -> run_worker, {n} in flight", measured[n][1], "ops/s",
-               f"raw pyzmq echo, {n} in flight", measured[n][0])
+        Result("bus_32_in_flight" if n == 32 else f"bus_{n}_in_flight", "bus",
+               f"ZmqBus.request -> run_worker, {n} in flight", measured[n][1], "ops/s",
+               f"raw pyzmq echo, {n} in flight", measured[n][0], ">= 0.6" if n == 32 else "")
         for n in levels
     ]

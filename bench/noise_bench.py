@@ -89,8 +89,8 @@ def run(s: Settings) -> list[Result]:
     out = []
     base, ours = paired(lambda t: rate(lambda: bare_ikpsk2(k), t),
                         lambda t: rate(lambda: attestgate_connect(k), t), s.seconds)
-    out.append(Result("noise", "NoiseSession CONNECT handshake", ours, "ops/s",
-                      "bare IKpsk2 handshake", base))
+    out.append(Result("noise_connect_handshake", "noise", "NoiseSession CONNECT handshake",
+                      ours, "ops/s", "bare IKpsk2 handshake", base))
 
     bi, br = bare_ikpsk2(k)
     ai, ar = attestgate_connect(k)
@@ -103,6 +103,6 @@ def run(s: Settings) -> list[Result]:
 
     base, ours = paired(lambda t: rate(raw_roundtrip, t), lambda t: rate(session_roundtrip, t),
                         s.seconds)
-    out.append(Result("noise", "NoiseSession 1 KiB encrypt+decrypt", ours, "ops/s",
-                      "raw noiseprotocol 1 KiB", base))
+    out.append(Result("noise_transport_1k", "noise", "NoiseSession 1 KiB encrypt+decrypt",
+                      ours, "ops/s", "raw noiseprotocol 1 KiB", base))
     return out

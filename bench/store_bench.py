@@ -77,7 +77,8 @@ def run(s: Settings) -> list[Result]:
                     enable_aof_always(server.url)
                 base, ours = paired(lambda t: raw_xadd_rate(server.url, t),
                                     lambda t: add_post_rate(server.url, t), s.seconds)
-                out.append(Result("store", f"RedisStore.add_post ({label})", ours, "ops/s",
+                key = "store_add_post_aof_" + ("off" if label == "AOF off" else "always")
+                out.append(Result(key, "store", f"RedisStore.add_post ({label})", ours, "ops/s",
                                   f"raw XADD ({label})", base))
         finally:
             server.stop()

@@ -117,10 +117,12 @@ def cmd_follow(args: argparse.Namespace, out: Out) -> int:
         if not out.as_json:
             print("following the board (Ctrl-C to stop)", file=sys.stderr, flush=True)
         seen = 0
+        tpm.release()  # waiting: leave the TPM's object slots to other clients
         while args.count is None or seen < args.count:
             msg = ch.next_push(None)
             if msg.push is Push.REATTEST:
                 flows.reattest(tpm, state, ch, bytes(msg.body["nonce"]))
+                tpm.release()
                 continue
             if msg.push is Push.POST:
                 seen += 1

@@ -11,6 +11,7 @@ from typing import Any
 from shared.errors import AttestgateError, ErrorCode
 from shared.records import Device, Post
 from shared.store.interface import Store
+from shared.tpm.keycache import VerifyingKey
 from shared.tpm.signature import verify_signature
 from shared.tpm.structures import parse_public, parse_signature
 from shared.wire import LABEL_POST, MAX_POST_BYTES
@@ -113,7 +114,15 @@ def verify_post(store: Store, post: Post) -> bool:
     return signature_ok(store.get_device(post.device_id), post)
 
 
-def check_signature(post_public: bytes, signature: bytes, digest: bytes) -> None:
+def check_signature(post_public: bytes | VerifyingKey, signature: bytes, digest: bytes) -> None:
+    """BAD_SIGNATURE unless ``signature`` is the post key's over ``digest``.
+
+    ``post_public`` is the key's TPM2B_PUBLIC, raw or parsed (e.g. from a KeyCache).
+    """
     code = ErrorCode.BAD_SIGNATURE
-    key = parse_public(post_public, code=code)
-    verify_signature(key, parse_signature(signature, code=code), digest, code=code, prehashed=True)
+    if isinstance(post_public, VerifyingKey):
+        key, crypto = post_public.public, post_public.crypto
+    else:
+        key, crypto = parse_public(post_public, code=code), None
+    verify_signature(key, parse_signature(signature, code=code), digest, code=code,
+                     prehashed=True, public=crypto)

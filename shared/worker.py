@@ -12,8 +12,11 @@ lost, connects to every gateway's bus (one link each), sends READY, heartbeats
 every ``heartbeat_interval`` (also while idle), and runs each request through
 ``handler(request, deps, clock())`` — synchronously, one at a time, so a
 handler should be short: while it runs no heartbeats go out, and a gateway
-expires a worker silent for ``liveness`` intervals (its idempotent request is
-then retried elsewhere). After the reply is sent, ``reply.events`` are
+expires a worker silent for ``liveness`` intervals (its idempotent requests are
+then retried elsewhere). A gateway keeps up to its window of requests (default
+8) queued at each worker; each poll reads every frame waiting on every link
+(non-blocking, up to a bound) and serves them in order, every reply also telling
+the gateway that the worker is alive. After the reply is sent, ``reply.events`` are
 published. A gateway silent for ``liveness`` intervals, or one that sends
 DISCONNECT, is reconnected with a fresh socket and READY; successive
 reconnects back off exponentially from ``reconnect_initial`` to

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.attestor import enroll
@@ -35,6 +35,7 @@ from shared.keys import Random
 from shared.records import Baseline, Device, refusal_for
 from shared.store.interface import Store
 from shared.timing import CONNECT_TS_AHEAD
+from shared.tpm.keycache import KeyCache
 from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
 from shared.tpm.quote import verify_quote
 from shared.vault import Vault
@@ -78,6 +79,8 @@ class AttestorDeps:
     policy: AttestPolicy
     rng: Random = os.urandom
     audit: AuditAnchor | None = None  # None: verify_audit answers not_found
+    # AKs parsed once per device (re-parsed when a device's AK bytes change).
+    keys: KeyCache = field(default_factory=KeyCache)
 
 
 def _enroll_begin(req: Request, deps: AttestorDeps, now: float) -> Reply:
@@ -126,7 +129,8 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     nonce = reattest_nonce(h, server_nonce) if server_nonce else quote_nonce(h)
     selection_text = device.baselines[0].selection
     try:
-        info = verify_quote(device.ak_public, attest, signature, qualifying_data=nonce,
+        ak = deps.keys.get(device_id, "ak", device.ak_public, code=ErrorCode.AK_INVALID)
+        info = verify_quote(ak, attest, signature, qualifying_data=nonce,
                             selection=PcrSelection.parse(selection_text), pcr_values=pcrs)
         check_clock(device, info.reset_count, info.clock)
     except AttestgateError as exc:

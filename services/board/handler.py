@@ -28,6 +28,7 @@ from shared.posts import check_signature, post_digest, post_view, signature_ok, 
 from shared.records import Device, Post
 from shared.store.interface import Store
 from shared.store.serialize import post_fields
+from shared.tpm.keycache import KeyCache
 from shared.wire import (
     DEFAULT_READ_LIMIT,
     MAX_BUS_MESSAGE,
@@ -50,6 +51,8 @@ READ_BATCH: Final = 64  # posts fetched from the store at a time while filling a
 class BoardDeps:
     store: Store
     settings: BoardSettings = field(default_factory=BoardSettings.defaults)
+    # Post keys parsed once per device (re-parsed when a device's key bytes change).
+    keys: KeyCache = field(default_factory=KeyCache)
 
 
 def _post(req: Request, deps: BoardDeps, now: float) -> Reply:
@@ -66,8 +69,8 @@ def _post(req: Request, deps: BoardDeps, now: float) -> Reply:
     device = deps.store.get_device(device_id)
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
-    check_signature(device.post_public, signature,
-                    post_digest(device_id, signed_at_ms, key, text))
+    post_key = deps.keys.get(device_id, "post", device.post_public, code=ErrorCode.BAD_SIGNATURE)
+    check_signature(post_key, signature, post_digest(device_id, signed_at_ms, key, text))
     post = Post("", device_id, text, signed_at_ms, key, signature, received_at=now)
     post_id, created = deps.store.add_post(key + device_id.encode(), post_fields(post),
                                            device_id=device_id, now=now,

@@ -15,8 +15,10 @@ configured with the same interval.
 
 Reliability, on the gateway (:class:`ZmqBus`):
 
-* a worker handles one request at a time; requests wait in a per-service queue
-  while every worker is busy or none is registered, until their deadline;
+* a worker holds up to ``worker_window`` requests (default
+  ``DEFAULT_WORKER_WINDOW``) and handles them one at a time, in order; requests
+  wait in a per-service queue while every worker's window is full or none is
+  registered, until their deadline;
 * ``inflight`` remembers which worker holds which request. When a worker
   expires, disconnects or becomes unroutable (``ROUTER_MANDATORY`` send fails
   with ``EHOSTUNREACH``), its idempotent requests go back to the head of the
@@ -77,7 +79,12 @@ log = logging.getLogger("attestgate.bus")
 _HEARTBEAT: Final = codec.encode(codec.HEARTBEAT)
 _DISCONNECT: Final = codec.encode(codec.DISCONNECT)
 _SUBSCRIBE_PREFIX: Final = b"\x01"  # XPUB: first byte of a subscription message
-_DRAIN_MAX: Final = 256  # messages a worker reads per socket per poll round
+_DRAIN_MAX: Final = 256  # messages read per socket per poll round / per wake-up
+# Requests one worker may hold. One (plain Majordomo) left the worker idle for a
+# whole gateway round trip between requests: 5,770 req/s at 32 in flight, against
+# 41,000 for raw pyzmq. A window keeps its socket fed; a worker's death then costs
+# up to this many requests, which are retried (idempotent) or failed like one.
+DEFAULT_WORKER_WINDOW: Final = 8
 
 
 # -- CURVE -------------------------------------------------------------------------------
@@ -205,9 +212,10 @@ class ZmqBus:
 
     ``worker_window`` is how many requests one worker may hold: 1 (Majordomo)
     means a worker's death costs at most one request, and a non-idempotent
-    request is never stuck behind another; more buys throughput (requests wait
-    in the worker's socket instead of the gateway's queue, and are retried or
-    failed with it when it dies).
+    request is never stuck behind another; more (the default is
+    ``DEFAULT_WORKER_WINDOW``) buys throughput (requests wait in the worker's
+    socket instead of the gateway's queue, and are retried or failed with it
+    when it dies). Requests go to the least loaded worker first.
 
     ``clock`` sets the requests' absolute deadlines (seconds since the epoch,
     the workers compare them with their own clock); timers run on the event
@@ -223,7 +231,7 @@ class ZmqBus:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         liveness: int = HEARTBEAT_LIVENESS,
         curve: CurveServerKeys | None = None,
-        worker_window: int = 1,
+        worker_window: int = DEFAULT_WORKER_WINDOW,
     ) -> None:
         self._clock = clock
         self._window = worker_window
@@ -374,6 +382,11 @@ class ZmqBus:
         svc = self._services.get(service)
         return 0 if svc is None else len(svc.queue)
 
+    def in_flight(self, service: str) -> tuple[int, ...]:
+        """How many requests each live worker of ``service`` holds now."""
+        svc = self._services.get(service)
+        return () if svc is None else tuple(len(w.inflight) for w in svc.workers.values())
+
     # -- dispatch -------------------------------------------------------------------------
 
     def _service(self, name: str) -> _Service:
@@ -476,10 +489,12 @@ class ZmqBus:
                 log.error("bus receive failed errno=%s", exc.errno)
                 await asyncio.sleep(self._interval)
                 continue
-            try:
-                self._on_worker_message(frames)
-            except Exception:  # a bug here must not take the gateway's bus down
-                log.exception("bus: error handling a worker frame")
+            # One wake-up, then whatever else already arrived: no await per message.
+            for batch in _drained(self._router, frames):
+                try:
+                    self._on_worker_message(batch)
+                except Exception:  # a bug here must not take the gateway's bus down
+                    log.exception("bus: error handling a worker frame")
 
     def _on_worker_message(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -567,23 +582,50 @@ class ZmqBus:
     async def _events_loop(self) -> None:
         while True:
             try:
-                frames = await self._sub.recv_multipart()
+                first = await self._sub.recv_multipart()
             except zmq.ZMQError as exc:
                 log.error("events receive failed errno=%s", exc.errno)
                 await asyncio.sleep(self._interval)
                 continue
-            if len(frames) != 1:
-                self._drop_frame(b"", f"event with {len(frames)} parts")
-                continue
-            try:
-                message = codec.decode(frames[0])
-            except AttestgateError as exc:
-                self._drop_frame(b"", f"event {exc.code.value} {exc.detail}")
-                continue
-            if not isinstance(message, BusEvent):
-                self._drop_frame(b"", f"unexpected {type(message).__name__} on events")
-                continue
-            self._fanout.publish(message)
+            for frames in _drained(self._sub, first):
+                self._on_event(frames)
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self._drop_frame(b"", f"event with {len(frames)} parts")
+            return
+        try:
+            message = codec.decode(frames[0])
+        except AttestgateError as exc:
+            self._drop_frame(b"", f"event {exc.code.value} {exc.detail}")
+            return
+        if not isinstance(message, BusEvent):
+            self._drop_frame(b"", f"unexpected {type(message).__name__} on events")
+            return
+        self._fanout.publish(message)
+
+
+def _drained(sock: zmq.asyncio.Socket, first: list[bytes]) -> list[list[bytes]]:
+    """``first`` and the messages already waiting on ``sock`` (at most ``_DRAIN_MAX``).
+
+    With NOBLOCK, pyzmq's asyncio socket receives at once and returns a finished
+    future (raising ``zmq.Again`` when nothing is there).
+    """
+    batch = [first]
+    for _ in range(_DRAIN_MAX):
+        received = cast("asyncio.Future[list[bytes]]",
+                        sock.recv_multipart(flags=zmq.NOBLOCK))
+        if not received.done():  # not expected with NOBLOCK; leave it to the next wake-up
+            received.cancel()
+            break
+        try:
+            batch.append(received.result())
+        except zmq.Again:
+            break
+        except zmq.ZMQError as exc:
+            log.error("bus receive failed errno=%s", exc.errno)
+            break
+    return batch
 
 
 # -- publisher (outside a worker) ---------------------------------------------------------

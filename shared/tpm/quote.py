@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.tpm.constants import St
+from shared.tpm.keycache import VerifyingKey, parse_verifying_key
 from shared.tpm.marshal import check_size
 from shared.tpm.pcrs import PcrChange, PcrSelection, pcr_diff, pcr_digest
 from shared.tpm.signature import verify_signature
-from shared.tpm.structures import QuoteAttested, parse_attest, parse_public, parse_signature
+from shared.tpm.structures import QuoteAttested, parse_attest, parse_signature
 
 __all__ = ["PcrChange", "QuoteInfo", "pcr_diff", "pcr_digest", "verify_quote"]
 
@@ -34,15 +35,18 @@ class QuoteInfo:
     qualified_signer: bytes
 
 
-def verify_quote(ak_public: bytes, attest: bytes, signature: bytes, *, qualifying_data: bytes,
-                 selection: PcrSelection, pcr_values: Mapping[int, bytes]) -> QuoteInfo:
+def verify_quote(ak_public: bytes | VerifyingKey, attest: bytes, signature: bytes, *,
+                 qualifying_data: bytes, selection: PcrSelection,
+                 pcr_values: Mapping[int, bytes]) -> QuoteInfo:
     """Verify a quote over one PCR bank and return what it attests.
 
     ``ak_public`` is the AK's TPM2B_PUBLIC (the caller must have checked it with
-    ``check_ak`` and bound it to the EK); ``attest``/``signature`` are the TPMS_ATTEST
-    and TPMT_SIGNATURE from TPM2_Quote; ``qualifying_data`` is the nonce the server
-    expects; ``selection`` is the single-bank selection the server asked for and
-    ``pcr_values`` the client's PCR values of that bank, by index.
+    ``check_ak`` and bound it to the EK), raw or already parsed
+    (:class:`~shared.tpm.keycache.VerifyingKey`, e.g. from a ``KeyCache``);
+    ``attest``/``signature`` are the TPMS_ATTEST and TPMT_SIGNATURE from TPM2_Quote;
+    ``qualifying_data`` is the nonce the server expects; ``selection`` is the
+    single-bank selection the server asked for and ``pcr_values`` the client's PCR
+    values of that bank, by index.
 
     Raises: TOO_LARGE (a blob over MAX_EVIDENCE_FIELD), AK_INVALID (AK public
     malformed), QUOTE_INVALID (signature, magic, type, structure, or a selection other
@@ -50,15 +54,21 @@ def verify_quote(ak_public: bytes, attest: bytes, signature: bytes, *, qualifyin
     (``pcr_values`` do not match ``selection``), PCR_DIGEST (values differ from the
     quoted digest).
     """
-    for blob, what in ((ak_public, "ak public"), (attest, "attest"), (signature, "signature"),
+    ak: VerifyingKey | None
+    if isinstance(ak_public, VerifyingKey):
+        ak, raw_ak = ak_public, ak_public.raw
+    else:
+        ak, raw_ak = None, ak_public
+    for blob, what in ((raw_ak, "ak public"), (attest, "attest"), (signature, "signature"),
                        (qualifying_data, "qualifying data")):
         check_size(blob, what)
     if len(selection.banks) != 1:
         raise AttestgateError(ErrorCode.BAD_REQUEST, "quote selection must have one bank")
-    key = parse_public(ak_public, code=ErrorCode.AK_INVALID)
+    if ak is None:
+        ak = parse_verifying_key(raw_ak, code=ErrorCode.AK_INVALID)
     sig = parse_signature(signature, code=ErrorCode.QUOTE_INVALID)
     # The signature covers the raw bytes; check it before trusting anything parsed from them.
-    verify_signature(key, sig, attest, code=ErrorCode.QUOTE_INVALID)
+    verify_signature(ak.public, sig, attest, code=ErrorCode.QUOTE_INVALID, public=ak.crypto)
     info = parse_attest(attest, code=ErrorCode.QUOTE_INVALID)
     if info.type != St.ATTEST_QUOTE or not isinstance(info.attested, QuoteAttested):
         raise AttestgateError(ErrorCode.QUOTE_INVALID, f"attest type {info.type:#x}")

@@ -11,6 +11,7 @@ from shared.tpm.constants import Alg, Curve, hash_for
 from shared.tpm.structures import (
     EccParms,
     EcdsaSignature,
+    PublicKey,
     RsaParms,
     RsaSignature,
     Signature,
@@ -22,11 +23,12 @@ from shared.tpm.structures import (
 
 
 def verify_signature(key: TpmPublic, sig: Signature, data: bytes, *, code: ErrorCode,
-                     prehashed: bool = False) -> None:
+                     prehashed: bool = False, public: PublicKey | None = None) -> None:
     """Check ``sig`` by ``key`` over ``data`` (or over the digest ``data`` if prehashed).
 
     If the key fixes a scheme, the signature must use that scheme and hash, as the TPM
     itself would enforce. Raises ``code`` on any mismatch or a signature that fails.
+    ``public`` is ``key`` as a cryptography key when the caller has it already.
     """
     parms = key.parameters
     if not isinstance(parms, RsaParms | EccParms):
@@ -42,7 +44,8 @@ def verify_signature(key: TpmPublic, sig: Signature, data: bytes, *, code: Error
     if prehashed and len(data) != h.digest_size:
         raise AttestgateError(code, "digest length differs from the signature hash")
     algorithm = Prehashed(h) if prehashed else h
-    public = to_crypto_key(key, code=code)
+    if public is None:
+        public = to_crypto_key(key, code=code)
     try:
         if isinstance(sig, EcdsaSignature):
             if not isinstance(public, ec.EllipticCurvePublicKey):

@@ -1,4 +1,4 @@
-"""client/tpm.py against a real swtpm: every test gets its own copy of the template TPM.
+"""The TPM adapter (client/tpm/) against a real swtpm; each test has its own template copy.
 
 Verification here uses cryptography and tpm2_pytss's software helpers
 (make_credential, wrap) the way the server does, so a passing test means the
@@ -36,7 +36,7 @@ from tpm2_pytss.types import (
     TPMT_SIGNATURE,
 )
 
-from client.tpm import Endorsement, KeyBlob, Tpm, parse_pcr_selection
+from client.tpm import MAX_LOADED, Endorsement, KeyBlob, Tpm, parse_pcr_selection
 from shared.errors import AttestgateError, ErrorCode
 from tests.support.swtpm import (
     SwtpmProcess,
@@ -446,6 +446,53 @@ def test_repeated_operations_leave_no_objects_or_sessions(swtpm: SwtpmProcess, t
             tpm.activate_credential(*make_credential(ek.public, b"c" * 32, bytes(34)))
         with pytest.raises(AttestgateError):
             tpm.unseal(sealed, "sha256:15,16")
+        objects, sessions = loaded_counts(swtpm.tcti)
+        assert objects <= MAX_LOADED  # kept loaded, within the TPM's slots
+        assert sessions == 0  # sessions never outlive their operation
+    tpm.close()
+    assert loaded_counts(swtpm.tcti) == (0, 0)
+
+
+def connect_shaped(tpm: Tpm, hmac_key: KeyBlob, post_key: KeyBlob, sealed: KeyBlob) -> None:
+    """What a connect and a post ask of the TPM (client.flows.connect / post)."""
+    assert tpm.unseal(sealed, "sha256:16", reuse=True) == b"n" * 32
+    tpm.hmac(hmac_key, b"e_i and e_r" * 6)
+    tpm.quote(NONCE, SEL8)
+    tpm.sign(post_key, bytes(32))
+
+
+def test_a_thousand_connects_keep_within_the_slots_and_leave_nothing(
+        swtpm: SwtpmProcess) -> None:
+    with Tpm(swtpm.tcti) as tpm:
+        hmac_key = tpm.import_hmac_key(*wrap_psk(tpm.srk_public(), os.urandom(32)))
+        post_key = tpm.create_post_key()
+        sealed = tpm.seal(b"n" * 32, "sha256:16")
+        most = 0
+        for n in range(1000):
+            connect_shaped(tpm, hmac_key, post_key, sealed)
+            if n % 10 == 0:
+                objects, sessions = loaded_counts(swtpm.tcti)
+                most = max(most, objects)
+                assert sessions == 0
+        assert 0 < most <= MAX_LOADED
+    assert loaded_counts(swtpm.tcti) == (0, 0)  # flushed at close
+
+
+def test_release_frees_the_slots_for_another_client(swtpm: SwtpmProcess) -> None:
+    """Two clients of one swtpm (no resource manager): the waiting one releases its slots."""
+    with Tpm(swtpm.tcti) as waiting:
+        hmac_key = waiting.import_hmac_key(*wrap_psk(waiting.srk_public(), os.urandom(32)))
+        post_key = waiting.create_post_key()
+        waiting.hmac(hmac_key, b"m")
+        waiting.quote(NONCE, SEL8)
+        waiting.sign(post_key, bytes(32))
+        assert loaded_counts(swtpm.tcti)[0] == MAX_LOADED
+        waiting.release()
+        assert loaded_counts(swtpm.tcti) == (0, 0)
+        with Tpm(swtpm.tcti) as other:
+            other.sign(post_key, bytes(32))  # needs two slots: the SRK and the key
+            other.quote(NONCE, SEL8)
+        waiting.hmac(hmac_key, b"m")  # the first client's objects come back when used
     assert loaded_counts(swtpm.tcti) == (0, 0)
 
 
@@ -542,3 +589,18 @@ def test_key_blob_repr_shows_no_bytes() -> None:
     blob = KeyBlob(b"secret-ish", b"public")
     assert "secret" not in repr(blob)
     assert KeyBlob.from_bytes(blob.to_bytes()) == blob
+
+
+def test_unseal_with_reuse_asks_the_tpm_once_per_open_tpm(swtpm: SwtpmProcess) -> None:
+    """The Noise key is unsealed once per process; a plain unseal still checks the PCRs."""
+    with Tpm(swtpm.tcti) as tpm:
+        sealed = tpm.seal(b"k" * 32, "sha256:16")
+        assert tpm.unseal(sealed, "sha256:16", reuse=True) == b"k" * 32
+        tpm.extend_pcr(16, b"changed")
+        assert tpm.unseal(sealed, "sha256:16", reuse=True) == b"k" * 32  # from memory
+        with pytest.raises(AttestgateError) as err:
+            tpm.unseal(sealed, "sha256:16")
+        assert err.value.code is ErrorCode.PCR_MISMATCH
+    with Tpm(swtpm.tcti) as fresh, pytest.raises(AttestgateError) as err:
+        fresh.unseal(sealed, "sha256:16", reuse=True)  # a new process asks the TPM again
+    assert err.value.code is ErrorCode.PCR_MISMATCH

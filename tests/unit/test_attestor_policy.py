@@ -419,3 +419,28 @@ def test_malformed_attest(store: MemoryStore, device: TestDevice, over: dict[str
     reply = attest(store, {**quote(device, device.pcrs), **over})
     assert reply.error is ErrorCode.BAD_REQUEST
     assert store.devices[device.device_id].failures == 0
+
+
+# -- parsed AK cache ---------------------------------------------------------------------
+
+
+def test_ak_parsed_once_per_device_and_again_when_it_changes(store: MemoryStore,
+                                                            device: TestDevice) -> None:
+    d = deps(store)
+
+    def run(body: dict[str, Any], now: float) -> Reply:
+        return handle(Request("r1", "attestor", "attest", body, now + 5), d, now)
+
+    for i in range(5):
+        assert run(quote(device, device.pcrs, clock=100 + i), NOW + i).ok
+    assert d.keys.parsed == 1
+    # The device gets another AK (enrolled again): the old AK's quotes no longer pass.
+    other = make_device("alice")
+    store.devices[device.device_id] = dataclasses.replace(
+        store.devices[device.device_id], ak_public=other.record.ak_public)
+    stale = run(quote(device, device.pcrs, clock=200), NOW + 10)
+    assert stale.error is ErrorCode.QUOTE_INVALID
+    assert d.keys.parsed == 2
+    fresh = quote(other, device.pcrs, clock=300)
+    assert run({**fresh, "device_id": device.device_id}, NOW + 11).ok
+    assert d.keys.parsed == 2

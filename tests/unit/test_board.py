@@ -506,3 +506,28 @@ def test_board_never_builds_a_reply_larger_than_a_message(sizes: list[int], limi
         n = len(reply.body["posts"])
         assert n >= 1
         assert ("next" in reply.body) == (n < min(limit, len(sizes)))
+
+
+def test_post_key_parsed_once_per_device_and_again_when_it_changes(
+        store: MemoryStore, device: TestDevice) -> None:
+    deps = BoardDeps(store, BoardSettings.defaults())
+
+    def post(body: dict[str, Any]) -> Reply:
+        return handle(Request("r1", "board", "post", body, NOW + 5), deps, NOW)
+
+    for i in range(3):
+        assert post(post_body(device, f"post {i}", key=bytes([i]) * 16)).ok
+    assert deps.keys.parsed == 1
+    # The device's post key is replaced: a post signed with the old key is refused.
+    other = make_device("alice")
+    store.devices[device.device_id] = replace(
+        store.devices[device.device_id], post_public=other.record.post_public)
+    stale = post(post_body(device, "old key", key=b"o" * 16))
+    assert stale.error is ErrorCode.BAD_SIGNATURE
+    renewed = post({**post_body(other, "new key", key=b"n" * 16), "device_id": device.device_id})
+    assert renewed.error is ErrorCode.BAD_SIGNATURE  # signed over the other device's id
+    digest = post_digest(device.device_id, int(NOW * 1000), b"m" * 16, "new key")
+    body = {"device_id": device.device_id, "ts": int(NOW * 1000), "text": "new key",
+            "key": b"m" * 16, "signature": sign_digest(other.post_key, digest)}
+    assert post(body).ok
+    assert deps.keys.parsed == 2

@@ -26,6 +26,7 @@ import zmq
 from shared.bus import codec
 from shared.bus.interface import BusEvent, Reply, Request
 from shared.bus.zmq_bus import (
+    DEFAULT_WORKER_WINDOW,
     CurveClientKeys,
     CurveServerKeys,
     ZmqBus,
@@ -480,5 +481,64 @@ def test_curve_admits_listed_workers_only(workers: Workers, tmp_path: Path) -> N
 
             assert await asyncio.to_thread(publish) == 1
             assert await asyncio.wait_for(anext(stream), 5) == BusEvent("revoked", {"d": 1})
+
+    run(go())
+
+
+# -- several requests in flight per worker (window) -------------------------------------
+
+
+def test_default_window_keeps_several_requests_in_flight_and_replies_reach_their_callers(
+        workers: Workers) -> None:
+    async def go() -> None:
+        async with make_bus() as bus:
+            workers.start("board", [bus.bus_endpoint])
+            await wait_until(lambda: bus.live_workers("board") == 1)
+            slow = [asyncio.create_task(bus.request(
+                "board", "slow", {"delay": 0.05}, request_id=f"s{i}", timeout=15))
+                for i in range(DEFAULT_WORKER_WINDOW * 2)]
+            await asyncio.sleep(0)  # every request dispatched or queued
+            assert bus.in_flight("board") == (DEFAULT_WORKER_WINDOW,)
+            assert bus.queued("board") == DEFAULT_WORKER_WINDOW
+            echoes = [asyncio.create_task(bus.request(
+                "board", "echo", {"n": i, "pad": "x" * (i % 7)}, request_id=f"e{i}", timeout=15))
+                for i in range(200)]
+            replies = await asyncio.gather(*echoes)
+            for i, reply in enumerate(replies):
+                assert reply.id == f"e{i}"
+                assert reply.body["body"] == {"n": i, "pad": "x" * (i % 7)}
+            assert all(r.ok for r in await asyncio.gather(*slow))
+            assert bus.in_flight("board") == (0,)
+
+    run(go())
+
+
+def test_sigkill_with_a_full_window_retries_idempotent_and_fails_the_others(
+        workers: Workers) -> None:
+    async def go() -> None:
+        async with make_bus(worker_window=DEFAULT_WORKER_WINDOW) as bus:
+            victim_proc = workers.start("board", [bus.bus_endpoint])
+            await wait_until(lambda: bus.live_workers("board") == 1)
+            # The first one blocks the victim; the rest wait in its window.
+            head = asyncio.create_task(bus.request(
+                "board", "slow", {"delay": 5}, request_id="head", timeout=10,
+                idempotent=False))
+            held = [asyncio.create_task(bus.request(
+                "board", "echo", {"n": i}, request_id=f"h{i}", timeout=10,
+                idempotent=i % 2 == 0)) for i in range(DEFAULT_WORKER_WINDOW - 1)]
+            await marker_pid(workers.markers, "head")
+            assert bus.in_flight("board") == (DEFAULT_WORKER_WINDOW,)
+            survivor = workers.start("board", [bus.bus_endpoint])
+            await wait_until(lambda: bus.live_workers("board") == 2)
+            os.kill(victim_proc.pid, signal.SIGKILL)
+            replies = await asyncio.gather(*held)
+            for i, reply in enumerate(replies):
+                if i % 2 == 0:  # idempotent: retried on the survivor
+                    assert reply.ok, reply
+                    assert reply.body == {"pid": survivor.pid, "body": {"n": i}}
+                else:  # outcome unknown: said so, not left to the deadline
+                    assert reply == Reply.failure(f"h{i}", ErrorCode.SERVICE_UNAVAILABLE)
+            assert await head == Reply.failure("head", ErrorCode.SERVICE_UNAVAILABLE)
+            assert bus.live_workers("board") == 1
 
     run(go())

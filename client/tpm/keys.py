@@ -1,0 +1,136 @@
+"""Key import, HMAC, signing and sealing: the operations on objects under the SRK.
+
+Functions over a :class:`~client.tpm.objects.TpmObjects`; :class:`~client.tpm.Tpm` is
+their public face. The HMAC key and the post key stay loaded between calls (they
+are used on every connect and every post); sealed objects are loaded for one
+unseal and flushed.
+"""
+
+from __future__ import annotations
+
+from tpm2_pytss import TSS2_Exception
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RC
+from tpm2_pytss.types import (
+    TPM2B_DATA,
+    TPM2B_ENCRYPTED_SECRET,
+    TPM2B_PRIVATE,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPM2B_SENSITIVE_DATA,
+    TPML_PCR_SELECTION,
+    TPMS_SENSITIVE_CREATE,
+    TPMT_SIG_SCHEME,
+    TPMT_SYM_DEF_OBJECT,
+)
+
+from client.tpm.common import (
+    DIGEST_LEN,
+    MAX_HMAC_BUFFER,
+    MAX_SEALED_SECRET,
+    KeyBlob,
+    check_len,
+    format_pcr_selection,
+    parse_pcr_selection,
+    pcr_policy_digest,
+    post_key_template,
+    sealed_template,
+    unmarshal_strict,
+)
+from client.tpm.objects import TpmObjects
+from shared.errors import AttestgateError, ErrorCode
+
+
+def import_hmac_key(objs: TpmObjects, public: bytes, duplicate: bytes, seed: bytes) -> KeyBlob:
+    pub = unmarshal_strict(TPM2B_PUBLIC, public, "public")
+    dup = unmarshal_strict(TPM2B_PRIVATE, duplicate, "duplicate")
+    sym_seed = unmarshal_strict(TPM2B_ENCRYPTED_SECRET, seed, "seed")
+    if pub.publicArea.type != TPM2_ALG.KEYEDHASH:
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "import: not a keyedhash object")
+    with objs.operation("import_hmac_key") as ectx:
+        srk, _ = objs.primary(ectx, "srk")
+        private = objs.with_room(ectx, lambda: ectx.import_(
+            srk, TPM2B_DATA(), pub, dup, sym_seed, TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
+        ))
+        return KeyBlob(bytes(private.marshal()), bytes(pub.marshal()))
+
+
+def hmac(objs: TpmObjects, key: KeyBlob, data: bytes) -> bytes:
+    if not isinstance(data, bytes | bytearray):
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "hmac data must be bytes")
+    data = bytes(data)
+    with objs.operation("hmac") as ectx:
+        handle = objs.blob(ectx, key)
+        if len(data) <= MAX_HMAC_BUFFER:
+            return bytes(ectx.hmac(handle, data, TPM2_ALG.SHA256))
+        # The sequence is a transient object of its own.
+        with objs.transient(ectx, lambda: ectx.hmac_start(handle, b"", TPM2_ALG.SHA256)) as seq:
+            completed = False
+            try:
+                chunks = [
+                    data[i : i + MAX_HMAC_BUFFER] for i in range(0, len(data), MAX_HMAC_BUFFER)
+                ]
+                for chunk in chunks[:-1]:
+                    ectx.sequence_update(seq, chunk)
+                digest, _ = ectx.sequence_complete(seq, chunks[-1], ESYS_TR.RH_NULL)
+                completed = True  # SequenceComplete flushed the sequence object
+                return bytes(digest)
+            finally:
+                if not completed:
+                    objs.flush(ectx, seq)
+
+
+def create_post_key(objs: TpmObjects) -> KeyBlob:
+    with objs.operation("create_post_key") as ectx:
+        srk, _ = objs.primary(ectx, "srk")
+        private, public, *_ = objs.with_room(
+            ectx, lambda: ectx.create(srk, None, post_key_template()))
+        return KeyBlob(bytes(private.marshal()), bytes(public.marshal()))
+
+
+def sign(objs: TpmObjects, key: KeyBlob, digest: bytes) -> bytes:
+    check_len("digest", digest, DIGEST_LEN, DIGEST_LEN)
+    with objs.operation("sign") as ectx:
+        handle = objs.blob(ectx, key)
+        # The default validation is a NULL-hierarchy HASHCHECK ticket, which
+        # TPM2_Sign accepts for keys that are not restricted.
+        sig = ectx.sign(handle, bytes(digest), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        return bytes(sig.marshal())
+
+
+def seal(objs: TpmObjects, secret: bytes, pcr_selection: str | None) -> KeyBlob:
+    check_len("secret", secret, 1, MAX_SEALED_SECRET)
+    indices = parse_pcr_selection(pcr_selection) if pcr_selection is not None else None
+    sensitive = TPM2B_SENSITIVE_CREATE(
+        TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(bytes(secret)))
+    )
+    with objs.operation("seal") as ectx:
+        policy = None
+        if indices is not None:
+            policy = pcr_policy_digest(indices, objs.read_pcrs(ectx, indices))
+        srk, _ = objs.primary(ectx, "srk")
+        private, public, *_ = objs.with_room(
+            ectx, lambda: ectx.create(srk, sensitive, sealed_template(policy)))
+        return KeyBlob(bytes(private.marshal()), bytes(public.marshal()))
+
+
+def unseal(objs: TpmObjects, blob: KeyBlob, pcr_selection: str | None) -> bytes:
+    selection = (
+        TPML_PCR_SELECTION.parse(format_pcr_selection(parse_pcr_selection(pcr_selection)))
+        if pcr_selection is not None
+        else None
+    )
+    with objs.operation("unseal") as ectx, objs.blob_once(ectx, blob) as handle:
+        if selection is None:
+            return bytes(ectx.unseal(handle))
+        with objs.policy_session(ectx) as sess:
+            try:
+                # An empty pcrDigest makes the TPM use the current values;
+                # the mismatch then shows up at unseal as a policy failure.
+                ectx.policy_pcr(sess, b"", selection)
+                return bytes(ectx.unseal(handle, session1=sess))
+            except TSS2_Exception as exc:
+                if int(exc.error) in (TPM2_RC.POLICY_FAIL, TPM2_RC.PCR_CHANGED):
+                    raise AttestgateError(
+                        ErrorCode.PCR_MISMATCH, f"unseal: rc=0x{int(exc.rc):x} ({exc})"
+                    ) from None
+                raise

@@ -1,0 +1,430 @@
+"""TPM objects and their lifetime: the ESAPI context, the primaries, the loaded blobs.
+
+One :class:`TpmObjects` per :class:`~client.tpm.Tpm`. It keeps what it loads loaded for
+the life of the process instead of re-deriving it per call (profiled: CreatePrimary,
+Load and FlushContext were 10 of the 14 TPM commands of an attested connect):
+
+* the SRK and the AK are primaries: created once, kept while there is room;
+* key blobs (the device HMAC key, the post key) are loaded under the SRK once and
+  kept; a blob that is used once (a sealed secret) is flushed right after use;
+* at most ``max_loaded`` transient objects are held at a time (swtpm and many real
+  TPMs have 3 slots, TPM-NOTES §0, and no resource manager cleans up after us):
+  before anything new is loaded, the least recently used object that the running
+  operation does not need is flushed. The SRK is evicted like any other object: its
+  children stay loaded without it;
+* should the TPM still answer TPM_RC_OBJECT_MEMORY (another client of a TPM without
+  resource manager holds slots), everything not in use is flushed and the command
+  retried once;
+* sessions are never kept: each is flushed at the end of the operation that started
+  it (ESAPI sets continueSession);
+* :meth:`release` flushes everything (a process that will wait a long time, e.g.
+  ``attestgate follow``, calls it so that other clients of the same TPM find free
+  slots); :meth:`close` releases and closes the context.
+
+Every public operation runs inside :meth:`operation`, which translates tpm2_pytss
+exceptions into AttestgateError (TPM_UNAVAILABLE for the transport, TPM_ERROR for the
+TPM) and unpins the objects the operation used. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RC, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.TCTILdr import TCTILdr
+from tpm2_pytss.types import (
+    TPM2B_PRIVATE,
+    TPM2B_PUBLIC,
+    TPML_PCR_SELECTION,
+    TPMT_PUBLIC,
+    TPMT_SYM_DEF,
+)
+from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
+
+from client.tpm.common import (
+    DEFAULT_EK_KINDS,
+    EK_PERSISTENT_HANDLES,
+    PCR_READ_ATTEMPTS,
+    TCTI_LAYER,
+    TCTI_LAYER_MASK,
+    EkChoice,
+    KeyBlob,
+    ak_template,
+    format_pcr_selection,
+    parse_tcti,
+    selected_indices,
+    srk_template,
+    unmarshal_strict,
+)
+from shared.errors import AttestgateError, ErrorCode
+
+# Transient object slots this adapter fills at most (TPM2_PT_HR_TRANSIENT_MIN is 3 on
+# swtpm and the spec's minimum; a resource manager gives each client at least as many).
+MAX_LOADED: Final = 3
+
+_Key = tuple[str, ...]  # ("srk",), ("ak",) or ("blob", private hex, public hex)
+_SRK: Final[_Key] = ("srk",)
+_AK: Final[_Key] = ("ak",)
+
+
+class TpmObjects:
+    """The ESAPI context of one TPM and the objects loaded in it (see the module doc)."""
+
+    def __init__(self, tcti: str | None, *, ek_kinds: Sequence[str] = DEFAULT_EK_KINDS,
+                 max_loaded: int = MAX_LOADED) -> None:
+        name, config = parse_tcti(tcti)
+        unknown = [k for k in ek_kinds if k not in DEFAULT_EK_KINDS]
+        if unknown or not ek_kinds:
+            raise AttestgateError(ErrorCode.BAD_REQUEST, f"unknown EK kinds {unknown}")
+        if max_loaded < 2:  # a blob needs its parent loaded next to it
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "max_loaded must be at least 2")
+        self.ek_kinds = tuple(ek_kinds)
+        self.max_loaded = max_loaded
+        self._ek: EkChoice | None = None
+        self._loaded: OrderedDict[_Key, Any] = OrderedDict()  # least recently used first
+        self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries
+        self._pinned: set[_Key] = set()  # used by the running operation
+        self._extra = 0  # transient objects of the running operation outside the cache
+        # libtss2 prints expected failures (policy checks, missing NV indices) as
+        # ERROR lines on stderr; it reads TSS2_LOG at its first log call.
+        os.environ.setdefault("TSS2_LOG", "all+none")
+        self._tcti_obj: Any = None
+        self._ectx: Any = None
+        try:
+            self._tcti_obj = TCTILdr(name, config)
+            self._ectx = ESAPI(self._tcti_obj)
+        except TSS2_Exception as exc:
+            self.close()
+            raise AttestgateError(
+                ErrorCode.TPM_UNAVAILABLE, f"open {name}: rc=0x{int(exc.rc):x} ({exc})"
+            ) from None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Flush every object this adapter holds; they are loaded again when needed."""
+        ectx = self._ectx
+        while self._loaded:
+            _, handle = self._loaded.popitem(last=False)
+            if ectx is not None:
+                self._flush(ectx, handle)
+        self._publics.clear()
+        self._pinned.clear()
+
+    def close(self) -> None:
+        """Flush what is loaded and release the connection; idempotent."""
+        self.release()
+        ectx, self._ectx = self._ectx, None
+        tcti, self._tcti_obj = self._tcti_obj, None
+        if ectx is not None:
+            ectx.close()
+        if tcti is not None:
+            # ESAPI only finalizes a TCTI it loaded itself from a string.
+            tcti.close()
+
+    @property
+    def loaded(self) -> int:
+        """How many transient objects this adapter holds now."""
+        return len(self._loaded)
+
+    # -- operations -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def operation(self, op: str) -> Iterator[Any]:
+        """Yield the ESAPI context; translate tpm2_pytss exceptions into AttestgateError."""
+        ectx = self._ectx
+        if ectx is None:
+            raise AttestgateError(ErrorCode.TPM_UNAVAILABLE, f"{op}: TPM connection closed")
+        try:
+            yield ectx
+        except TSS2_Exception as exc:
+            rc = int(exc.rc)
+            # TCTI-layer codes mean the transport failed, not the TPM.
+            code = (
+                ErrorCode.TPM_UNAVAILABLE
+                if rc & TCTI_LAYER_MASK == TCTI_LAYER
+                else ErrorCode.TPM_ERROR
+            )
+            raise AttestgateError(code, f"{op}: rc=0x{rc:x} ({exc})") from None
+        except NoSuchIndex as exc:
+            # Never str() a NoSuchIndex: its __str__ raises NameError in tpm2_pytss 3.0.
+            index = int(getattr(exc, "index", 0))
+            raise AttestgateError(
+                ErrorCode.TPM_ERROR, f"{op}: NV index 0x{index:08x} is not defined"
+            ) from None
+        except IndexError:
+            # tpm2_pytss raises IndexError for a buffer over a TPM2B's capacity.
+            raise AttestgateError(
+                ErrorCode.TPM_ERROR, f"{op}: a value exceeds a TPM buffer size"
+            ) from None
+        finally:
+            self._pinned.clear()
+            self._extra = 0
+
+    def flush(self, ectx: Any, handle: Any) -> None:
+        """Flush a transient object or session that is not in the cache."""
+        self._flush(ectx, handle)
+
+    def _flush(self, ectx: Any, handle: Any) -> None:
+        # Runs in `finally`: if the TPM went away, the error that got us here
+        # matters more than this one.
+        with contextlib.suppress(TSS2_Exception):
+            ectx.flush_context(handle)
+
+    def _make_room(self, ectx: Any, needed: int = 1) -> None:
+        """Flush least recently used, unpinned objects until ``needed`` more fit."""
+        for key in list(self._loaded):
+            if len(self._loaded) + self._extra + needed <= self.max_loaded:
+                return
+            if key not in self._pinned:
+                self._evict(ectx, key)
+
+    def _evict(self, ectx: Any, key: _Key) -> None:
+        handle = self._loaded.pop(key)
+        self._publics.pop(key, None)
+        self._flush(ectx, handle)
+
+    def with_room(self, ectx: Any, create: Callable[[], Any], needed: int = 1) -> Any:
+        """Run a command that needs ``needed`` free object slots; retry once on 0x902.
+
+        Loading and creating need one; so do TPM2_Create and TPM2_Import, which
+        build the new object in a free slot before returning its blob.
+        """
+        self._make_room(ectx, needed)
+        try:
+            return create()
+        except TSS2_Exception as exc:
+            if int(exc.error) != TPM2_RC.OBJECT_MEMORY:
+                raise
+        # Someone else (another client of a TPM without resource manager) holds slots:
+        # give back everything the running operation does not need, then try once more.
+        for key in [k for k in self._loaded if k not in self._pinned]:
+            self._evict(ectx, key)
+        return create()
+
+    def _use(self, key: _Key) -> Any:
+        handle = self._loaded.get(key)
+        if handle is not None:
+            self._loaded.move_to_end(key)
+            self._pinned.add(key)
+        return handle
+
+    def _keep(self, key: _Key, handle: Any) -> None:
+        self._loaded[key] = handle
+        self._pinned.add(key)
+
+    def primary(self, ectx: Any, which: str) -> tuple[Any, Any]:
+        """(handle, TPM2B_PUBLIC) of the SRK (``"srk"``) or the AK (``"ak"``), kept loaded.
+
+        Both are primaries from fixed templates, so they come out the same every time.
+        """
+        key = _SRK if which == "srk" else _AK
+        handle = self._use(key)
+        if handle is not None:
+            return handle, self._publics[key]
+        if which == "srk":
+            template, hierarchy = srk_template(), ESYS_TR.OWNER
+        else:
+            template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
+        handle, public, *_ = self.with_room(
+            ectx, lambda: ectx.create_primary(None, template, hierarchy))
+        self._keep(key, handle)
+        self._publics[key] = public
+        return handle, public
+
+    def blob(self, ectx: Any, blob: KeyBlob) -> Any:
+        """The handle of ``blob`` loaded under the SRK, kept loaded for later calls."""
+        key = self._blob_key(blob)
+        handle = self._use(key)
+        if handle is not None:
+            return handle
+        handle = self._load(ectx, blob)
+        self._keep(key, handle)
+        return handle
+
+    @contextlib.contextmanager
+    def blob_once(self, ectx: Any, blob: KeyBlob) -> Iterator[Any]:
+        """``blob`` loaded under the SRK for this operation only, flushed after."""
+        handle = self._use(self._blob_key(blob))
+        if handle is not None:  # someone already keeps it loaded
+            yield handle
+            return
+        handle = self._load(ectx, blob)
+        self._extra += 1
+        try:
+            yield handle
+        finally:
+            self._extra -= 1
+            self._flush(ectx, handle)
+
+    @contextlib.contextmanager
+    def transient(self, ectx: Any, create: Callable[[], Any]) -> Iterator[Any]:
+        """An object outside the cache (a transient EK, a sequence) for this operation."""
+        result = self.with_room(ectx, create)
+        self._extra += 1
+        try:
+            yield result
+        finally:
+            self._extra -= 1
+
+    @staticmethod
+    def _blob_key(blob: KeyBlob) -> _Key:
+        if not isinstance(blob, KeyBlob):
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "expected a KeyBlob")
+        return ("blob", blob.private.hex(), blob.public.hex())
+
+    def _load(self, ectx: Any, blob: KeyBlob) -> Any:
+        private = unmarshal_strict(TPM2B_PRIVATE, blob.private, "key blob private")
+        public = unmarshal_strict(TPM2B_PUBLIC, blob.public, "key blob public")
+        srk, _ = self.primary(ectx, "srk")
+        try:
+            return self.with_room(ectx, lambda: ectx.load(srk, private, public))
+        except TSS2_Exception as exc:
+            raise AttestgateError(
+                ErrorCode.TPM_ERROR,
+                f"load: blob does not load under this TPM's SRK: rc=0x{int(exc.rc):x} ({exc})",
+            ) from None
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def policy_session(self, ectx: Any) -> Iterator[Any]:
+        # Unbound, unsalted: policy sessions here only carry policy, not secrecy.
+        sess = ectx.start_auth_session(
+            ESYS_TR.NONE,
+            ESYS_TR.NONE,
+            TPM2_SE.POLICY,
+            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+            TPM2_ALG.SHA256,
+        )
+        try:
+            yield sess
+        finally:
+            # ESAPI sets continueSession, so the TPM keeps the session until flushed.
+            self._flush(ectx, sess)
+
+    # -- endorsement key --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def ek_session(self, ectx: Any) -> Iterator[Any]:
+        """Authorization for the EK in the USER role.
+
+        Low-range TCG EKs have no userWithAuth and authPolicy =
+        PolicySecret(TPM_RH_ENDORSEMENT); the high-range ones have userWithAuth
+        and an empty auth value, so a password session works (TPM-NOTES §2).
+        """
+        choice = self.select_ek(ectx)
+        if choice.template.publicArea.objectAttributes & TPMA_OBJECT.USERWITHAUTH:
+            yield ESYS_TR.PASSWORD
+            return
+        with self.policy_session(ectx) as sess:
+            ectx.policy_secret(ESYS_TR.ENDORSEMENT, sess, b"", b"", b"", 0)
+            yield sess
+
+    def select_ek(self, ectx: Any) -> EkChoice:
+        if self._ek is not None:
+            return self._ek
+        nv = NVReadEK(ectx)
+        first: EkChoice | None = None
+        for kind in self.ek_kinds:
+            try:
+                cert, template = create_ek_template(kind, nv)
+            except ValueError:
+                continue  # a high-range kind with no certificate in NV
+            if cert is not None:
+                self._ek = EkChoice(kind, template, bytes(cert))
+                return self._ek
+            if first is None:
+                first = EkChoice(kind, template, None)
+        if first is None:
+            raise AttestgateError(ErrorCode.TPM_ERROR, f"endorsement: none of {self.ek_kinds}")
+        self._ek = first
+        return first
+
+    @contextlib.contextmanager
+    def ek(self, ectx: Any) -> Iterator[tuple[Any, Any]]:
+        """(handle, TPM2B_PUBLIC) of the chosen EK, persistent if it matches, else created.
+
+        The EK is only used at enrollment, so a created one is flushed at once.
+        """
+        choice = self.select_ek(ectx)
+        persistent = EK_PERSISTENT_HANDLES.get(choice.kind)
+        found = self._persistent_ek(ectx, persistent, choice) if persistent else None
+        if found is not None:
+            handle, public = found
+            # A command naming a persistent object has the TPM load it into a
+            # transient slot for the command's duration: keep one free.
+            self._make_room(ectx, 1)
+            self._extra += 1
+            try:
+                yield handle, public
+            finally:
+                self._extra -= 1
+                # A persistent object is not flushed; just drop ESAPI's metadata.
+                with contextlib.suppress(TSS2_Exception):
+                    ectx.tr_close(handle)
+            return
+        with self.transient(ectx, lambda: ectx.create_primary(
+                None, choice.template, ESYS_TR.ENDORSEMENT)) as created:
+            handle, public, *_ = created
+            try:
+                yield handle, public
+            finally:
+                self._flush(ectx, handle)
+
+    def _persistent_ek(self, ectx: Any, handle_no: int, choice: EkChoice) -> Any:
+        """(handle, public) of the persistent EK if it was made from the chosen template."""
+        try:
+            handle = ectx.tr_from_tpmpublic(handle_no)
+        except TSS2_Exception:
+            return None  # nothing persisted there (0x18b); fall back to create_primary
+        public, _, _ = ectx.read_public(handle)
+        # Same template means: identical public area once the unique field
+        # (the RSA modulus) is copied over.
+        expected, _ = TPMT_PUBLIC.unmarshal(choice.template.publicArea.marshal())
+        if public.publicArea.type != TPM2_ALG.RSA or expected.type != TPM2_ALG.RSA:
+            ectx.tr_close(handle)
+            return None
+        expected.unique.rsa = bytes(public.publicArea.unique.rsa)
+        if bytes(expected.marshal()) != bytes(public.publicArea.marshal()):
+            ectx.tr_close(handle)
+            return None
+        return handle, public
+
+    # -- PCRs -------------------------------------------------------------------------------
+
+    def read_pcrs(self, ectx: Any, indices: Sequence[int]) -> dict[int, bytes]:
+        """Read sha256 PCRs; TPM2_PCR_Read returns at most 8 digests, so loop.
+
+        The update counter must stay the same across the chunks, otherwise a
+        PCR changed between them and the read starts over.
+        """
+        for _ in range(PCR_READ_ATTEMPTS):
+            values: dict[int, bytes] = {}
+            counter: int | None = None
+            while len(values) < len(indices):
+                remaining = [i for i in indices if i not in values]
+                update, sel_out, digests = ectx.pcr_read(
+                    TPML_PCR_SELECTION.parse(format_pcr_selection(remaining))
+                )
+                got = selected_indices(sel_out)
+                if not got or len(got) != int(digests.count) or not set(got) <= set(remaining):
+                    raise AttestgateError(
+                        ErrorCode.TPM_ERROR,
+                        "pcr_read: no or unexpected PCRs returned (is the sha256 bank active?)",
+                    )
+                if counter is not None and int(update) != counter:
+                    break
+                counter = int(update)
+                for n, index in enumerate(got):
+                    values[index] = bytes(digests[n])
+            else:
+                return values
+        raise AttestgateError(
+            ErrorCode.TPM_ERROR, f"pcr_read: PCRs kept changing ({PCR_READ_ATTEMPTS} attempts)"
+        )

@@ -1,0 +1,111 @@
+"""The device and audit store contract on MemoryStore and a real redis-server, with two
+handles (two workers): the replay guard, updates that lose nothing to a concurrent
+writer, and an audit chain that stays linked when two appenders interleave. On Redis
+each of these is one Lua step (one round trip when nobody interferes)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from shared.audit import AuditKey, verify_chain
+from shared.errors import AttestgateError, ErrorCode
+from shared.keys import StaticKey, device_id_for
+from shared.records import Baseline, Device, DeviceStatus
+from shared.store.interface import Store
+from shared.store.memory import MemoryStore
+from shared.store.redis_store import RedisStore
+from tests.support.redis_server import RedisServer, RedisUnavailable
+
+pytestmark = pytest.mark.integration
+
+NOW = 1_700_000_000.0
+KEY = AuditKey(b"\x07" * 32)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def stores(request: pytest.FixtureRequest) -> Iterator[tuple[Store, Store]]:
+    if request.param == "memory":
+        m = MemoryStore(audit_key=KEY)
+        yield m, m
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.flushall()
+    a, b = RedisStore(server.url, audit_key=KEY), RedisStore(server.url, audit_key=KEY)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def make_device(name: str = "dev1") -> Device:
+    noise = StaticKey.generate().public
+    return Device(
+        device_id=device_id_for(noise), name=name, noise_public=noise,
+        status=DeviceStatus.ACTIVE, enrolled_at=NOW, ek_public=b"ek", ek_cert=b"",
+        ek_fingerprint="f" * 64, ak_public=b"ak", srk_public=b"srk", post_public=b"post",
+        baselines=(Baseline.of("sha256:0", {0: b"\0" * 32}),), psk_sealed=b"sealed")
+
+
+def test_replay_guard_compares_nanoseconds_exactly(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    ts = 1_700_000_000_123_456_789  # beyond a double's integer precision
+    assert a.advance_connect_ts("d", ts)
+    assert not b.advance_connect_ts("d", ts)  # the same message 1 again
+    assert not b.advance_connect_ts("d", ts - 1)
+    assert b.advance_connect_ts("d", ts + 1)  # 1 ns later is newer
+    assert not a.advance_connect_ts("d", ts)
+    assert not a.advance_connect_ts("d", 999)  # fewer digits is older
+    assert a.advance_connect_ts("other", 0)  # devices have their own guard
+
+
+def test_device_lookup_by_noise_key(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    assert b.device_by_noise(dev.noise_public) == dev
+    assert b.device_by_noise(b"\1" * 32) is None
+
+
+def test_updates_from_two_workers_lose_nothing(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    assert a.get_device(dev.device_id) == dev  # a now holds a copy it may update from
+    for _ in range(3):
+        b.update_device(dev.device_id, lambda d: dataclasses.replace(d, failures=d.failures + 1))
+    a.update_device(dev.device_id, lambda d: dataclasses.replace(d, failures=d.failures + 10))
+    b.update_device(dev.device_id, lambda d: dataclasses.replace(d, failures=d.failures + 100))
+    stored = a.get_device(dev.device_id)
+    assert stored is not None and stored.failures == 113
+
+
+def test_update_of_a_removed_device_is_unknown(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    a.get_device(dev.device_id)
+    b.purge()
+    with pytest.raises(AttestgateError) as err:
+        a.update_device(dev.device_id, lambda d: d)
+    assert err.value.code is ErrorCode.UNKNOWN_DEVICE
+
+
+def test_interleaved_audit_appends_stay_one_chain(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    for i in range(20):
+        (a if i % 3 else b).append_audit("attest_ok", f"d{i}", {"n": i}, NOW + i)
+    entries = a.read_audit()
+    assert [e.device_id for e in entries] == [f"d{i}" for i in range(20)]
+    assert verify_chain(entries, b.audit_head(), KEY) == []
