@@ -175,6 +175,8 @@ def test_sessions_per_device_are_capped_with_rate_limited(stack: Stack, swtpm: S
         with pytest.raises(Refused) as exc:
             flows.connect(tpm, state, _quiet)
         assert exc.value.code is ErrorCode.RATE_LIMITED  # told inside the channel
+        # swtpm has no resource manager: give the TPM's object slots back to the CLI.
+        tpm.release()
         rc, doc = m.run("status")
         assert (rc, doc["error"]) == (EXIT_REFUSED, ErrorCode.RATE_LIMITED.value), doc
     rc, doc = m.run("status")  # the held sessions are closed: room again
