@@ -8,7 +8,7 @@ parsers of individual messages stay one line per field.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgpack
@@ -21,6 +21,21 @@ def pack(value: Mapping[str, Any]) -> bytes:
     out = msgpack.packb(value, use_bin_type=True)
     assert isinstance(out, bytes)
     return out
+
+
+def fill(items: Iterable[Mapping[str, Any]], budget: int) -> tuple[list[Mapping[str, Any]], bool]:
+    """As many of ``items`` (in order) as fit in ``budget`` bytes of msgpack, and whether
+    some were left out: what keeps a reply of many records within one message. ``items``
+    is consumed lazily, so work per item (a signature check) stops at the budget."""
+    out: list[Mapping[str, Any]] = []
+    used = 0
+    for item in items:
+        size = len(pack(item))
+        if used + size > budget:
+            return out, True
+        out.append(item)
+        used += size
+    return out, False
 
 
 def refuse_ext(code: int, data: bytes) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from shared.board_settings import BoardSettings
 from shared.bus.interface import BusEvent, Reply, Request
-from shared.codec import Fields, pack
+from shared.codec import Fields, fill
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
 from shared.posts import check_signature, post_digest, post_view, signature_ok, validate_text
@@ -89,26 +89,21 @@ def _read(req: Request, deps: BoardDeps, now: float) -> Reply:
     if since is not None and not _is_stream_id(since):
         raise AttestgateError(ErrorCode.BAD_REQUEST, "since is not a post id")
     devices: dict[str, Device | None] = {}
-    views: list[dict[str, Any]] = []
-    used = 0
-    more = False
-    for p in _posts(deps.store, since, limit):
-        if p.device_id not in devices:
-            devices[p.device_id] = deps.store.get_device(p.device_id)
-        device = devices[p.device_id]
-        # Checked again at every read: the store is not trusted to keep posts unedited.
-        view = post_view(p, device, verified=signature_ok(device, p))
-        size = len(pack(view))
-        if used + size > REPLY_BUDGET:
-            more = True
-            break
-        views.append(view)
-        used += size
-    if more and not views:  # the limits in shared.wire make one post always fit
+
+    def views() -> Iterator[dict[str, Any]]:
+        for p in _posts(deps.store, since, limit):
+            if p.device_id not in devices:
+                devices[p.device_id] = deps.store.get_device(p.device_id)
+            device = devices[p.device_id]
+            # Checked again at every read: the store is not trusted to keep posts unedited.
+            yield post_view(p, device, verified=signature_ok(device, p))
+
+    fitted, more = fill(views(), REPLY_BUDGET)
+    if more and not fitted:  # the limits in shared.wire make one post always fit
         raise AttestgateError(ErrorCode.INTERNAL, "one post exceeds the reply budget")
-    body: dict[str, Any] = {"posts": views}
+    body: dict[str, Any] = {"posts": fitted}
     if more:
-        body["next"] = views[-1]["post_id"]
+        body["next"] = fitted[-1]["post_id"]
     return Reply(req.id, body)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from services.registry import admin_output
 from shared.bus.interface import Reply, Request
-from shared.codec import Fields, pack
+from shared.codec import Fields, fill
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
 from shared.keys import device_id_for, enroll_psk, session_psk
@@ -139,18 +139,9 @@ def _device_row(d: Device) -> dict[str, Any]:
 
 def _list_devices(req: Request, deps: RegistryDeps, now: float) -> Reply:
     status = Fields(req.body).text("status", 16, optional=True)
-    rows: list[dict[str, Any]] = []
-    used, more = 0, False
-    for d in sorted(deps.store.list_devices(), key=lambda d: (d.name.casefold(), d.device_id)):
-        if status and d.status.value != status:
-            continue
-        row = _device_row(d)
-        size = len(pack(row))
-        if used + size > LIST_BUDGET:
-            more = True
-            break
-        rows.append(row)
-        used += size
+    devices = sorted(deps.store.list_devices(), key=lambda d: (d.name.casefold(), d.device_id))
+    rows, more = fill((_device_row(d) for d in devices if not status or d.status.value == status),
+                      LIST_BUDGET)
     return Reply(req.id, {"devices": rows, "more": more})
 
 
