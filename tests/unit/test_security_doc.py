@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -23,21 +25,32 @@ README = REPO / "README.md"
 
 _CODE = re.compile(r"`([^`\n]+)`")
 _PATH = re.compile(r"^tests/[\w/]+\.py$")
-_REF = re.compile(r"^(?P<path>tests/[\w/]+\.py)?::(?P<name>\w+)(?:\[[^\]]*\])?$")
+_REF = re.compile(r"^(?P<path>tests/[\w/]+\.py)?::(?P<name>\w+)(?P<param>\[[^\]]*\])?$")
+COLLECT_TIMEOUT_S = 120  # pytest --collect-only of a few test files on a loaded machine
 _LINK = re.compile(r"\]\(docs/security\.md#([\w-]+)\)")
 
 
 def references(text: str) -> list[tuple[int, str, str | None]]:
     """(line number, file, function or None) for every test reference in ``text``."""
-    found: list[tuple[int, str, str | None]] = []
+    return [(n, path, name) for n, path, name, _ in _references(text)]
+
+
+def parametrized(text: str) -> list[tuple[int, str, str]]:
+    """(line number, file, ``function[id]``) for every reference naming one parameter set."""
+    return [(n, path, f"{name}{param}") for n, path, name, param in _references(text)
+            if name is not None and param]
+
+
+def _references(text: str) -> list[tuple[int, str, str | None, str]]:
+    found: list[tuple[int, str, str | None, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
         last: str | None = None
         for span in _CODE.findall(line):
-            for part in span.split(", "):
-                part = part.strip()
+            for piece in span.split(", "):
+                part = piece.strip()
                 if _PATH.match(part):
                     last = part
-                    found.append((number, part, None))
+                    found.append((number, part, None, ""))
                     continue
                 m = _REF.match(part)
                 if m is None:
@@ -48,7 +61,7 @@ def references(text: str) -> list[tuple[int, str, str | None]]:
                 if path is None:
                     raise AssertionError(f"line {number}: {part!r} names no file before it")
                 last = path
-                found.append((number, path, m["name"]))
+                found.append((number, path, m["name"], m["param"] or ""))
     return found
 
 
@@ -68,6 +81,16 @@ def missing(text: str) -> list[str]:
         elif name is not None and name not in defined_tests(path):
             problems.append(f"line {number}: {path} has no test {name}")
     return problems
+
+
+def collected_ids(paths: set[str]) -> set[str]:
+    """``path::function[id]`` of every test pytest collects from ``paths`` (nothing is run)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         *sorted(paths)],
+        cwd=REPO, capture_output=True, text=True, timeout=COLLECT_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {line.strip() for line in done.stdout.splitlines() if "::" in line}
 
 
 def anchors(markdown: str) -> set[str]:
@@ -92,6 +115,13 @@ def test_every_test_named_in_security_md_exists() -> None:
     refs = references(text)
     assert len({(p, n) for _, p, n in refs if n is not None}) >= 150  # not vacuous
     assert missing(text) == []
+
+
+def test_every_parameter_set_named_in_security_md_is_collected() -> None:
+    refs = parametrized(SECURITY.read_text(encoding="utf-8"))
+    assert refs
+    ids = collected_ids({path for _, path, _ in refs})
+    assert [f"line {n}: {p}::{t}" for n, p, t in refs if f"{p}::{t}" not in ids] == []
 
 
 def test_security_md_has_no_open_todo() -> None:

@@ -1,0 +1,102 @@
+"""The console's security claims that test_console.py did not try to break.
+
+README and docs/security.md §2.19 say: the console is read-only (it serves only GET
+and changes nothing), it never reads Redis (it asks the workers over the bus),
+``/healthz`` and ``/metrics`` need no login and name no device, and behind TLS
+(``ATTESTGATE_CONSOLE_URL=https://...``) its session cookie is ``Secure``.
+The console runs as in production (aiohttp, the same ``Console``) over the in-memory
+bus with the real handlers on a memory store (``test_console.world``).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from test_console import KEY, PAGES, api, post, rng, run, world
+
+from services.console.app import COOKIE, Console
+from shared.console_settings import ConsoleSettings
+from shared.console_token import TokenKind, make_token
+
+REPO = Path(__file__).resolve().parents[2]
+WRITING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _snapshot(w: Any) -> tuple[object, ...]:
+    s = w.store
+    return (copy.deepcopy(s.devices), copy.deepcopy(s.posts), list(s.audit))
+
+
+def test_no_page_accepts_a_writing_method_and_nothing_changes() -> None:
+    w = world()
+    post(w, w.alice, "hello")
+    before = _snapshot(w)
+
+    async def scenario(c: TestClient[Any, Any]) -> None:
+        for path in (*PAGES, "/login", "/logout", "/healthz", "/metrics"):
+            for method in WRITING_METHODS:
+                r = await c.request(method, path, headers=api(w), allow_redirects=False)
+                assert r.status == 405, (method, path, r.status)
+        login = "/login?token=" + make_token(KEY, TokenKind.LOGIN, w.clock.now, 300, rng)
+        r = await c.post(login, allow_redirects=False)
+        assert r.status == 405 and COOKIE not in r.cookies  # no login by a cross-site form
+    run(w, scenario)
+    assert _snapshot(w) == before
+
+
+def test_every_route_is_get() -> None:
+    app = world().console.app()
+    methods = {r.method for r in app.router.routes()}
+    assert methods <= {"GET", "HEAD"}, methods
+
+
+def test_health_and_metrics_name_no_device() -> None:
+    w = world()
+    post(w, w.alice, "hello from alice")
+
+    async def scenario(c: TestClient[Any, Any]) -> None:
+        for path in ("/board", "/devices", f"/devices/{w.alice.device_id}", "/audit"):
+            assert (await c.get(path, headers=api(w))).status == 200
+        for path in ("/healthz", "/metrics"):
+            r = await c.get(path)
+            assert r.status == 200, path
+            text = await r.text()
+            for dev in (w.alice, w.mallory):
+                assert dev.device_id not in text, path
+                assert dev.record.name not in text, path
+            assert "hello from alice" not in text
+    run(w, scenario)
+
+
+def test_console_code_never_touches_the_store() -> None:
+    """Not one module of the console imports the store or a Redis client."""
+    imported = set()
+    for source in (REPO / "services" / "console").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+    assert imported
+    assert [m for m in imported if m.startswith(("shared.store", "redis"))] == []
+
+
+def test_https_url_makes_the_session_cookie_secure() -> None:
+    settings = ConsoleSettings.from_env({"ATTESTGATE_CONSOLE_URL": "https://console.example.org"})
+    assert settings.secure_cookie
+    assert not ConsoleSettings.from_env({}).secure_cookie
+    w = world()
+    w.console = Console(w.bus, KEY, secure_cookie=settings.secure_cookie,
+                        workers=w.bus.live_workers, clock=w.clock, rng=rng)
+    link = "/login?token=" + make_token(KEY, TokenKind.LOGIN, w.clock.now, 300, rng)
+
+    async def scenario(c: TestClient[Any, Any]) -> None:
+        r = await c.get(link, allow_redirects=False)
+        assert r.status == 303
+        cookie = r.headers["Set-Cookie"]
+        assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    run(w, scenario)
