@@ -20,7 +20,7 @@ from test_console import KEY, PAGES, api, post, rng, run, world
 
 from services.console.app import COOKIE, Console
 from shared.console_settings import ConsoleSettings
-from shared.console_token import TokenKind, make_token
+from shared.console_token import SESSION_TTL, TokenKind, check_token, make_token
 
 REPO = Path(__file__).resolve().parents[2]
 WRITING_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -99,4 +99,7 @@ def test_https_url_makes_the_session_cookie_secure() -> None:
         assert r.status == 303
         cookie = r.headers["Set-Cookie"]
         assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert f"Max-Age={int(SESSION_TTL)}" in cookie and SESSION_TTL == 8 * 3600
+        claims = check_token(KEY, r.cookies[COOKIE].value, TokenKind.SESSION, w.clock.now)
+        assert claims is not None and claims.expires == int(w.clock.now + SESSION_TTL)
     run(w, scenario)
