@@ -46,8 +46,7 @@ def _references(text: str) -> list[tuple[int, str, str | None, str]]:
     for number, line in enumerate(text.splitlines(), 1):
         last: str | None = None
         for span in _CODE.findall(line):
-            for piece in span.split(", "):
-                part = piece.strip()
+            for part in re.split(r"[,\s]+", span):
                 if _PATH.match(part):
                     last = part
                     found.append((number, part, None, ""))
@@ -149,6 +148,8 @@ def test_the_readme_security_table_links_to_sections_that_exist() -> None:
     ("`tests/unit/test_a.py::test_x, ::test_y`",
      [(1, "tests/unit/test_a.py", "test_x"), (1, "tests/unit/test_a.py", "test_y")]),
     ("`ATTESTGATE_X` and `a::b` and `shared/x.py`", []),
+    ("`pytest -q tests/unit/test_a.py::test_x tests/unit/test_b.py`",
+     [(1, "tests/unit/test_a.py", "test_x"), (1, "tests/unit/test_b.py", None)]),
 ])
 def test_reference_parsing(line: str, expected: list[tuple[int, str, str | None]]) -> None:
     assert references(line) == expected
