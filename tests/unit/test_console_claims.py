@@ -85,6 +85,27 @@ def test_console_code_never_touches_the_store() -> None:
     assert [m for m in imported if m.startswith(("shared.store", "redis"))] == []
 
 
+# The operations the console may ask of the workers: each only reads.
+READ_ONLY_OPS = frozenset({("board", "read"), ("registry", "list_devices"),
+                           ("registry", "show_device"), ("attestor", "read_audit"),
+                           ("attestor", "verify_audit")})
+
+
+def test_console_asks_the_workers_only_to_read() -> None:
+    """Every ``call(Service.X, "op", ...)`` in the console names a read-only operation."""
+    asked = set()
+    for source in (REPO / "services" / "console").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("call", "request")):
+                service, op = node.args[0], node.args[1]
+                if isinstance(service, ast.Attribute) and isinstance(op, ast.Constant):
+                    asked.add((service.attr.lower(), op.value))
+                else:  # the one generic forwarder: its callers are checked above
+                    assert isinstance(op, ast.Name), ast.dump(node)
+    assert asked and asked <= READ_ONLY_OPS, asked
+
+
 def test_https_url_makes_the_session_cookie_secure() -> None:
     settings = ConsoleSettings.from_env({"ATTESTGATE_CONSOLE_URL": "https://console.example.org"})
     assert settings.secure_cookie
