@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "tpm"))
 import tpm_kat_data as kat
@@ -20,6 +21,13 @@ from shared.errors import AttestgateError, ErrorCode
 from shared.tpm.credential import make_credential, wrap_hmac_key
 from shared.tpm.ekcert import EkCaStore, ek_matches_cert, load_ek_cert, verify_ek_chain
 from shared.tpm.structures import name_of, parse_public, to_crypto_key
+from shared.tpm.x509cert import Certificate, parse_certificate
+
+
+def _test_ca() -> Certificate:
+    """The KAT EK CA as the chain builder takes it (our own reader's certificate)."""
+    return parse_certificate(x509.load_pem_x509_certificate(kat.EK_CA_CERT_PEM)
+                             .public_bytes(Encoding.DER))
 
 
 def _ek_with_modulus_tail(last: int) -> bytes:
@@ -82,7 +90,7 @@ def test_ek_certificate_with_malformed_subject_is_untrusted_not_a_valueerror() -
     subject = bytes.fromhex("13 07") + b"unknown"
     assert kat.EK_RSA_CERT.count(subject) == 1
     data = kat.EK_RSA_CERT.replace(subject, bytes.fromhex("01 07") + b"unknown")
-    store = EkCaStore((x509.load_pem_x509_certificate(kat.EK_CA_CERT_PEM),), ())
+    store = EkCaStore((_test_ca(),), ())
     with pytest.raises(AttestgateError) as e:
         verify_ek_chain(data, store, datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC))
     assert e.value.code is ErrorCode.EK_UNTRUSTED
@@ -105,7 +113,7 @@ def test_ek_certificate_with_bitstring_subject_is_untrusted_not_a_typeerror() ->
     ("oid must be X500_UNIQUE_IDENTIFIER for BitString type") out of verify_ek_chain."""
     subject = bytes.fromhex("13 07") + b"unknown"
     data = kat.EK_RSA_CERT.replace(subject, bytes.fromhex("03 07") + b"unknown")
-    store = EkCaStore((x509.load_pem_x509_certificate(kat.EK_CA_CERT_PEM),), ())
+    store = EkCaStore((_test_ca(),), ())
     with pytest.raises(AttestgateError) as e:
         verify_ek_chain(data, store, datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC))
     assert e.value.code is ErrorCode.EK_UNTRUSTED

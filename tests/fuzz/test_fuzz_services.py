@@ -39,8 +39,9 @@ def test_fuzz_board_and_registry_requests() -> None:
     dev = make_device("alice", vault=VAULT)
     key = b"k" * 16
     text = "hello\tworld\nsecond line \u00e9\U0001f600"
-    post = {"device_id": dev.device_id, "author": "alice", "text": text, "key": key,
-            "signature": sign_digest(dev.post_key, post_digest(dev.device_id, key, text))}
+    ts = int(NOW * 1000)
+    post = {"device_id": dev.device_id, "ts": ts, "text": text, "key": key,
+            "signature": sign_digest(dev.post_key, post_digest(dev.device_id, ts, key, text))}
     requests: dict[tuple[str, str], dict[str, Any]] = {
         ("board", "post"): post,
         ("board", "read"): {"since": "1700000000000-0", "limit": 50},

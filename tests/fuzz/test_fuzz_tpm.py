@@ -55,6 +55,7 @@ from shared.tpm.structures import (
     parse_tpmt_public,
     to_crypto_key,
 )
+from shared.tpm.x509cert import parse_certificate
 from shared.wire import MAX_EVIDENCE_FIELD
 from tests.support.fuzz import FUZZ_INPUTS, Mutator, run
 
@@ -392,7 +393,8 @@ def test_fuzz_ek_certificate_loading() -> None:
     """load_ek_cert (with NV padding), the EK-public match, allowlist, and the chain check."""
     certs = [kat.EK_RSA_CERT, kat.EK_P384_CERT, kat.EK_RSA_CERT + b"\xff" * 300,
              *REAL.get("certs", [])]
-    ca = x509.load_pem_x509_certificate(kat.EK_CA_CERT_PEM)
+    ca = parse_certificate(x509.load_pem_x509_certificate(kat.EK_CA_CERT_PEM)
+                           .public_bytes(Encoding.DER))
     store = EkCaStore((ca,), ())
     ek_for = {kat.EK_RSA_CERT: kat.EK_RSA_PUBLIC, kat.EK_P384_CERT: kat.EK_P384_PUBLIC}
     verify_ek_chain(kat.EK_RSA_CERT, store, datetime.datetime.now(datetime.UTC))
