@@ -24,6 +24,8 @@ ANONYMOUS_HANDSHAKE_RATE = 20.0  # per source address per second (WireGuard's fi
 ANONYMOUS_HANDSHAKE_BURST = 5.0
 MAX_RATE_BUCKETS = 65_536  # token buckets kept (least recently used forgotten)
 MAX_COLD_LOOKUPS = 64  # concurrent registry lookups of keys not (yet) known to the gateway
+MAX_PRIORITY_PER_KEY = 4  # handshakes of one static key in the PRIORITY lane at once; more are
+#                          ANONYMOUS: a stolen Noise key (no TPM) cannot fill the lane
 MAX_KNOWN_KEYS = 65_536  # static keys remembered as accepted (LRU), for the PRIORITY lane
 MAX_SESSIONS_PER_DEVICE = 8  # live sessions of one device (ATTESTGATE_MAX_SESSIONS_PER_DEVICE)
 MAX_INFLIGHT_PER_SESSION = 16  # requests of one session waiting for a service
@@ -48,6 +50,7 @@ class GatewayLimits:
     reattest_interval: float = timing.REATTEST_INTERVAL
     reattest_grace: float = timing.REATTEST_GRACE
     max_sessions_per_device: int = MAX_SESSIONS_PER_DEVICE
+    max_priority_per_key: int = MAX_PRIORITY_PER_KEY
     max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION
     max_sessions: int = MAX_SESSIONS
     max_follow_queue: int = MAX_FOLLOW_QUEUE

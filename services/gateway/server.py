@@ -64,6 +64,7 @@ class Gateway:
         self._waiters: dict[Ticket, asyncio.Future[None]] = {}
         self._conn_ids = itertools.count()
         self._cold_lookups = 0
+        self._priority: dict[bytes, int] = {}  # static key -> its handshakes in PRIORITY
         self._server: asyncio.Server | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
@@ -213,14 +214,30 @@ class Gateway:
             if lane is Lane.ANONYMOUS:
                 found = await self._cold_lookup(first, addr, sid, deadline)
                 lane = Lane.PRIORITY
-        ticket = await self._slot(lane, addr, deadline)
-        self.counters[f"admitted_{lane.name.lower()}"] += 1
+        held = first.client_key if first is not None and lane is Lane.PRIORITY else None
+        if held is not None and self._priority.get(held, 0) >= self.limits.max_priority_per_key:
+            # Message 1 proves only the Noise key: whoever stole one (without the TPM) could
+            # otherwise fill the PRIORITY lane with handshakes it never finishes. Beyond a
+            # few at once, that key's handshakes compete as anonymous ones (per-address
+            # token bucket, their share of the slots); other devices keep their lane.
+            self.counters["priority_demoted"] += 1
+            lane, held = Lane.ANONYMOUS, None
+        if held is not None:
+            self._priority[held] = self._priority.get(held, 0) + 1
         try:
-            return await asyncio.wait_for(
-                self._run_handshake(peer, pre, message1, first, found, sid, deadline),
-                deadline.left())
+            ticket = await self._slot(lane, addr, deadline)
+            self.counters[f"admitted_{lane.name.lower()}"] += 1
+            try:
+                return await asyncio.wait_for(
+                    self._run_handshake(peer, pre, message1, first, found, sid, deadline),
+                    deadline.left())
+            finally:
+                self._release(ticket)
         finally:
-            self._release(ticket)
+            if held is not None:
+                left = self._priority.pop(held) - 1
+                if left:
+                    self._priority[held] = left
 
     async def _cold_lookup(self, first: handshake.Message1, addr: str, sid: str,
                            deadline: handshake.Deadline) -> handshake.Found:
