@@ -237,7 +237,7 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
     device = _device(ctx, args.device)
     before: list[Device] = []
     grace = ctx.config.baseline_grace
-    keep = bool(getattr(args, "keep", False))
+    keep = args.baselines == "keep"  # --replace (the default) or --keep
     superseded: list[str] = []
 
     def change(d: Device) -> Device:
@@ -817,9 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("show", "approve", "revoke", "unlock", "delete", "allow-reenroll"):
         parsers[name].add_argument("device", metavar="DEVICE", help="device name or device id")
     how = parsers["approve"].add_mutually_exclusive_group()
-    how.add_argument("--replace", dest="keep", action="store_false",
+    how.add_argument("--replace", dest="baselines", action="store_const", const="replace",
                      help="the refused state replaces the current baselines (default)")
-    how.add_argument("--keep", dest="keep", action="store_true",
+    how.add_argument("--keep", dest="baselines", action="store_const", const="keep",
                      help="keep the current baselines accepted too")
     parsers["delete"].add_argument("--yes", action="store_true",
                                    help="confirm that the device's record is to be deleted")
