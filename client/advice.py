@@ -8,7 +8,9 @@ them as they are.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from client import state as st
 from shared.errors import ErrorCode
@@ -22,7 +24,7 @@ class Advice:
     state: st.ClientState | None
     local_flags: tuple[str, ...] = ()  # --home/--tpm exactly as given on this command line
 
-    def _client(self, *words: str) -> str:
+    def client(self, *words: str) -> str:
         return shlex.join(["attestgate", *words, *self.local_flags])
 
     @property
@@ -33,18 +35,18 @@ class Advice:
         return shlex.join(["attestgate-admin", *words])
 
     def status(self) -> str:
-        return self._client("status")
+        return self.client("status")
 
     def enroll(self) -> str:
         """Enroll this machine again in place of its current enrollment (same name, same
         server, same pinned server key, same PCR binding)."""
         if self.state is None:
-            return self._client("enroll", "--server", "<host:port>", "--name", "<name>",
+            return self.client("enroll", "--server", "<host:port>", "--name", "<name>",
                                 "--server-key", "<fingerprint>")
         s = self.state
         words = ["enroll", "--force", "--server", s.server, "--name", s.name,
                  "--server-key", fingerprint(bytes.fromhex(s.server_public))]
-        return self._client(*words, *(["--bind-pcrs"] if s.bind_pcrs else []))
+        return self.client(*words, *(["--bind-pcrs"] if s.bind_pcrs else []))
 
     def reenroll(self, first_admin: str) -> str:
         """Ask the operator for ``first_admin``, then enroll again."""
@@ -52,8 +54,10 @@ class Advice:
         return (f"ask the operator to run `{self.admin(first_admin, self.device, *confirm)}`, "
                 f"then run `{self.enroll()}` (add --token TOKEN if the server requires one)")
 
-    def for_code(self, code: ErrorCode) -> str | None:
-        """The way out after a refusal with ``code``; None when the plain words suffice."""
+    def for_code(self, code: ErrorCode, body: Mapping[str, Any] | None = None) -> str | None:
+        """The way out after a refusal with ``code`` (``body``: the refusal's fields);
+        None when the plain words suffice."""
+        body = body or {}
         if code is ErrorCode.REVOKED:
             return "to use this machine again, " + self.reenroll("delete")
         if code is ErrorCode.LOCKED:
@@ -67,10 +71,12 @@ class Advice:
             return (f"if the change was intended, ask the operator to run "
                     f"`{self.admin('approve', self.device)}`, then run `{self.status()}`; "
                     "otherwise investigate")
-        if code is ErrorCode.ALREADY_ENROLLED:
+        if code is ErrorCode.ALREADY_ENROLLED and isinstance(body.get("ek_fingerprint"), str):
+            retry = str(body.get("retry") or "the same enrollment with --force")
             return ("if this machine is to enroll again, ask the operator to run "
-                    f"`{self.admin('allow-reenroll', self.device)}` (the name it is enrolled "
-                    "under), then run the enrollment again with --force")
+                    f"`{self.admin('allow-reenroll', str(body['ek_fingerprint']))}` (its TPM's "
+                    f"EK fingerprint), then run `{retry}`"
+                    " (add --token TOKEN if the server requires one)")
         if code is ErrorCode.UNKNOWN_DEVICE and self.state is not None:
             return ("if the operator deleted this device's record, run "
                     f"`{self.enroll()}` (add --token TOKEN if the server requires one)")

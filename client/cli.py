@@ -21,7 +21,7 @@ from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
-from shared.tpm.ekcert import load_ek_cert
+from shared.tpm.ekcert import ek_fingerprint, load_ek_cert
 from shared.wire import Command, Push
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
@@ -70,13 +70,28 @@ def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
                               f"{home} already holds an enrollment (use --force to replace it)")
     pin = flows.ServerPin(args.server_key, args.tofu)
     with _tpm(args) as tpm:
-        state = flows.enroll(tpm, home, args.server, args.name, args.token, pin, args.bind_pcrs,
-                             out.progress)
+        try:
+            state = flows.enroll(tpm, home, args.server, args.name, args.token, pin,
+                                 args.bind_pcrs, out.progress)
+        except Refused as exc:
+            if exc.code is not ErrorCode.ALREADY_ENROLLED:
+                raise
+            # This TPM is enrolled already: the operator finds it by its EK fingerprint.
+            raise Refused(exc.code, {**exc.body, "ek_fingerprint": ek_fingerprint(
+                tpm.endorsement().public), "retry": _enroll_again(args)}) from None
     out.result({"device_id": state.device_id, "name": state.name, "server": state.server,
                 "selection": state.selection, "home": str(home)},
                f"enrolled {state.name} (device {state.device_id}) at {state.server}\n"
                f"PCR baseline {state.selection} recorded; state in {home}")
     return EXIT_OK
+
+
+def _enroll_again(args: argparse.Namespace) -> str:
+    """This enroll command again, with --force (never the token: it is a secret)."""
+    words = ["enroll", "--force", "--server", args.server, "--name", args.name]
+    words += ["--server-key", args.server_key] if args.server_key else ["--tofu"] * args.tofu
+    words += ["--bind-pcrs"] * args.bind_pcrs
+    return Advice(None, _advice(args).local_flags).client(*words)
 
 
 def _with_session(args: argparse.Namespace, out: Out,

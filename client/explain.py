@@ -63,7 +63,12 @@ def explain_unavailable(code: ErrorCode) -> str:
 
 def explain_refusal(code: ErrorCode, body: dict[str, Any], advice: Advice | None = None) -> str:
     """The refusal in plain words and, with ``advice``, the exact commands that lead out."""
-    way_out = (advice or Advice(None)).for_code(code)
+    advice = advice or Advice(None)
+    way_out = advice.for_code(code, body)
+    # After a PCR mismatch the way out depends on what the refusal made of the device.
+    follows = {"reenroll": ErrorCode.REENROLL_REQUIRED, "revoked": ErrorCode.REVOKED}
+    if code is ErrorCode.PCR_MISMATCH and body.get("status") in follows:
+        way_out = advice.for_code(follows[str(body["status"])])
     if code is not ErrorCode.PCR_MISMATCH:
         words = "refused: " + _SIMPLE.get(code, code.value.replace("_", " "))
         return f"{words}; {way_out}" if way_out else words

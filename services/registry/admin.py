@@ -66,6 +66,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_STORE = 0, 1, 2, 3, 4
 TOKEN_SECRET_LEN = 32
 _AUDIT_ALL = 1 << 62  # XRANGE COUNT: the whole log (Store.read_audit defaults to 10 000)
 _POST_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_EK_FPR = re.compile(r"[0-9a-f]{64}")
 _PROBLEM_WORDS = {"hash": "edited", "link": "missing or reordered", "head": "tail cut",
                   "truncated": "tail cut (checkpoint counts more entries)",
                   "deleted": "log deleted (checkpoint counts entries)",
@@ -349,7 +350,10 @@ def cmd_delete(args: argparse.Namespace, ctx: Context) -> Outcome:
 
 def cmd_allow_reenroll(args: argparse.Namespace, ctx: Context) -> Outcome:
     ctx.audit_key()  # refuse before changing anything if no entry can be written
-    device = _device(ctx, args.device)
+    # Also by EK fingerprint: a machine that lost its home knows only its TPM.
+    by_ek = ctx.store.device_by_ek(args.device.lower()) if _EK_FPR.fullmatch(
+        args.device.lower()) else None
+    device = by_ek or _device(ctx, args.device)
     before: list[Device] = []
 
     def change(d: Device) -> Device:
@@ -758,6 +762,8 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
                "gateways to close its live sessions. Refused (exit 3) without --yes. "
                "Example: attestgate-admin delete dev1 --yes"),
     "allow-reenroll": (cmd_allow_reenroll, "let a device's TPM enroll again once, replacing it",
+                       "DEVICE is a name, a device id or the TPM's EK fingerprint (what a "
+                       "machine refused as already_enrolled is told). "
                        "Set the device's status to REENROLL: it cannot connect, and the next "
                        "enrollment from the same TPM (same EK; attestgate enroll --force, with "
                        "its name or a new one) replaces the record, audited 'reenrolled'. The "
