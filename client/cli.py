@@ -16,7 +16,7 @@ from typing import Any
 from client import eventlog_view, flows, server_view
 from client import state as st
 from client.advice import Advice
-from client.channel import NetworkError, Refused
+from client.channel import UNANSWERED_CONNECT, NetworkError, Refused
 from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
@@ -359,7 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(out, EXIT_REFUSED, exc.code,
                      explain_refusal(exc.code, exc.body, _advice(args)), exc.body)
     except NetworkError as exc:
-        return _fail(out, EXIT_NETWORK, None, f"network: {exc}", {})
+        message = f"network: {exc}"
+        if UNANSWERED_CONNECT in message:  # perhaps deleted: the exact way back
+            message += (" If the operator confirms that this device's record was deleted "
+                        f"(attestgate-admin delete), run `{_advice(args).enroll()}`.")
+        return _fail(out, EXIT_NETWORK, None, message, {})
     except AttestgateError as exc:
         if exc.code in _TPM_CODES:
             return _fail(out, EXIT_TPM, exc.code, f"TPM: {exc.detail or exc.code.value}", {})

@@ -53,13 +53,17 @@ def load(home: Path, device_id: str) -> ServerView | None:
 
 
 def save(home: Path, view: ServerView) -> None:
-    """Write atomically (temp file + rename), 0600."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Write atomically (temp file + rename), 0600. Best effort: a home that cannot be
+    written (read-only, full) only leaves the old view, which ``check`` then uses."""
     tmp = home / (VIEW_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(view), f, indent=1, sort_keys=True)
-    os.replace(tmp, home / VIEW_FILE)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(view), f, indent=1, sort_keys=True)
+        os.replace(tmp, home / VIEW_FILE)
+    except OSError:
+        pass
 
 
 def learned(home: Path, device_id: str, reply: Mapping[str, Any]) -> None:

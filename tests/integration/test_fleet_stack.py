@@ -20,6 +20,7 @@ from shared.audit_anchor import CHECKPOINT_FILE
 from shared.records import DeviceStatus
 from shared.store.redis_store import RedisStore
 from tests.integration.test_attestation import (
+    EXIT_NETWORK,
     EXIT_OK,
     EXIT_REFUSED,
     MAX_FAILURES,
@@ -265,3 +266,15 @@ def test_already_enrolled_advice_leads_back(stack: Stack, store: RedisStore,
     assert other_home.state().name == "dev1-again"
     works(other_home)
     assert m.run("status")[0] != EXIT_OK  # the old enrollment is gone
+
+
+def test_deleted_device_is_told_how_to_come_back(stack: Stack, store: RedisStore,
+                                                 swtpm: SwtpmProcess, tmp_path: Path) -> None:
+    m = enrolled(stack, swtpm, tmp_path)
+    assert admin_cli(stack, "delete", "dev1", "--yes")[0] == 0
+    old_id = m.state().device_id
+    rc, doc = m.run("status")  # nothing authenticated answers: a network error, not a refusal
+    assert (rc, doc["error"]) == (EXIT_NETWORK, "network"), doc
+    assert follow(stack, doc["message"]) == [EXIT_OK]  # enroll --force
+    assert m.state().device_id != old_id
+    works(m)

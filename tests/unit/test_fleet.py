@@ -184,5 +184,12 @@ def test_advice_names_exact_commands_for_this_machine() -> None:
     assert commands(Advice(client_state()).check_changed()) == [
         ["attestgate", "status"], ["attestgate-admin", "approve", "dev one"],
         ["attestgate", "status"]]
+    # A mismatch that made the device REVOKED or REENROLL leads where those do.
+    revoked = explain_refusal(ErrorCode.PCR_MISMATCH, {"changed": [], "status": "revoked"},
+                              advice)
+    assert commands(revoked) == [["attestgate-admin", "delete", "dev one", "--yes"], enroll]
+    reenroll = explain_refusal(ErrorCode.PCR_MISMATCH, {"changed": [], "status": "reenroll"},
+                               advice)
+    assert commands(reenroll) == [enroll]
     # Without a state the words stay generic, never a wrong name.
     assert "<device>" in explain_refusal(ErrorCode.LOCKED, {})
