@@ -8,14 +8,18 @@ default) or still accepted (``--keep``).
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client.tpm import Tpm
+from services.registry import admin
 from shared.audit_anchor import CHECKPOINT_FILE
 from shared.records import DeviceStatus
 from shared.store.redis_store import RedisStore
@@ -278,3 +282,23 @@ def test_deleted_device_is_told_how_to_come_back(stack: Stack, store: RedisStore
     assert follow(stack, doc["message"]) == [EXIT_OK]  # enroll --force
     assert m.state().device_id != old_id
     works(m)
+
+
+def test_superseded_state_is_accepted_during_the_grace(stack: Stack, store: RedisStore,
+                                                       swtpm: SwtpmProcess,
+                                                       tmp_path: Path) -> None:
+    m = enrolled(stack, swtpm, tmp_path)
+    change_pcr(swtpm)
+    assert m.run("status")[0] == EXIT_REFUSED
+    out = io.StringIO()
+    rc = admin.run(["approve", "dev1", "--json"], stdout=out, stderr=io.StringIO(),
+                   env={**stack.env, "ATTESTGATE_BASELINE_GRACE": "3600"}, clock=time.time,
+                   rng=os.urandom)
+    assert rc == 0 and json.loads(out.getvalue())["grace"] == 3600
+    assert m.run("status")[0] == EXIT_OK
+    reset_pcr(swtpm)  # the superseded enrolled state: still accepted for an hour
+    assert m.run("status")[0] == EXIT_OK
+    rows = admin_cli(stack, "baseline", "list", "dev1")[1]["baselines"]
+    assert [b["state"] for b in rows] == ["current", "superseded"]
+    assert admin_cli(stack, "baseline", "remove", "dev1", rows[1]["id"])[0] == 0
+    assert m.run("status")[1]["error"] == "pcr_mismatch"
