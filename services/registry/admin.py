@@ -718,7 +718,8 @@ the hash-chained audit log. Runs on the server and talks to Redis directly."""
 
 _EPILOG = """\
 environment: ATTESTGATE_REDIS_URL (store), ATTESTGATE_SERVER_HOME (server keys, audit checkpoints),
-ATTESTGATE_EVENTS (gateway events endpoints, for revoke)
+ATTESTGATE_EVENTS (gateway events endpoints, for revoke and delete),
+ATTESTGATE_BASELINE_GRACE (seconds a baseline superseded by approve stays accepted; default 0)
 exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unreachable"""
 
 # name -> (handler, help, description: what it does and what it changes)

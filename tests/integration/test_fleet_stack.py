@@ -12,17 +12,23 @@ import io
 import json
 import os
 import shlex
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from client import flows
+from client.channel import NetworkError, Refused
 from client.tpm import Tpm
 from services.registry import admin
 from shared.audit_anchor import CHECKPOINT_FILE
+from shared.errors import ErrorCode
 from shared.records import DeviceStatus
 from shared.store.redis_store import RedisStore
+from shared.wire import Command
 from tests.integration.test_attestation import (
     EXIT_NETWORK,
     EXIT_OK,
@@ -302,3 +308,44 @@ def test_superseded_state_is_accepted_during_the_grace(stack: Stack, store: Redi
     assert [b["state"] for b in rows] == ["current", "superseded"]
     assert admin_cli(stack, "baseline", "remove", "dev1", rows[1]["id"])[0] == 0
     assert m.run("status")[1]["error"] == "pcr_mismatch"
+
+
+def live_session(tpm: SwtpmProcess, m: Machine) -> tuple[threading.Thread, dict[str, Any]]:
+    """A `follow` session of the machine's current enrollment, the TPM released once open;
+    returns the thread and where it records how the session ended."""
+    with Tpm(tpm.tcti) as t:
+        ch = flows.connect(t, m.state(), lambda _: None)
+    ch.request(Command.FOLLOW)
+    ended: dict[str, Any] = {}
+
+    def run() -> None:
+        with ch:
+            try:
+                while True:
+                    ch.next_push(timeout=10)
+            except (Refused, NetworkError) as exc:
+                ended["exc"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, ended
+
+
+def test_reenrollment_and_delete_close_the_old_sessions(stack: Stack, store: RedisStore,
+                                                        swtpm: SwtpmProcess,
+                                                        tmp_path: Path) -> None:
+    m = enrolled(stack, swtpm, tmp_path)
+    thread, ended = live_session(swtpm, m)
+    assert admin_cli(stack, "allow-reenroll", "dev1")[0] == 0
+    rc, doc = m.enroll(stack, "dev1", "--force")
+    assert rc == EXIT_OK, doc
+    thread.join(8)
+    assert not thread.is_alive()
+    assert isinstance(ended["exc"], Refused) and ended["exc"].code is ErrorCode.REVOKED
+
+    thread, ended = live_session(swtpm, m)  # the new enrollment's session
+    rc, doc = admin_cli(stack, "delete", "dev1", "--yes")
+    assert rc == 0 and doc["gateways_notified"] == 1, doc
+    thread.join(8)
+    assert not thread.is_alive()
+    assert isinstance(ended["exc"], Refused) and ended["exc"].code is ErrorCode.REVOKED
