@@ -473,7 +473,8 @@ def cmd_unlock(args: argparse.Namespace, ctx: Context) -> Outcome:
         if d.status is DeviceStatus.REVOKED:
             raise AdminError(EXIT_REFUSED, ErrorCode.REVOKED.value,
                              f"device {_label(d)} is revoked, which is permanent: "
-                             "the machine must enroll again")
+                             "to let its TPM enroll again, run `attestgate-admin delete "
+                             f"{d.name} --yes`")
         return dataclasses.replace(d, status=DeviceStatus.ACTIVE, failures=0)
 
     new = ctx.store.update_device(device.device_id, change)
