@@ -13,14 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from client import eventlog_view, flows
+from client import eventlog_view, flows, server_view
 from client import state as st
-from client.channel import NetworkError, Refused
+from client.advice import Advice
+from client.channel import UNANSWERED_CONNECT, NetworkError, Refused
 from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from client.tpm import KeyBlob, Tpm
 from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
-from shared.tpm.ekcert import load_ek_cert
+from shared.tpm.ekcert import ek_fingerprint, load_ek_cert
 from shared.wire import Command, Push
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
@@ -69,8 +70,15 @@ def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
                               f"{home} already holds an enrollment (use --force to replace it)")
     pin = flows.ServerPin(args.server_key, args.tofu)
     with _tpm(args) as tpm:
-        state = flows.enroll(tpm, home, args.server, args.name, args.token, pin, args.bind_pcrs,
-                             out.progress)
+        try:
+            state = flows.enroll(tpm, home, args.server, args.name, args.token, pin,
+                                 args.bind_pcrs, out.progress)
+        except Refused as exc:
+            if exc.code is not ErrorCode.ALREADY_ENROLLED:
+                raise
+            # This TPM is enrolled already: the operator finds it by its EK fingerprint.
+            raise Refused(exc.code, {**exc.body, "ek_fingerprint": ek_fingerprint(
+                tpm.endorsement().public), "retry": _enroll_again(args)}) from None
     out.result({"device_id": state.device_id, "name": state.name, "server": state.server,
                 "selection": state.selection, "home": str(home)},
                f"enrolled {state.name} (device {state.device_id}) at {state.server}\n"
@@ -78,11 +86,20 @@ def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _enroll_again(args: argparse.Namespace) -> str:
+    """This enroll command again, with --force (never the token: it is a secret)."""
+    words = ["enroll", "--force", "--server", args.server, "--name", args.name]
+    words += ["--server-key", args.server_key] if args.server_key else ["--tofu"] * args.tofu
+    words += ["--bind-pcrs"] * args.bind_pcrs
+    return Advice(None, _advice(args).local_flags).client(*words)
+
+
 def _with_session(args: argparse.Namespace, out: Out,
                   body: Callable[[Tpm, st.ClientState, Any], int]) -> int:
-    state = st.load(st.home_dir(args.home))
+    home = st.home_dir(args.home)
+    state = st.load(home)
     with _tpm(args) as tpm:
-        ch = flows.connect(tpm, state, out.progress)
+        ch = flows.connect(tpm, state, out.progress, home)
         with ch:
             return body(tpm, state, ch)
 
@@ -143,17 +160,19 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
-    """Offline self-check: current PCRs against the enrolled baseline; keys load."""
-    state = st.load(st.home_dir(args.home))
+    """Offline self-check: current PCRs against the baselines the server last accepted
+    (the enrolled one before any connect), the status it last told; keys load."""
+    home = st.home_dir(args.home)
+    state = st.load(home)
+    view = server_view.load(home, state.device_id)
+    accepted = list(view.baselines) if view is not None and view.baselines else [state.baseline]
+    source = "server" if view is not None and view.baselines else "enrollment"
+    advice = _advice(args)
     problems: list[str] = []
     with _tpm(args) as tpm:
         current = tpm.pcr_read(state.selection)
-        changed = [
-            {"pcr": int(i), "enrolled": v, "current": current.get(int(i), b"").hex(),
-             "meaning": pcr_meaning(int(i))}
-            for i, v in sorted(state.baseline.items(), key=lambda kv: int(kv[0]))
-            if current.get(int(i), b"").hex() != v
-        ]
+        diffs = [_pcr_changes(b, current) for b in accepted]
+        changed = [] if any(not d for d in diffs) else diffs[0]
         keys: dict[str, str] = {}
         for label, action in (
             ("noise key", lambda: flows.unseal_static(tpm, state)),
@@ -169,19 +188,51 @@ def cmd_check(args: argparse.Namespace, out: Out) -> int:
                 keys[label] = exc.code.value
                 problems.append(f"the {label} does not work in this TPM ({exc.code.value})")
     lines = [f"device {state.name} ({state.device_id}), server {state.server}"]
+    what = ("any baseline the server last accepted" if source == "server"
+            else "the enrolled baseline")
     if changed:
-        lines.append(f"PCR state differs from enrollment in {len(changed)} PCR(s):")
+        lines.append(f"PCR state matches none of {len(accepted)} accepted baseline(s) "
+                     f"({source}); it differs from the newest in {len(changed)} PCR(s):")
         lines += [f"  PCR {c['pcr']:>2} ({c['meaning']})\n      enrolled {c['enrolled']}\n"
                   f"      now      {c['current']}" for c in changed]
-        lines.append("The server will refuse this machine until an operator approves the new"
-                     " state (attestgate-admin approve) or you enroll again.")
+        lines.append(advice.check_changed())
     else:
-        lines.append(f"PCRs {state.selection} match the enrolled baseline.")
+        lines.append(f"PCRs {state.selection} match {what}.")
+    status = view.status if view is not None else ""
+    code = next((c for c, s in server_view.STATUS_OF.items() if s == status), None)
+    if code is not None:
+        way_out = advice.for_code(code)
+        problems.append(f"the server last said this device is {status}"
+                        + (f": {way_out}" if way_out else ""))
+        lines.append(problems[-1])
     lines += [f"{k}: {v}" for k, v in keys.items()]
     ok = not changed and not problems
     lines.append("self-check passed" if ok else "self-check FAILED")
-    out.result({"ok": ok, "changed": changed, "keys": keys}, "\n".join(lines))
+    out.result({"ok": ok, "changed": changed, "keys": keys, "baselines": source,
+                "server_status": status or None,
+                "message": "\n".join(lines[1:-1])}, "\n".join(lines))
     return EXIT_OK if ok else EXIT_REFUSED
+
+
+def _pcr_changes(baseline: dict[str, str], current: dict[int, bytes]) -> list[dict[str, Any]]:
+    return [{"pcr": int(i), "enrolled": v, "current": current.get(int(i), b"").hex(),
+             "meaning": pcr_meaning(int(i))}
+            for i, v in sorted(baseline.items(), key=lambda kv: int(kv[0]))
+            if current.get(int(i), b"").hex() != v]
+
+
+def _advice(args: argparse.Namespace) -> Advice:
+    """The machine's facts for exact advice: its state if enrolled, --home/--tpm as given."""
+    flags: list[str] = []
+    for flag in ("home", "tpm"):
+        value = getattr(args, flag, None)
+        if value:
+            flags += [f"--{flag}", str(value)]
+    try:
+        state: st.ClientState | None = st.load(st.home_dir(getattr(args, "home", None)))
+    except AttestgateError:
+        state = None
+    return Advice(state, tuple(flags))
 
 
 def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
@@ -307,16 +358,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # An authenticated "could not answer now" is not a refusal of this device.
         if exc.code in _TRY_AGAIN_CODES:
             return _fail(out, EXIT_NETWORK, exc.code, explain_unavailable(exc.code), exc.body)
-        return _fail(out, EXIT_REFUSED, exc.code, explain_refusal(exc.code, exc.body), exc.body)
+        return _fail(out, EXIT_REFUSED, exc.code,
+                     explain_refusal(exc.code, exc.body, _advice(args)), exc.body)
     except NetworkError as exc:
-        return _fail(out, EXIT_NETWORK, None, f"network: {exc}", {})
+        message = f"network: {exc}"
+        if UNANSWERED_CONNECT in message:  # perhaps deleted: the exact way back
+            message += (" If the operator confirms that this device's record was deleted "
+                        f"(attestgate-admin delete), run `{_advice(args).enroll()}`.")
+        return _fail(out, EXIT_NETWORK, None, message, {})
     except AttestgateError as exc:
         if exc.code in _TPM_CODES:
             return _fail(out, EXIT_TPM, exc.code, f"TPM: {exc.detail or exc.code.value}", {})
         if exc.code is ErrorCode.PCR_MISMATCH:
-            msg = ("this machine's PCR state changed since enrollment, so its channel key "
-                   "(bound with --bind-pcrs) cannot be unsealed; run `attestgate check`")
-            return _fail(out, EXIT_REFUSED, exc.code, msg, {})
+            return _fail(out, EXIT_REFUSED, exc.code, _advice(args).unsealed_failed(), {})
         usage = {ErrorCode.BAD_REQUEST, ErrorCode.INVALID_TEXT, ErrorCode.BAD_TOKEN,
                  ErrorCode.UNKNOWN_DEVICE, ErrorCode.ALREADY_ENROLLED, ErrorCode.VERSION}
         rc = EXIT_USAGE if exc.code in usage else EXIT_REFUSED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from client.advice import Advice
 from shared.errors import ErrorCode
 
 _PCR_MEANING = {
@@ -30,10 +31,8 @@ def pcr_meaning(index: int) -> str:
 
 
 _SIMPLE = {
-    ErrorCode.REVOKED: "this device was revoked by the operator; it must enroll again under a "
-                       "new identity",
-    ErrorCode.LOCKED: "this device is locked after repeated failed attestations; ask the "
-                      "operator to check it and run `attestgate-admin unlock` or `approve`",
+    ErrorCode.REVOKED: "this device was revoked by the operator",
+    ErrorCode.LOCKED: "this device is locked after repeated failed attestations",
     ErrorCode.REENROLL_REQUIRED: "the server requires this device to enroll again",
     ErrorCode.OUTSIDE_WINDOW: "connections from this device are not allowed at this time",
     ErrorCode.UNKNOWN_DEVICE: "the server does not know this device (not enrolled, revoked "
@@ -62,9 +61,17 @@ def explain_unavailable(code: ErrorCode) -> str:
     return "the server could not answer now: " + _SIMPLE.get(code, code.value.replace("_", " "))
 
 
-def explain_refusal(code: ErrorCode, body: dict[str, Any]) -> str:
+def explain_refusal(code: ErrorCode, body: dict[str, Any], advice: Advice | None = None) -> str:
+    """The refusal in plain words and, with ``advice``, the exact commands that lead out."""
+    advice = advice or Advice(None)
+    way_out = advice.for_code(code, body)
+    # After a PCR mismatch the way out depends on what the refusal made of the device.
+    follows = {"reenroll": ErrorCode.REENROLL_REQUIRED, "revoked": ErrorCode.REVOKED}
+    if code is ErrorCode.PCR_MISMATCH and body.get("status") in follows:
+        way_out = advice.for_code(follows[str(body["status"])])
     if code is not ErrorCode.PCR_MISMATCH:
-        return "refused: " + _SIMPLE.get(code, code.value.replace("_", " "))
+        words = "refused: " + _SIMPLE.get(code, code.value.replace("_", " "))
+        return f"{words}; {way_out}" if way_out else words
     changed = body.get("changed") or []
     lines = [f"refused: this machine's measured state differs from its enrollment in "
              f"{len(changed)} PCR(s):"]
@@ -76,6 +83,7 @@ def explain_refusal(code: ErrorCode, body: dict[str, Any]) -> str:
     lines += [
         "This usually means a firmware update, a new boot loader or kernel, or a changed Secure"
         " Boot setting — or tampering.",
+        (way_out[0].upper() + way_out[1:] + ".") if way_out else
         "If the change was intended, ask the operator to approve the new state"
         " (attestgate-admin approve <device>); otherwise investigate, or enroll again.",
         f"Failed attempts: {body.get('failures', '?')} of {body.get('max_failures', '?')}"

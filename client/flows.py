@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from client import pending as pending_post
+from client import server_view
 from client import state as st
 from client.channel import (
     UNANSWERED_ENROLL,
@@ -127,8 +128,11 @@ def unseal_static(tpm: Tpm, state: st.ClientState) -> StaticKey:
     return st.decrypt_static(bytes.fromhex(state.noise_encrypted), secret)
 
 
-def connect(tpm: Tpm, state: st.ClientState, progress: Progress) -> Channel:
-    """Open an attested session: IKpsk2 with the TPM-computed PSK, then the bound quote."""
+def connect(tpm: Tpm, state: st.ClientState, progress: Progress,
+            home: Path | None = None) -> Channel:
+    """Open an attested session: IKpsk2 with the TPM-computed PSK, then the bound quote.
+    With ``home``, what the server says about the device (accepted baselines and status,
+    or the status a refusal tells) is kept there (``client.server_view``)."""
     host, port = parse_host_port(state.server)
     static = unseal_static(tpm, state)
     psk_key = KeyBlob.from_bytes(bytes.fromhex(state.psk_key))
@@ -143,9 +147,16 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress) -> Channel:
     try:
         progress("attesting: quote bound to this channel")
         quote = tpm.quote(quote_nonce(ch.handshake_hash), state.selection)
-        ch.request(Command.ATTEST, attest=quote.attest, signature=quote.signature,
-                   pcrs=_pcr_map(quote.pcrs()))
+        reply = ch.request(Command.ATTEST, attest=quote.attest, signature=quote.signature,
+                           pcrs=_pcr_map(quote.pcrs()))
+        if home is not None:
+            server_view.learned(home, state.device_id, reply)
         return ch
+    except Refused as exc:
+        ch.close()
+        if home is not None:
+            server_view.refused(home, state.device_id, exc.code, exc.body)
+        raise
     except BaseException:
         ch.close()
         raise

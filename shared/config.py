@@ -249,6 +249,9 @@ class ServerConfig:
     handshake_rate: float = 20.0  # ATTESTGATE_HANDSHAKE_RATE: anonymous handshakes/s per address
     handshake_burst: float = 5.0  # ATTESTGATE_HANDSHAKE_BURST (>= 1)
     token_max_failures: int = 10  # ATTESTGATE_TOKEN_MAX_FAILURES: wrong secrets, then burned
+    # ATTESTGATE_BASELINE_GRACE: seconds a baseline superseded by `approve` (--replace) is
+    # still accepted; 0 = it goes at once
+    baseline_grace: float = 0.0
 
     @staticmethod
     def from_env(env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -290,6 +293,7 @@ class ServerConfig:
             handshake_rate=number(e, "ATTESTGATE_HANDSHAKE_RATE", 20.0, 0.001, 1e6),
             handshake_burst=number(e, "ATTESTGATE_HANDSHAKE_BURST", 5.0, 1, 1e6),
             token_max_failures=integer(e, "ATTESTGATE_TOKEN_MAX_FAILURES", 10, 1, 1_000_000),
+            baseline_grace=number(e, "ATTESTGATE_BASELINE_GRACE", 0.0, 0.0, 10 * 365 * 86400.0),
         )
 
     def check_files(self) -> None:

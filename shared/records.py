@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -18,13 +19,30 @@ class DeviceStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Baseline:
-    """An approved PCR state: selection text and the values, index -> 32 bytes."""
+    """An approved PCR state: selection text and the values, index -> 32 bytes.
+
+    ``expires_at`` (epoch seconds, 0 = never) is set when a newer approval superseded
+    this baseline under ``ATTESTGATE_BASELINE_GRACE``: from then on it is not accepted."""
 
     selection: str
     values: tuple[tuple[int, bytes], ...]
+    approved_at: float = 0.0  # 0: the enrolled baseline (or one stored before this field)
+    expires_at: float = 0.0
 
     def as_dict(self) -> dict[int, bytes]:
         return dict(self.values)
+
+    @property
+    def baseline_id(self) -> str:
+        """Stable id: a digest of selection and values (the same state has the same id)."""
+        h = hashlib.sha256(self.selection.encode())
+        for i, v in self.values:
+            h.update(i.to_bytes(1, "big") + v)
+        return h.hexdigest()[:12]
+
+    def live(self, now: float) -> bool:
+        """Still accepted at ``now`` (not a superseded baseline past its grace)."""
+        return not self.expires_at or now < self.expires_at
 
     @staticmethod
     def of(selection: str, values: dict[int, bytes]) -> Baseline:

@@ -133,6 +133,18 @@ def check_ek(ev: Evidence, settings: EnrollSettings, now: float) -> str:
     return ek_fingerprint(ev.ek_public)
 
 
+def reenrolling(store: Store, ek_fpr: str) -> Device | None:
+    """The device this EK enrolls again in place of (status REENROLL: the consequence
+    ``reenroll`` or ``attestgate-admin allow-reenroll``), None for a new EK; raises
+    ALREADY_ENROLLED when the EK belongs to a device in any other status."""
+    existing = store.device_by_ek(ek_fpr)
+    if existing is None:
+        return None
+    if existing.status is not DeviceStatus.REENROLL:
+        raise AttestgateError(ErrorCode.ALREADY_ENROLLED, f"ek {ek_fpr[:16]}")
+    return existing
+
+
 @dataclass(frozen=True)
 class Challenge:
     id_object: bytes
@@ -152,13 +164,16 @@ def begin(body: dict[str, Any] | Any, store: Store, vault: Vault, settings: Enro
     ev = Evidence.parse(body)
     if not _NAME.fullmatch(ev.name):
         raise AttestgateError(ErrorCode.INVALID_NAME, ev.name[:64])
-    if store.device_by_name(ev.name) is not None:
+    named = store.device_by_name(ev.name)
+    if named is not None and named.status is not DeviceStatus.REENROLL:
         raise AttestgateError(ErrorCode.NAME_TAKEN, ev.name)
     if store.device_by_noise(noise_public) is not None:
         raise AttestgateError(ErrorCode.ALREADY_ENROLLED, "noise key")
     ek_fpr = check_ek(ev, settings, now)
-    if store.device_by_ek(ek_fpr) is not None:
-        raise AttestgateError(ErrorCode.ALREADY_ENROLLED, f"ek {ek_fpr[:16]}")
+    replaces = reenrolling(store, ek_fpr)
+    # A name held by a device in REENROLL is free only for that device's own TPM.
+    if named is not None and (replaces is None or named.device_id != replaces.device_id):
+        raise AttestgateError(ErrorCode.NAME_TAKEN, ev.name)
     ak = check_ak(ev.ak_public)
     nonce = quote_nonce(h)
     selection = PcrSelection.parse(settings.selection)

@@ -137,15 +137,28 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         if exc.code not in _COUNTED:
             raise
         return _refuse(deps, device_id, exc.code, exc.detail, (), None, now)
-    if matching_baseline(device, pcrs) is None:
+    if matching_baseline(device, pcrs, now) is None:
         diff = pcr_diff(device.baselines[0].as_dict(), pcrs)
         return _refuse(deps, device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
                        Baseline.of(selection_text, pcrs), now)
-    deps.store.update_device(device_id, lambda d: accepted(d, now, info.reset_count, info.clock))
+    new = deps.store.update_device(device_id,
+                                   lambda d: accepted(d, now, info.reset_count, info.clock))
     deps.store.append_audit("attest_ok", device_id,
                             {"h": h.hex()[:16], "reattest": bool(server_nonce),
                              "reset_count": info.reset_count}, now)
-    return Reply(req.id, {"device_id": device_id, "name": device.name})
+    # The server's view for the client to keep (``attestgate check`` compares with it).
+    return Reply(req.id, {"device_id": device_id, "name": device.name,
+                          "status": new.status.value, "baselines": accepted_view(new, now)})
+
+
+SERVER_VIEW_BASELINES: Final = 16  # newest accepted baselines sent to the client
+
+
+def accepted_view(device: Device, now: float) -> list[dict[str, bytes]]:
+    """The baselines the device is accepted in now (newest first), PCR index text -> value."""
+    live = [b for b in device.baselines if b.live(now)]
+    live.sort(key=lambda b: b.approved_at, reverse=True)
+    return [{str(i): v for i, v in b.values} for b in live[:SERVER_VIEW_BASELINES]]
 
 
 def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,

@@ -60,8 +60,13 @@ def in_window(window: tuple[int, int] | None, now: float) -> bool:
     return start <= minute < end if start <= end else minute >= start or minute < end
 
 
-def matching_baseline(device: Device, values: Mapping[int, bytes]) -> Baseline | None:
+def matching_baseline(device: Device, values: Mapping[int, bytes],
+                      now: float | None = None) -> Baseline | None:
+    """The approved baseline ``values`` match; with ``now``, only baselines still live
+    (a superseded one past its grace period is no longer accepted)."""
     for b in device.baselines:
+        if now is not None and not b.live(now):
+            continue
         if not pcr_diff(b.as_dict(), values):
             return b
     return None
@@ -76,8 +81,15 @@ class Outcome:
 
 def accepted(device: Device, now: float, reset_count: int, clock: int) -> Device:
     return dataclasses.replace(
-        device, failures=0, last_attest_at=now, last_reset_count=reset_count, last_clock=clock
+        device, failures=0, last_attest_at=now, last_reset_count=reset_count, last_clock=clock,
+        baselines=live_baselines(device, now),
     )
+
+
+def live_baselines(device: Device, now: float) -> tuple[Baseline, ...]:
+    """The device's baselines without the expired ones (never empty: the first stays)."""
+    live = tuple(b for b in device.baselines if b.live(now))
+    return live or device.baselines[:1]
 
 
 def refused(device: Device, policy: AttestPolicy, diff: tuple[PcrChange, ...],

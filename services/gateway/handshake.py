@@ -282,7 +282,9 @@ async def _attest(peer: Peer, msg: ClientMessage, bus: BusClient, rid: str, dead
         await peer.send(encode_push(Push.REFUSED, code=reply.error.value, **reply.body))
         raise Closed(f"attestation refused device={device_id} code={reply.error}")
     name = str(reply.body.get("name", reply.body.get("device_id", "")))
-    await peer.send(encode_reply(msg.id, device_id=device_id, name=name))
+    # The server's view (status, accepted baselines) goes to the client, which keeps it.
+    view = {k: reply.body[k] for k in ("status", "baselines") if k in reply.body}
+    await peer.send(encode_reply(msg.id, device_id=device_id, name=name, **view))
     return Identity(device_id, name, h)
 
 

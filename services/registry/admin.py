@@ -47,7 +47,7 @@ from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, enroll_psk, fingerprint
 from shared.post_display import format_post
 from shared.posts import Problem, check_post, post_view
-from shared.records import AuditEntry, Device, DeviceStatus, Token
+from shared.records import AuditEntry, Baseline, Device, DeviceStatus, Token
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL
 from shared.vault import (
@@ -66,6 +66,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_STORE = 0, 1, 2, 3, 4
 TOKEN_SECRET_LEN = 32
 _AUDIT_ALL = 1 << 62  # XRANGE COUNT: the whole log (Store.read_audit defaults to 10 000)
 _POST_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_EK_FPR = re.compile(r"[0-9a-f]{64}")
 _PROBLEM_WORDS = {"hash": "edited", "link": "missing or reordered", "head": "tail cut",
                   "truncated": "tail cut (checkpoint counts more entries)",
                   "deleted": "log deleted (checkpoint counts entries)",
@@ -236,14 +237,27 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
     ctx.audit_key()  # refuse before changing anything if no entry can be written
     device = _device(ctx, args.device)
     before: list[Device] = []
+    grace = ctx.config.baseline_grace
+    keep = args.baselines == "keep"  # --replace (the default) or --keep
+    superseded: list[str] = []
 
     def change(d: Device) -> Device:
         before[:] = [d]
-        state = d.last_refused
-        if state is None:
+        refused = d.last_refused
+        if refused is None:
             raise AdminError(EXIT_REFUSED, ErrorCode.NOT_FOUND.value,
                              f"device {_label(d)} has no refused PCR state to approve")
-        baselines = d.baselines if state in d.baselines else (*d.baselines, state)
+        state = dataclasses.replace(refused, approved_at=ctx.now, expires_at=0.0)
+        others = [b for b in d.baselines
+                  if b.live(ctx.now) and b.baseline_id != state.baseline_id]
+        if keep:
+            baselines: tuple[Baseline, ...] = (*others, state)
+        else:  # the refused state replaces the current baselines (kept for the grace only)
+            old = [b for b in others if grace > 0]
+            superseded[:] = [b.baseline_id for b in others]
+            baselines = (state, *(b if b.expires_at else
+                                  dataclasses.replace(b, expires_at=ctx.now + grace)
+                                  for b in old))
         status = DeviceStatus.ACTIVE if d.status is DeviceStatus.LOCKED else d.status
         return dataclasses.replace(d, baselines=baselines, failures=0, status=status,
                                    last_refused=None)
@@ -251,14 +265,156 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
     new = ctx.store.update_device(device.device_id, change)
     old = before[0]
     adopted = out.baseline_view(old.last_refused) if old.last_refused else {}
+    mode = "keep" if keep else "replace"
     detail = {**adopted, "baselines": len(new.baselines), "from": old.status.value,
-              "status": new.status.value}
+              "status": new.status.value, "mode": mode, "superseded": superseded,
+              "grace": 0.0 if keep else grace}
     ctx.store.append_audit("approved", new.device_id, detail, ctx.now)
     doc = {"device_id": new.device_id, "name": new.name, **detail}
+    if keep:
+        kept = f"kept beside the {len(new.baselines) - 1} other baseline(s)"
+    elif superseded and grace > 0:
+        kept = (f"replacing {len(superseded)} baseline(s), still accepted for {grace:g} s "
+                "(ATTESTGATE_BASELINE_GRACE)")
+    else:
+        kept = f"replacing {len(superseded)} baseline(s), no longer accepted"
     text = (f"approved the last refused PCR state of {_label(new)} as baseline "
-            f"{len(new.baselines)} ({adopted['selection']}); failures reset to 0; "
+            f"{adopted['id']} ({adopted['selection']}), {kept}; failures reset to 0; "
             f"status {old.status.value} -> {new.status.value}")
+    if new.status is DeviceStatus.REENROLL:
+        text += ("\nthe device must still enroll again (status reenroll); "
+                 f"or make it active: attestgate-admin unlock {new.name}")
+    elif new.status is DeviceStatus.REVOKED:
+        text += ("\nthe device stays revoked; to let its TPM enroll again: "
+                 f"attestgate-admin delete {new.name} --yes")
     return Outcome(doc, text)
+
+
+def cmd_baseline_list(args: argparse.Namespace, ctx: Context) -> Outcome:
+    d = _device(ctx, args.device)
+    doc = {"device_id": d.device_id, "name": d.name,
+           "baselines": [out.baseline_row(b, ctx.now) for b in d.baselines]}
+    return Outcome(doc, out.render_baselines(doc))
+
+
+def cmd_baseline_remove(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
+    device = _device(ctx, args.device)
+    wanted = set(args.ids)
+
+    def change(d: Device) -> Device:
+        ids = {b.baseline_id for b in d.baselines}
+        unknown = sorted(wanted - ids)
+        if unknown:
+            raise AdminError(EXIT_REFUSED, ErrorCode.NOT_FOUND.value,
+                             f"device {_label(d)} has no baseline {', '.join(unknown)} "
+                             f"(see: attestgate-admin baseline list {d.name})")
+        rest = tuple(b for b in d.baselines if b.baseline_id not in wanted)
+        if not any(b.live(ctx.now) for b in rest):
+            raise AdminError(EXIT_REFUSED, "last_baseline",
+                             f"refusing to remove the last accepted baseline of {_label(d)}: "
+                             "approve another state first, or delete the device")
+        return dataclasses.replace(d, baselines=rest)
+
+    new = ctx.store.update_device(device.device_id, change)
+    removed = sorted(wanted)
+    ctx.store.append_audit("baseline_removed", new.device_id,
+                           {"removed": removed, "baselines": len(new.baselines)}, ctx.now)
+    doc = {"device_id": new.device_id, "name": new.name, "removed": removed,
+           "baselines": [out.baseline_row(b, ctx.now) for b in new.baselines]}
+    return Outcome(doc, f"removed baseline(s) {', '.join(removed)} of {_label(new)}; "
+                        f"{len(new.baselines)} left")
+
+
+def cmd_delete(args: argparse.Namespace, ctx: Context) -> Outcome:
+    device = _device(ctx, args.device)
+    if not args.yes:
+        raise AdminError(EXIT_REFUSED, "not_confirmed",
+                         f"delete removes the record of {_label(device)} (its audit history "
+                         "and posts stay) and lets its TPM enroll again; run it again with "
+                         "--yes")
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
+    gone = ctx.store.delete_device(device.device_id)
+    if gone is None:
+        raise AdminError(EXIT_REFUSED, ErrorCode.UNKNOWN_DEVICE.value,
+                         f"device {_label(device)} was deleted meanwhile")
+    ctx.store.append_audit("deleted", gone.device_id,
+                           {"name": gone.name, "ek": gone.ek_fingerprint,
+                            "status": gone.status.value}, ctx.now)
+    reached = _publish(ctx, BusEvent(Event.DEVICE_REVOKED.value, {"device_id": gone.device_id}))
+    doc = {"device_id": gone.device_id, "name": gone.name, "was": gone.status.value,
+           "gateways_notified": reached, "gateways": len(ctx.config.events_endpoints)}
+    return Outcome(doc, f"deleted {_label(gone)} (was {gone.status.value}); its audit history "
+                        "stays; the machine may enroll again (attestgate enroll --force ...)")
+
+
+def cmd_allow_reenroll(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
+    # Also by EK fingerprint: a machine that lost its home knows only its TPM.
+    by_ek = ctx.store.device_by_ek(args.device.lower()) if _EK_FPR.fullmatch(
+        args.device.lower()) else None
+    device = by_ek or _device(ctx, args.device)
+    before: list[Device] = []
+
+    def change(d: Device) -> Device:
+        before[:] = [d]
+        return dataclasses.replace(d, status=DeviceStatus.REENROLL)
+
+    new = ctx.store.update_device(device.device_id, change)
+    was = before[0].status
+    ctx.store.append_audit("reenroll_allowed", new.device_id,
+                           {"name": new.name, "from": was.value}, ctx.now)
+    doc = {"device_id": new.device_id, "name": new.name, "status": new.status.value,
+           "from": was.value}
+    return Outcome(doc, f"{_label(new)} may enroll again once from the same TPM (status "
+                        f"{was.value} -> reenroll; it cannot connect until it does): on the "
+                        "machine run `attestgate enroll --force` with its --server and --name")
+
+
+def cmd_token_list(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """Tokens as the audit log knows them (created, used, burned, revoked) and the store."""
+    tokens: dict[str, dict[str, Any]] = {}
+    for e in ctx.store.read_audit(None, _AUDIT_ALL):
+        try:
+            detail = json.loads(e.detail)
+        except ValueError:
+            continue
+        if not isinstance(detail, dict):
+            continue
+        tid = detail.get("token_id") if e.event.startswith("token_") else detail.get("token")
+        if not isinstance(tid, str) or not tid:
+            continue
+        if e.event == "token_created":
+            tokens[tid] = {"token_id": tid, "created_at": out.iso(e.ts),
+                           "expires_ts": float(detail.get("expires_at") or 0), "state": ""}
+        elif tid in tokens and e.event in ("enrolled", "reenrolled"):
+            tokens[tid].update(state="used", device_id=e.device_id, used_at=out.iso(e.ts))
+        elif tid in tokens and e.event in ("token_burned", "token_revoked"):
+            tokens[tid]["state"] = e.event.removeprefix("token_")
+    rows = []
+    for t in tokens.values():
+        expires = t.pop("expires_ts")
+        if not t["state"]:
+            live = ctx.store.get_token(t["token_id"], ctx.now) is not None
+            t["state"] = "unused" if live else "expired" if expires <= ctx.now else "gone"
+        rows.append({**t, "expires_at": out.iso(expires)})
+    doc = {"tokens": rows}
+    return Outcome(doc, out.render_tokens(doc))
+
+
+def cmd_token_revoke(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ctx.audit_key()  # refuse before changing anything if no entry can be written
+    token_id = args.token_id.split(".", 1)[0].lower()
+    if not re.fullmatch(f"[0-9a-f]{{{2 * TOKEN_ID_LEN}}}", token_id):
+        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
+                         f"not a token id: {token_id[:40]!r} (see: attestgate-admin token list)")
+    if not ctx.store.burn_token(token_id):
+        raise AdminError(EXIT_REFUSED, ErrorCode.NOT_FOUND.value,
+                         f"no usable token {token_id}: unknown, used, expired or already "
+                         "revoked (see: attestgate-admin token list)")
+    ctx.store.append_audit("token_revoked", "", {"token_id": token_id}, ctx.now)
+    return Outcome({"token_id": token_id, "state": "revoked"},
+                   f"revoked token {token_id}: it can no longer enroll a device")
 
 
 def cmd_revoke(args: argparse.Namespace, ctx: Context) -> Outcome:
@@ -317,7 +473,8 @@ def cmd_unlock(args: argparse.Namespace, ctx: Context) -> Outcome:
         if d.status is DeviceStatus.REVOKED:
             raise AdminError(EXIT_REFUSED, ErrorCode.REVOKED.value,
                              f"device {_label(d)} is revoked, which is permanent: "
-                             "the machine must enroll again")
+                             "to let its TPM enroll again, run `attestgate-admin delete "
+                             f"{d.name} --yes`")
         return dataclasses.replace(d, status=DeviceStatus.ACTIVE, failures=0)
 
     new = ctx.store.update_device(device.device_id, change)
@@ -562,7 +719,8 @@ the hash-chained audit log. Runs on the server and talks to Redis directly."""
 
 _EPILOG = """\
 environment: ATTESTGATE_REDIS_URL (store), ATTESTGATE_SERVER_HOME (server keys, audit checkpoints),
-ATTESTGATE_EVENTS (gateway events endpoints, for revoke)
+ATTESTGATE_EVENTS (gateway events endpoints, for revoke and delete),
+ATTESTGATE_BASELINE_GRACE (seconds a baseline superseded by approve stays accepted; default 0)
 exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unreachable"""
 
 # name -> (handler, help, description: what it does and what it changes)
@@ -588,14 +746,32 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
              "types and TPM names), PCR selection and every approved baseline, the last refused "
              "state and difference, failures, status. Never shows secrets. Read-only."),
     "approve": (cmd_approve, "approve a device's last refused PCR state",
-                "Adopt the device's last refused PCR state as an additional approved baseline, "
-                "reset its failure count, and make a LOCKED device ACTIVE again (a REVOKED or "
-                "REENROLL device keeps its status). Writes an 'approved' audit entry. Refused "
-                "(exit 3) when no refused state is recorded."),
+                "Adopt the device's last refused PCR state as its approved baseline, reset its "
+                "failure count, and make a LOCKED device ACTIVE again (a REVOKED or REENROLL "
+                "device keeps its status). With --replace (the default) the new state "
+                "replaces the current baselines: they are no longer accepted, or only for "
+                "ATTESTGATE_BASELINE_GRACE seconds; with --keep they stay accepted too. "
+                "Writes an 'approved' audit entry. Refused (exit 3) when no refused state is "
+                "recorded. Example: attestgate-admin approve dev1 --keep"),
     "revoke": (cmd_revoke, "revoke a device permanently and close its sessions",
                "Set the device's status to REVOKED (permanent), write a 'revoked' audit entry, "
                "and tell the gateways to close its live sessions. If no gateway hears the "
                "event, a warning is printed and the exit code is still 0."),
+    "delete": (cmd_delete, "delete a device's record so that its TPM may enroll again",
+               "Delete the device's record and its indexes (name, EK, Noise key): the name is "
+               "free and the same TPM may enroll again (attestgate enroll --force). Its audit "
+               "history and its posts stay; writes a 'deleted' audit entry and tells the "
+               "gateways to close its live sessions. Refused (exit 3) without --yes. "
+               "Example: attestgate-admin delete dev1 --yes"),
+    "allow-reenroll": (cmd_allow_reenroll, "let a device's TPM enroll again once, replacing it",
+                       "DEVICE is a name, a device id or the TPM's EK fingerprint (what a "
+                       "machine refused as already_enrolled is told). "
+                       "Set the device's status to REENROLL: it cannot connect, and the next "
+                       "enrollment from the same TPM (same EK; attestgate enroll --force, with "
+                       "its name or a new one) replaces the record, audited 'reenrolled'. The "
+                       "way back for a device enrolled with --bind-pcrs whose PCRs changed. "
+                       "Writes a 'reenroll_allowed' audit entry. "
+                       "Example: attestgate-admin allow-reenroll dev1"),
     "unlock": (cmd_unlock, "make a LOCKED or REENROLL device ACTIVE again",
                "Set a LOCKED or REENROLL device ACTIVE and reset its failure count; writes an "
                "'unlocked' audit entry. A REVOKED device is refused (exit 3)."),
@@ -646,8 +822,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (handler, help_, desc) in _COMMANDS.items():
         parsers[name] = sub.add_parser(name, help=help_, description=desc, parents=[common])
         parsers[name].set_defaults(handler=handler)
-    for name in ("show", "approve", "revoke", "unlock"):
+    for name in ("show", "approve", "revoke", "unlock", "delete", "allow-reenroll"):
         parsers[name].add_argument("device", metavar="DEVICE", help="device name or device id")
+    how = parsers["approve"].add_mutually_exclusive_group()
+    how.add_argument("--replace", dest="baselines", action="store_const", const="replace",
+                     help="the refused state replaces the current baselines (default)")
+    how.add_argument("--keep", dest="baselines", action="store_const", const="keep",
+                     help="keep the current baselines accepted too")
+    parsers["delete"].add_argument("--yes", action="store_true",
+                                   help="confirm that the device's record is to be deleted")
+    _add_baseline_parser(sub, common)
     parsers["audit"].add_argument("device", metavar="DEVICE", nargs="?",
                                   help="only this device's entries (name or id); or 'export'")
     parsers["audit"].add_argument("--verify", action="store_true",
@@ -680,7 +864,44 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", type=_seconds, default=TOKEN_DEFAULT_TTL, metavar="SECONDS",
                         help=f"validity in seconds (default {TOKEN_DEFAULT_TTL:g})")
     create.set_defaults(handler=cmd_token_create)
+    tlist = tsub.add_parser(
+        "list", parents=[common], help="list enrollment tokens (never their secrets)",
+        description="List the enrollment tokens the audit log records: id, created, expires, "
+                    "state (unused, used with the device, burned, revoked, expired). Read-only. "
+                    "Example: attestgate-admin token list --json")
+    tlist.set_defaults(handler=cmd_token_list)
+    trevoke = tsub.add_parser(
+        "revoke", parents=[common], help="revoke an unused enrollment token",
+        description="Delete an unused enrollment token so that it can never enroll a device; "
+                    "writes a 'token_revoked' audit entry. Exit 3 if the token is unknown, "
+                    "used, expired or already revoked. Example: attestgate-admin token revoke "
+                    "0123456789abcdef0123456789abcdef")
+    trevoke.add_argument("token_id", metavar="TOKEN_ID", help="the token id (before the dot)")
+    trevoke.set_defaults(handler=cmd_token_revoke)
     return p
+
+
+def _add_baseline_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    baseline = sub.add_parser("baseline", help="a device's approved PCR baselines",
+                              description="List or remove a device's approved PCR baselines.")
+    bsub = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
+    blist = bsub.add_parser(
+        "list", parents=[common], help="list a device's baselines with their ids",
+        description="List a device's baselines: stable id, state (current; superseded, "
+                    "accepted until its expiry; expired), when approved, the PCR values. "
+                    "Read-only. Example: attestgate-admin baseline list dev1")
+    blist.add_argument("device", metavar="DEVICE", help="device name or device id")
+    blist.set_defaults(handler=cmd_baseline_list)
+    bremove = bsub.add_parser(
+        "remove", parents=[common], help="remove baselines by id",
+        description="Remove baselines of a device by id (attestgate-admin baseline list): "
+                    "the device is no longer accepted in those states. Refused (exit 3) for an "
+                    "unknown id or when no accepted baseline would be left; writes a "
+                    "'baseline_removed' audit entry. "
+                    "Example: attestgate-admin baseline remove dev1 3f2a9c01b7de")
+    bremove.add_argument("device", metavar="DEVICE", help="device name or device id")
+    bremove.add_argument("ids", metavar="ID", nargs="+", help="baseline id(s)")
+    bremove.set_defaults(handler=cmd_baseline_remove)
 
 
 def main(argv: list[str] | None = None) -> int:

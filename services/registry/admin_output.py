@@ -45,7 +45,37 @@ def device_row(d: Device) -> Doc:
 
 
 def baseline_view(b: Baseline) -> Doc:
-    return {"selection": b.selection, "pcrs": {str(i): v.hex() for i, v in b.values}}
+    return {"id": b.baseline_id, "selection": b.selection,
+            "pcrs": {str(i): v.hex() for i, v in b.values}}
+
+
+def baseline_row(b: Baseline, now: float) -> Doc:
+    """One line of ``baseline list``: id, state (current, superseded until its expiry,
+    expired), when approved (None: the enrolled one) and until when it is accepted."""
+    state = "expired" if not b.live(now) else "superseded" if b.expires_at else "current"
+    return {**baseline_view(b), "state": state, "approved_at": iso(b.approved_at),
+            "expires_at": iso(b.expires_at)}
+
+
+def render_baselines(doc: Doc) -> str:
+    lines = [f"baselines of {doc['name']} ({doc['device_id']}):"]
+    for b in doc["baselines"]:
+        when = f"approved {b['approved_at']}" if b["approved_at"] else "enrolled"
+        until = f", accepted until {b['expires_at']}" if b["expires_at"] else ""
+        lines.append(f"  {b['id']}  {b['state']:<10} {b['selection']}  {when}{until}")
+        lines += [f"      PCR {i:>2} {v}" for i, v in b["pcrs"].items()]
+    return "\n".join(lines)
+
+
+def render_tokens(doc: Doc) -> str:
+    if not doc["tokens"]:
+        return "(no enrollment tokens in the audit log)"
+    rows = [("TOKEN ID", "STATE", "CREATED", "EXPIRES", "DEVICE")] + [
+        (t["token_id"], t["state"], t["created_at"] or "-", t["expires_at"] or "-",
+         t.get("device_id") or "") for t in doc["tokens"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+                      + ("  " + r[4] if r[4] else "") for r in rows)
 
 
 def key_view(public: bytes) -> Doc:

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from services.registry import admin_output
-from shared.bus.interface import Reply, Request
+from shared.bus.interface import BusEvent, Reply, Request
 from shared.codec import Fields, fill
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
 from shared.keys import device_id_for, enroll_psk, session_psk
-from shared.records import Device, status_view
+from shared.records import Device, DeviceStatus, status_view
 from shared.store.interface import PENDING_ENROLLED, Store
 from shared.store.serialize import device_from_bytes
 from shared.tpm.pcrs import diff_view
 from shared.vault import Vault
-from shared.wire import DH_LEN, MAX_BUS_MESSAGE, REPLY_ENVELOPE_RESERVE, TOKEN_ID_LEN
+from shared.wire import DH_LEN, MAX_BUS_MESSAGE, REPLY_ENVELOPE_RESERVE, TOKEN_ID_LEN, Event
 
 _log = logging.getLogger("attestgate.registry")
 LIST_BUDGET: Final = MAX_BUS_MESSAGE - REPLY_ENVELOPE_RESERVE  # list_devices rows, encoded
@@ -107,16 +107,25 @@ def _register(req: Request, deps: RegistryDeps, now: float) -> Reply:
     device = device_from_bytes(raw)
     if not hmac.compare_digest(device.device_id, device_id_for(device.noise_public)):
         raise AttestgateError(ErrorCode.INTERNAL, "device id does not match its key")
-    deps.store.create_device(device, token_id)
-    deps.store.append_audit(
-        "enrolled", device.device_id,
-        {"name": device.name, "ek": device.ek_fingerprint, "token": token_id or "",
-         "selection": device.baselines[0].selection},
-        now,
-    )
-    _log.info("enrolled device=%s name=%s ek=%s", device.device_id, device.name,
-              device.ek_fingerprint[:16])
-    return Reply(req.id, {"device_id": device.device_id})
+    # The same TPM enrolling again while its old record is in REENROLL replaces it.
+    old = deps.store.device_by_ek(device.ek_fingerprint)
+    replaces = old if old is not None and old.status is DeviceStatus.REENROLL else None
+    deps.store.create_device(device, token_id, replaces.device_id if replaces else None)
+    detail = {"name": device.name, "ek": device.ek_fingerprint, "token": token_id or "",
+              "selection": device.baselines[0].selection}
+    if replaces is None:
+        deps.store.append_audit("enrolled", device.device_id, detail, now)
+        _log.info("enrolled device=%s name=%s ek=%s", device.device_id, device.name,
+                  device.ek_fingerprint[:16])
+        return Reply(req.id, {"device_id": device.device_id})
+    deps.store.append_audit("reenrolled", device.device_id,
+                            {**detail, "replaces": replaces.device_id,
+                             "old_name": replaces.name}, now)
+    _log.info("re-enrolled device=%s name=%s replaces=%s", device.device_id, device.name,
+              replaces.device_id)
+    # Sessions still open under the old id close (the gateways treat it as revoked).
+    closed = BusEvent(Event.DEVICE_REVOKED.value, {"device_id": replaces.device_id})
+    return Reply(req.id, {"device_id": device.device_id}, events=(closed,))
 
 
 def _status(req: Request, deps: RegistryDeps, now: float) -> Reply:

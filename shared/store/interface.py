@@ -39,13 +39,21 @@ class Store(Protocol):
 
     def device_by_ek(self, ek_fingerprint: str) -> Device | None: ...
 
-    def create_device(self, device: Device, token_id: str | None) -> None:
+    def create_device(self, device: Device, token_id: str | None,
+                      replaces: str | None = None) -> None:
         """Store a new device atomically, consuming ``token_id`` if given.
 
         Raises NAME_TAKEN (also for a name differing only in case), ALREADY_ENROLLED
         (same EK or Noise key) or BAD_TOKEN (token gone or expired), and then nothing is
-        stored.
+        stored. With ``replaces``, the device of that id, if it still exists, must be in
+        status REENROLL (else ALREADY_ENROLLED); its record and indexes are deleted in the
+        same step, so its name and EK may be the new device's.
         """
+        ...
+
+    def delete_device(self, device_id: str) -> Device | None:
+        """Delete a device's record, its indexes and replay guard; the deleted record, or
+        None if there was none. Posts and audit entries stay."""
         ...
 
     def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:

@@ -10,7 +10,7 @@ from typing import Any
 from shared.audit import AuditKey, CheckpointSink, canonical, entry_hash, make_checkpoint
 from shared.errors import AttestgateError, ErrorCode
 from shared.ratelimit import Bucket, take
-from shared.records import AuditEntry, Device, Post, Token
+from shared.records import AuditEntry, Device, DeviceStatus, Post, Token
 from shared.store.interface import PostQuota
 from shared.store.serialize import name_key, post_from_fields
 
@@ -49,14 +49,29 @@ class MemoryStore:
     def device_by_ek(self, ek_fingerprint: str) -> Device | None:
         return self._find(lambda d: d.ek_fingerprint == ek_fingerprint)
 
-    def create_device(self, device: Device, token_id: str | None) -> None:
-        if self.device_by_name(device.name):
+    def create_device(self, device: Device, token_id: str | None,
+                      replaces: str | None = None) -> None:
+        old = self.devices.get(replaces) if replaces else None
+        if old is not None and old.status is not DeviceStatus.REENROLL:
+            raise AttestgateError(ErrorCode.ALREADY_ENROLLED, f"{old.device_id} not reenroll")
+
+        def other(d: Device | None) -> bool:
+            return d is not None and (old is None or d.device_id != old.device_id)
+
+        if other(self.device_by_name(device.name)):
             raise AttestgateError(ErrorCode.NAME_TAKEN, device.name)
-        if self.device_by_ek(device.ek_fingerprint) or self.device_by_noise(device.noise_public):
+        if other(self.device_by_ek(device.ek_fingerprint)) or other(
+                self.device_by_noise(device.noise_public)):
             raise AttestgateError(ErrorCode.ALREADY_ENROLLED, device.device_id)
         if token_id is not None and self.tokens.pop(token_id, None) is None:
             raise AttestgateError(ErrorCode.BAD_TOKEN, "token used or expired")
+        if old is not None:
+            self.delete_device(old.device_id)
         self.devices[device.device_id] = device
+
+    def delete_device(self, device_id: str) -> Device | None:
+        self.connect_ts.pop(device_id, None)
+        return self.devices.pop(device_id, None)
 
     def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:
         dev = self.devices.get(device_id)

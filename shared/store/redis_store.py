@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, WatchError
 
 from shared.audit import AuditKey, CheckpointSink, canonical, entry_hash, make_checkpoint
 from shared.errors import AttestgateError, ErrorCode
-from shared.records import AuditEntry, Device, Post, Token
+from shared.records import AuditEntry, Device, DeviceStatus, Post, Token
 from shared.store.interface import PostQuota
 from shared.store.serialize import (
     device_from_bytes,
@@ -238,23 +238,37 @@ class RedisStore:
     def device_by_ek(self, ek_fingerprint: str) -> Device | None:
         return self._by_index("ek", ek_fingerprint)
 
-    def create_device(self, device: Device, token_id: str | None) -> None:
+    def create_device(self, device: Device, token_id: str | None,
+                      replaces: str | None = None) -> None:
         idx = REG + "idx:"
         tok = REG + "tok:" + token_id if token_id else None
-        watched = [idx + "noise", idx + "name", idx + "ek"] + ([tok] if tok else [])
+        old_key = REG + "dev:" + replaces if replaces else None
+        watched = ([idx + "noise", idx + "name", idx + "ek"] + ([tok] if tok else [])
+                   + ([old_key] if old_key else []))
         for _ in range(_RETRIES):
             with _mapped(), self._r.pipeline() as p:
                 try:
                     p.watch(*watched)
-                    if p.hexists(idx + "name", name_key(device.name)):
+                    raw = p.get(old_key) if old_key else None
+                    old = device_from_bytes(raw) if raw is not None else None
+                    if old is not None and old.status is not DeviceStatus.REENROLL:
+                        raise AttestgateError(ErrorCode.ALREADY_ENROLLED,
+                                              f"{old.device_id} not reenroll")
+                    mine = {old.device_id.encode()} if old is not None else set()
+
+                    found = [p.hget(idx + index, key) for index, key in (
+                        ("name", name_key(device.name)), ("ek", device.ek_fingerprint),
+                        ("noise", device.noise_public.hex()))]
+                    taken = [f is not None and f not in mine for f in found]
+                    if taken[0]:
                         raise AttestgateError(ErrorCode.NAME_TAKEN, device.name)
-                    if p.hexists(idx + "ek", device.ek_fingerprint) or p.hexists(
-                        idx + "noise", device.noise_public.hex()
-                    ):
+                    if taken[1] or taken[2]:
                         raise AttestgateError(ErrorCode.ALREADY_ENROLLED, device.device_id)
                     if tok and not p.exists(tok):
                         raise AttestgateError(ErrorCode.BAD_TOKEN, "token used or expired")
                     p.multi()
+                    if old is not None:
+                        self._queue_delete(p, old)
                     p.set(REG + "dev:" + device.device_id, device_to_bytes(device))
                     p.hset(idx + "noise", device.noise_public.hex(), device.device_id)
                     p.hset(idx + "name", name_key(device.name), device.device_id)
@@ -266,6 +280,34 @@ class RedisStore:
                 except WatchError:
                     continue
         raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "create_device contention")
+
+    @staticmethod
+    def _queue_delete(p: Any, d: Device) -> None:
+        """Queue (in MULTI) the deletion of a device's record, indexes and replay guard."""
+        idx = REG + "idx:"
+        p.delete(REG + "dev:" + d.device_id, REG + "ts:" + d.device_id)
+        p.hdel(idx + "noise", d.noise_public.hex())
+        p.hdel(idx + "name", name_key(d.name))
+        p.hdel(idx + "ek", d.ek_fingerprint)
+
+    def delete_device(self, device_id: str) -> Device | None:
+        key = REG + "dev:" + device_id
+        idx = REG + "idx:"
+        for _ in range(_RETRIES):
+            with _mapped(), self._r.pipeline() as p:
+                try:
+                    p.watch(key, idx + "noise", idx + "name", idx + "ek")
+                    raw = p.get(key)
+                    if raw is None:
+                        return None
+                    old = device_from_bytes(raw)
+                    p.multi()
+                    self._queue_delete(p, old)
+                    p.execute()
+                    return old
+                except WatchError:
+                    continue
+        raise AttestgateError(ErrorCode.STORE_UNAVAILABLE, "delete_device contention")
 
     def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:
         """Compare-and-set from the record last read (one round trip when nobody wrote

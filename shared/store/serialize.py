@@ -14,13 +14,19 @@ _BIG = 1 << 20
 
 
 def _baseline_map(b: Baseline) -> dict[str, Any]:
-    return {"sel": b.selection, "pcrs": [[i, v] for i, v in b.values]}
+    m: dict[str, Any] = {"sel": b.selection, "pcrs": [[i, v] for i, v in b.values]}
+    if b.approved_at:
+        m["at"] = b.approved_at
+    if b.expires_at:
+        m["exp"] = b.expires_at
+    return m
 
 
 def _baseline(m: Any) -> Baseline:
     if not isinstance(m, dict) or not isinstance(m.get("sel"), str):
         raise AttestgateError(ErrorCode.INTERNAL, "stored baseline")
-    return Baseline(m["sel"], tuple((int(i), bytes(v)) for i, v in m["pcrs"]))
+    return Baseline(m["sel"], tuple((int(i), bytes(v)) for i, v in m["pcrs"]),
+                    float(m.get("at", 0.0)), float(m.get("exp", 0.0)))
 
 
 def device_to_bytes(d: Device) -> bytes:

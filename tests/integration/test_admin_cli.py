@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -28,6 +29,7 @@ from shared.audit import verify_chain
 from shared.audit_anchor import CHECKPOINT_FILE, CheckpointFile
 from shared.bus import codec
 from shared.bus.interface import BusEvent
+from shared.errors import AttestgateError, ErrorCode
 from shared.keys import device_id_for, enroll_psk, fingerprint
 from shared.posts import post_digest
 from shared.records import Baseline, Device, DeviceStatus, Post
@@ -195,7 +197,8 @@ def test_show_by_name_or_id_gives_keys_pcrs_and_diff_without_secrets(
     doc = by_name.doc
     assert doc["status"] == "active" and doc["failures"] == 2
     assert doc["selection"] == SELECTION
-    assert doc["baselines"] == [{"selection": SELECTION,
+    assert doc["baselines"] == [{"id": Baseline.of(SELECTION, ENROLLED).baseline_id,
+                                 "selection": SELECTION,
                                  "pcrs": {"0": "00" * 32, "7": "07" * 32}}]
     assert doc["last_refused"]["pcrs"]["7"] == "ee" * 32
     assert doc["last_diff"] == [{"pcr": 7, "enrolled": "07" * 32, "current": "ee" * 32}]
@@ -230,7 +233,9 @@ def test_approve_adopts_the_refused_state_and_unlocks(admin: Any, store: RedisSt
     assert run.code == 0 and run.doc["status"] == "active"
     after = store.get_device(dev.device_id)
     assert after is not None
-    assert after.baselines == (Baseline.of(SELECTION, ENROLLED), Baseline.of(SELECTION, CHANGED))
+    # --replace is the default: the refused state is now the only accepted one.
+    assert [b.baseline_id for b in after.baselines] == [Baseline.of(SELECTION, CHANGED).baseline_id]
+    assert after.baselines[0].as_dict() == CHANGED and after.baselines[0].approved_at > 0
     assert after.failures == 0 and after.status is DeviceStatus.ACTIVE
     assert after.last_refused is None
     (entry,) = store.read_audit(dev.device_id)
@@ -248,7 +253,7 @@ def test_approve_keeps_a_revoked_device_revoked(admin: Any, store: RedisStore) -
     assert admin("approve", "alpha").code == 0
     after = store.get_device(dev.device_id)
     assert after is not None and after.status is DeviceStatus.REVOKED
-    assert len(after.baselines) == 2
+    assert len(after.baselines) == 1
 
 
 def test_approve_without_a_refused_state_is_refused(admin: Any, store: RedisStore) -> None:
@@ -536,3 +541,171 @@ def test_usage_errors_exit_2(admin: Any) -> None:
     assert admin("token", "create", "--ttl", "-5", json_out=False).code == 2
     assert admin("audit", "--limit", "0", json_out=False).code == 2
     assert admin("--help", json_out=False).code == 0
+
+
+# -- fleet: baselines, delete, allow-reenroll, tokens (issue 9) ----------------------------------
+
+OTHER = {0: b"\x00" * 32, 7: b"\x77" * 32}
+
+
+def _refuse(store: RedisStore, device_id: str, values: dict[int, bytes]) -> None:
+    """What the attestor does on a PCR mismatch: keep the refused state for approve."""
+    store.update_device(device_id, lambda d: dataclasses.replace(
+        d, last_refused=Baseline.of(SELECTION, values), failures=d.failures + 1))
+
+
+def test_approve_keep_keeps_the_old_baselines(admin: Any, store: RedisStore) -> None:
+    dev = make_device("alpha", refused=CHANGED)
+    store.create_device(dev, None)
+    run = admin("approve", "alpha", "--keep")
+    assert run.code == 0 and run.doc["mode"] == "keep" and run.doc["baselines"] == 2, run.doc
+    after = store.get_device(dev.device_id)
+    assert after is not None
+    assert [b.as_dict() for b in after.baselines] == [ENROLLED, CHANGED]
+    assert all(b.expires_at == 0 for b in after.baselines)
+
+
+def test_approve_replace_with_grace_expires_the_old_baseline(
+        admin: Any, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTESTGATE_BASELINE_GRACE", "3600")
+    dev = make_device("alpha", refused=CHANGED)
+    store.create_device(dev, None)
+    run = admin("approve", "alpha", "--replace")
+    old_id = Baseline.of(SELECTION, ENROLLED).baseline_id
+    assert run.code == 0 and run.doc["superseded"] == [old_id] and run.doc["grace"] == 3600
+    after = store.get_device(dev.device_id)
+    assert after is not None
+    new, old = after.baselines
+    assert new.as_dict() == CHANGED and new.expires_at == 0
+    assert old.as_dict() == ENROLLED and old.live(time.time())
+    assert not old.live(old.expires_at) and old.expires_at - time.time() <= 3600
+    rows = {b["id"]: b for b in admin("baseline", "list", "alpha").doc["baselines"]}
+    assert rows[old_id]["state"] == "superseded" and rows[old_id]["expires_at"]
+    assert rows[new.baseline_id]["state"] == "current" and rows[new.baseline_id]["approved_at"]
+
+
+def test_bad_grace_setting_exits_2(admin: Any, store: RedisStore,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTESTGATE_BASELINE_GRACE", "soon")
+    store.create_device(make_device("alpha", refused=CHANGED), None)
+    run = admin("approve", "alpha")
+    assert run.code == 2 and run.doc["error"] == "bad_setting"
+
+
+def test_baseline_list_and_remove(admin: Any, store: RedisStore) -> None:
+    dev = make_device("alpha", refused=CHANGED)
+    store.create_device(dev, None)
+    assert admin("approve", "alpha", "--keep").code == 0
+    _refuse(store, dev.device_id, OTHER)
+    assert admin("approve", "alpha", "--keep").code == 0
+    listed = admin("baseline", "list", "alpha").doc["baselines"]
+    ids = [b["id"] for b in listed]
+    assert ids == [Baseline.of(SELECTION, v).baseline_id for v in (ENROLLED, CHANGED, OTHER)]
+    assert listed[1]["pcrs"] == {"0": "00" * 32, "7": "ee" * 32}
+    assert [b["state"] for b in listed] == ["current"] * 3
+    # The ids are stable: listing again gives the same ones.
+    assert [b["id"] for b in admin("baseline", "list", dev.device_id).doc["baselines"]] == ids
+
+    unknown = admin("baseline", "remove", "alpha", ids[0], "0123456789ab")
+    assert unknown.code == 3 and unknown.doc["error"] == "not_found"
+    assert len(store.get_device(dev.device_id).baselines) == 3  # type: ignore[union-attr]
+
+    run = admin("baseline", "remove", "alpha", ids[0], ids[2])
+    assert run.code == 0 and run.doc["removed"] == sorted([ids[0], ids[2]])
+    after = store.get_device(dev.device_id)
+    assert after is not None and [b.baseline_id for b in after.baselines] == [ids[1]]
+    last = admin("baseline", "remove", "alpha", ids[1])
+    assert last.code == 3 and last.doc["error"] == "last_baseline"
+    assert store.get_device(dev.device_id) == after
+    events = [(e.event, json.loads(e.detail)) for e in store.read_audit(dev.device_id)]
+    assert [e for e, _ in events] == ["approved", "approved", "baseline_removed"]
+    assert events[-1][1]["removed"] == sorted([ids[0], ids[2]])
+    assert admin("audit", "--verify").code == 0
+
+
+def test_delete_needs_yes_keeps_audit_and_frees_name_and_ek(admin: Any,
+                                                            store: RedisStore) -> None:
+    dev = make_device("alpha", status=DeviceStatus.REVOKED)
+    store.create_device(dev, None)
+    store.append_audit("revoked", dev.device_id, {}, NOW)
+    store.advance_connect_ts(dev.device_id, 5)
+    run = admin("delete", "alpha")
+    assert run.code == 3 and run.doc["error"] == "not_confirmed" and "--yes" in run.err
+    assert store.get_device(dev.device_id) == dev
+    done = admin("delete", "alpha", "--yes")
+    assert done.code == 0 and done.doc["was"] == "revoked", done.doc
+    assert store.get_device(dev.device_id) is None
+    assert store.device_by_name("alpha") is None and store.device_by_ek(dev.ek_fingerprint) is None
+    assert store.device_by_noise(dev.noise_public) is None
+    assert store.last_connect_ts(dev.device_id) == -1
+    assert [e.event for e in store.read_audit(dev.device_id)] == ["revoked", "deleted"]
+    assert admin("audit", "--verify").code == 0
+    # The same EK and name enroll again (the registry's create_device).
+    store.create_device(dataclasses.replace(dev, status=DeviceStatus.ACTIVE), None)
+    assert admin("delete", "nobody", "--yes").code == 3
+
+
+def test_allow_reenroll_lets_the_same_ek_replace_the_record(admin: Any,
+                                                           store: RedisStore) -> None:
+    dev = make_device("alpha")
+    store.create_device(dev, None)
+    newer = dataclasses.replace(make_device("alpha-new"), ek_fingerprint=dev.ek_fingerprint)
+    with pytest.raises(AttestgateError) as refused:
+        store.create_device(newer, None, dev.device_id)  # ACTIVE: no replacement
+    assert refused.value.code is ErrorCode.ALREADY_ENROLLED
+    run = admin("allow-reenroll", "alpha")
+    assert run.code == 0 and run.doc["status"] == "reenroll" and run.doc["from"] == "active"
+    assert [e.event for e in store.read_audit(dev.device_id)] == ["reenroll_allowed"]
+    store.create_device(newer, None, dev.device_id)
+    assert store.get_device(dev.device_id) is None
+    assert store.device_by_ek(dev.ek_fingerprint) == newer
+    assert store.device_by_name("alpha") is None
+
+
+def test_replacing_keeps_the_name_for_the_same_device_only(store: RedisStore) -> None:
+    dev = make_device("alpha", status=DeviceStatus.REENROLL)
+    other = make_device("beta")
+    store.create_device(dev, None)
+    store.create_device(other, None)
+    taken = dataclasses.replace(make_device("x"), name="BETA", ek_fingerprint=dev.ek_fingerprint)
+    with pytest.raises(AttestgateError) as exc:
+        store.create_device(taken, None, dev.device_id)
+    assert exc.value.code is ErrorCode.NAME_TAKEN
+    same = dataclasses.replace(make_device("x"), name="Alpha", ek_fingerprint=dev.ek_fingerprint)
+    store.create_device(same, None, dev.device_id)
+    assert store.device_by_name("alpha") == same and len(store.list_devices()) == 2
+
+
+def test_token_list_and_revoke(admin: Any, store: RedisStore) -> None:
+    a = admin("token", "create").doc
+    b = admin("token", "create", "--ttl", "60").doc
+    c = admin("token", "create").doc
+    # c is used by an enrollment (the registry's create_device and audit entry).
+    store.create_device(make_device("alpha"), c["token_id"])
+    store.append_audit("enrolled", make_device("alpha").device_id,
+                       {"name": "alpha", "token": c["token_id"]}, time.time())
+    listed = admin("token", "list")
+    assert listed.code == 0
+    rows = {t["token_id"]: t for t in listed.doc["tokens"]}
+    assert set(rows) == {a["token_id"], b["token_id"], c["token_id"]}
+    assert rows[a["token_id"]]["state"] == "unused" and rows[a["token_id"]]["created_at"]
+    assert rows[a["token_id"]]["expires_at"] == a["expires_at"]
+    assert rows[c["token_id"]]["state"] == "used"
+    assert rows[c["token_id"]]["device_id"] == make_device("alpha").device_id
+    for secret in (a["token"], b["token"], c["token"]):  # never a secret
+        assert secret.split(".")[1] not in json.dumps(listed.doc)
+        assert secret.split(".")[1] not in admin("token", "list", json_out=False).out
+
+    run = admin("token", "revoke", a["token_id"])
+    assert run.code == 0 and run.doc["state"] == "revoked"
+    assert store.get_token(a["token_id"], time.time()) is None
+    again = admin("token", "revoke", a["token_id"])
+    assert again.code == 3 and again.doc["error"] == "not_found"
+    used = admin("token", "revoke", c["token_id"])
+    assert used.code == 3
+    assert admin("token", "revoke", "not-a-token").code == 2
+    rows = {t["token_id"]: t for t in admin("token", "list").doc["tokens"]}
+    assert rows[a["token_id"]]["state"] == "revoked"
+    assert rows[b["token_id"]]["state"] == "unused"
+    assert "token_revoked" in [e.event for e in store.read_audit()]
+    assert admin("audit", "--verify").code == 0

@@ -434,12 +434,12 @@ def test_operator_approves_the_new_state(stack: Stack, store: RedisStore, swtpm:
     rc, doc = m.run("status")
     assert (rc, doc["error"]) == (EXIT_REFUSED, "pcr_mismatch")
     rc, doc = admin_cli(stack, "approve", "dev1")
-    assert rc == 0 and doc["baselines"] == 2, doc
+    assert rc == 0 and doc["baselines"] == 1, doc
     rc, doc = m.run("status")
-    assert rc == EXIT_OK and doc["failures"] == 0 and doc["approved_baselines"] == 2, doc
-    with Tpm(swtpm.tcti) as tpm:  # the enrolled state stays approved too
+    assert rc == EXIT_OK and doc["failures"] == 0 and doc["approved_baselines"] == 1, doc
+    with Tpm(swtpm.tcti) as tpm:  # the new state replaced the enrolled one (--replace)
         tpm.reset_pcr(16)
-    assert m.run("status")[0] == EXIT_OK
+    assert m.run("status")[1]["error"] == "pcr_mismatch"
 
 
 # == 3. clone ==============================================================================

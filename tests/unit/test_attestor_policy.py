@@ -267,7 +267,9 @@ def test_attest_accepted(store: MemoryStore, device: TestDevice) -> None:
     store.devices[device.device_id] = dataclasses.replace(device.record, failures=2)
     reply = attest(store, quote(device, device.pcrs, reset_count=5, clock=777))
     assert reply.ok
-    assert reply.body == {"device_id": device.device_id, "name": "alice"}
+    # The server's view for the client: its status and the states it is accepted in.
+    assert reply.body == {"device_id": device.device_id, "name": "alice", "status": "active",
+                          "baselines": [{str(i): v for i, v in device.pcrs.items()}]}
     dev = store.devices[device.device_id]
     assert (dev.failures, dev.last_attest_at, dev.last_reset_count, dev.last_clock) == (
         0, NOW, 5, 777)
