@@ -18,17 +18,22 @@ class DeviceStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Baseline:
-    """An approved PCR state: selection text and the values, index -> 32 bytes."""
+    """An approved PCR state: selection text and the values, index -> 32 bytes.
+
+    ``log`` is the SHA-256 (hex) of the measured-boot event log that replays to these
+    values, "" without one; the log itself is in the store (``Store.get_event_log``).
+    """
 
     selection: str
     values: tuple[tuple[int, bytes], ...]
+    log: str = ""
 
     def as_dict(self) -> dict[int, bytes]:
         return dict(self.values)
 
     @staticmethod
-    def of(selection: str, values: dict[int, bytes]) -> Baseline:
-        return Baseline(selection, tuple(sorted(values.items())))
+    def of(selection: str, values: dict[int, bytes], log: str = "") -> Baseline:
+        return Baseline(selection, tuple(sorted(values.items())), log)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Device:
     last_clock: int = -1
     last_diff: tuple[PcrChange, ...] = ()
     last_refused: Baseline | None = None  # the state last refused, for `approve`
+    last_eventlog: str = ""  # JSON of the last refusal's event-log diff (StateDiff.as_dict())
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,19 @@ _BIG = 1 << 20
 
 
 def _baseline_map(b: Baseline) -> dict[str, Any]:
-    return {"sel": b.selection, "pcrs": [[i, v] for i, v in b.values]}
+    m: dict[str, Any] = {"sel": b.selection, "pcrs": [[i, v] for i, v in b.values]}
+    if b.log:
+        m["log"] = b.log
+    return m
 
 
 def _baseline(m: Any) -> Baseline:
     if not isinstance(m, dict) or not isinstance(m.get("sel"), str):
         raise AttestgateError(ErrorCode.INTERNAL, "stored baseline")
-    return Baseline(m["sel"], tuple((int(i), bytes(v)) for i, v in m["pcrs"]))
+    log = m.get("log", "")
+    if not isinstance(log, str) or len(log) > 64:
+        raise AttestgateError(ErrorCode.INTERNAL, "stored baseline log reference")
+    return Baseline(m["sel"], tuple((int(i), bytes(v)) for i, v in m["pcrs"]), log)
 
 
 def device_to_bytes(d: Device) -> bytes:
@@ -46,6 +52,7 @@ def device_to_bytes(d: Device) -> bytes:
             "clock": d.last_clock,
             "diff": [[c.index, c.enrolled or b"", c.current or b""] for c in d.last_diff],
             "refused": _baseline_map(d.last_refused) if d.last_refused else None,
+            **({"evdiff": d.last_eventlog} if d.last_eventlog else {}),
         }
     )
 
@@ -75,6 +82,7 @@ def device_from_bytes(data: bytes) -> Device:
             last_diff=tuple(PcrChange(int(i), bytes(a) or None, bytes(b) or None)
                             for i, a, b in m["diff"]),
             last_refused=_baseline(m["refused"]) if m.get("refused") else None,
+            last_eventlog=f.text("evdiff", _BIG, optional=True),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise AttestgateError(ErrorCode.INTERNAL, f"stored device: {exc}") from None
