@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from shared.codec import pack
 from shared.errors import AttestgateError, ErrorCode
-from shared.eventlog import MachineState, StateDiff, diff_states
+from shared.eventlog import MachineState, StateDiff, Verdict, diff_states
+from shared.eventlog.diff import summarize
 from shared.eventlog.transport import checked_state, decompress, log_digest
 from shared.records import Baseline, Device
 from shared.store.interface import Store
@@ -56,8 +57,26 @@ def compare(store: Store, device: Device, current: MachineState,
                           key=lambda t: (t[0], -t[1])):
         old = _baseline_state(store, device.device_id, b)
         if old is not None:
-            return diff_states(old, current)
+            return _with_undescribed(diff_states(old, current), old, current,
+                                     [c.index for c in pcr_diff(b.as_dict(), pcrs)])
     return None
+
+
+def _with_undescribed(diff: StateDiff, old: MachineState, new: MachineState,
+                      changed: list[int]) -> StateDiff:
+    """A quoted PCR that changed although neither log extends it (PCR 16, say) is a change the
+    logs cannot explain: ``unknown_change``, never "nothing changed"."""
+    bank = old.primary_bank
+    described = set(old.replayed.get(bank, {})) | set(new.replayed.get(bank, {}))
+    missing = [p for p in changed if p not in described]
+    if not missing:
+        return diff
+    problems = (*diff.problems,
+                f"PCR {', '.join(map(str, missing))} changed; no event log describes it")
+    found = {v for v in diff.verdicts if v is not Verdict.UNCHANGED} | {Verdict.UNKNOWN_CHANGE}
+    verdicts = tuple(v for v in Verdict if v in found)  # Verdict lists most serious first
+    return StateDiff(verdicts[0], verdicts, tuple(sorted({*diff.changed_pcrs, *missing})),
+                     diff.changes, problems, summarize(verdicts, diff.changes, problems))
 
 
 def _ranked(baselines: list[Baseline], pcrs: Mapping[int, bytes]

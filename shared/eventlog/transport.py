@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 
 from shared.errors import AttestgateError, ErrorCode
+from shared.eventlog.parse import EventLog, parse_log
 from shared.eventlog.state import MachineState, verify
 from shared.wire import LOG_CHUNK, MAX_LOG_BUS, MAX_LOG_TRANSFER
 
@@ -56,9 +57,17 @@ def decompress(blob: bytes) -> bytes:
 
 def checked_state(log: bytes, bank: str, quoted: Mapping[int, bytes]) -> MachineState:
     """The log's state against the quoted PCRs of ``bank``; LOG_INCONSISTENT when the log does
-    not parse or does not replay to every quoted PCR it describes."""
+    not parse or does not replay to every quoted PCR it describes.
+
+    The state holds only the events of quoted PCRs: nothing vouches for the others (with
+    the default selection, grub's PCRs 8 and 9), so they take no part in a decision or a diff.
+    """
     try:
-        state = verify(log, {bank: dict(quoted)})
+        parsed = parse_log(log)
+        kept = EventLog(parsed.crypto_agile, parsed.banks,
+                        tuple(e for e in parsed.events if e.pcr in quoted),
+                        parsed.startup_locality)
+        state = verify(kept, {bank: dict(quoted)})
     except AttestgateError as exc:
         if exc.code is ErrorCode.TOO_LARGE:
             raise
