@@ -16,12 +16,14 @@ from tpm_builders import quote_attest, sign_data, tpm_name
 
 from deploy.boot_log import BANKS, demo_boot
 from services.attestor.enroll import EnrollSettings, quote_nonce
+from services.attestor.eventlogs import EVENTLOG_BUDGET, capped
 from services.attestor.handler import AttestorDeps, handle
 from services.attestor.policy import AttestPolicy
 from shared.bus.interface import Reply, Request
+from shared.codec import pack
 from shared.config import Consequence, EnrollPolicy
 from shared.errors import AttestgateError, ErrorCode
-from shared.eventlog import parse_log, replay
+from shared.eventlog import Change, Component, StateDiff, Verdict, parse_log, replay
 from shared.eventlog.build import encode_log
 from shared.eventlog.transport import (
     chunks,
@@ -231,13 +233,17 @@ def test_a_quoted_pcr_no_log_describes_is_an_unknown_change(store: MemoryStore) 
     assert "operator" in ev["summary"]
 
 
-def test_the_refusal_body_stays_within_its_budget(store: MemoryStore) -> None:
-    from services.attestor.eventlogs import EVENTLOG_BUDGET
-    from shared.codec import pack
-    dev = enrolled(store, log_of(OLD_KERNEL))
-    new = log_of(NEW_KERNEL)
-    reply = attest(store, quote(dev, pcrs_of(new), log_z=compress(new)))
-    assert len(pack(reply.body["eventlog"])) <= EVENTLOG_BUDGET
+def test_a_huge_diff_is_cut_to_the_budget_and_says_so() -> None:
+    side = Component(4, "boot_application", "\\EFI\\x" * 40, "", "ab" * 32, False, True, 0)
+    many = tuple(Change(4, "boot_application", Verdict.BOOTLOADER_UPDATE, side, side)
+                 for _ in range(500))
+    diff = StateDiff(Verdict.BOOTLOADER_UPDATE, (Verdict.BOOTLOADER_UPDATE,), (4,), many, (),
+                     "the boot loader changed")
+    doc = capped(diff)
+    assert len(pack(doc)) <= EVENTLOG_BUDGET
+    assert doc["omitted"] == 500 - len(doc["changes"]) > 0
+    small = capped(dataclasses.replace(diff, changes=many[:3]))
+    assert "omitted" not in small and len(small["changes"]) == 3
 
 
 # -- transport and storage --------------------------------------------------------------------
