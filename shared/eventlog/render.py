@@ -11,14 +11,14 @@ def component_lines(evlog: dict[str, Any]) -> list[str]:
     old -> new, each marked verified (the log's data is authenticated by the quote) or hint
     (a name no digest covers, such as a file path)."""
     changes = evlog.get("changes") or []
-    lines = [f"What changed, from the event log ({len(changes)} component(s)):"]
+    lines = [f"What changed, from the event log ({len(changes)} component(s)):"] if changes else []
     for c in changes:
         if not isinstance(c, dict):
             continue
         old, new = c.get("old") or {}, c.get("new") or {}
         mark = "verified" if c.get("verified") else "hint" if (
             old.get("hint") or new.get("hint")) else "unverified"
-        what = str(new.get("name") or old.get("name") or c.get("kind", ""))
+        what = str(new.get("name") or old.get("name") or "(no name in the log)")
         lines.append(f"  PCR {c.get('pcr', '?'):>2} {c.get('kind', '?')} {what} "
                      f"[{c.get('verdict', '?')}, {mark}]")
         for label, side in (("was", old), ("now", new)):
