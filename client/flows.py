@@ -27,7 +27,7 @@ from client.tpm import KeyBlob, Tpm
 from shared.binding import activation_message, quote_nonce, reattest_nonce
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
-from shared.eventlog.transport import chunks
+from shared.eventlog.transport import chunks, compress
 from shared.keys import Psk, StaticKey, fingerprint, fingerprint_matches, session_psk_message
 from shared.posts import post_digest, validate_text
 from shared.wire import Command
@@ -45,6 +45,17 @@ class ServerPin:
     tofu: bool
 
 
+def check_log_size(log: bytes | None) -> None:
+    """Refuse (BAD_REQUEST, a usage error) a log the server could not take: more than
+    MAX_LOG_TRANSFER bytes, or more than MAX_LOG_BUS once compressed."""
+    if log:
+        try:
+            compress(log)
+        except AttestgateError as exc:
+            raise AttestgateError(ErrorCode.BAD_REQUEST,
+                                  f"the event log is too large to send ({exc.detail})") from None
+
+
 def _send_log(ch: Channel, log: bytes) -> int:
     """Send the event log in LOG chunks without waiting; returns the last chunk's id."""
     last = 0
@@ -60,6 +71,7 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
     replay to the quoted PCRs: LOG_INCONSISTENT otherwise)."""
     home = Path(home_path)
     host, port = parse_host_port(server)
+    check_log_size(event_log)
     progress("reading the TPM's endorsement key and certificate")
     ek = tpm.endorsement()
     static = StaticKey.generate()
@@ -147,6 +159,7 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress,
     (``need_log``) only when the quote matches no approved state, and then says what
     changed in its refusal. One round trip otherwise."""
     host, port = parse_host_port(state.server)
+    check_log_size(event_log)
     static = unseal_static(tpm, state)
     psk_key = KeyBlob.from_bytes(bytes.fromhex(state.psk_key))
 

@@ -141,7 +141,7 @@ async def enroll(peer: Peer, pre: Preamble, message1: bytes, static: StaticKey, 
     # Protocol 3: the event log follows ENROLL in LOG chunks when ENROLL announced one.
     log_size = await _announced(peer, msg)
     if log_size:
-        body["log_z"], _ = await _receive_log(peer, log_size)
+        body["log_z"], _ = await _receive_log(peer, log_size, msg.id)
     reply = await call_by(deadline, timeout, bus, Service.ATTESTOR, "enroll_begin", body,
                           rid=rid + "-b", idempotent=False)
     if not reply.ok:
@@ -280,9 +280,10 @@ async def _announced(peer: Peer, msg: ClientMessage) -> int:
         raise Closed(f"event log announced too large ({exc.code})") from None
 
 
-async def _receive_log(peer: Peer, size: int) -> tuple[bytes, int]:
+async def _receive_log(peer: Peer, size: int, answer_to: int | None = None
+                       ) -> tuple[bytes, int]:
     try:
-        return await logtransfer.receive(peer, size)
+        return await logtransfer.receive(peer, size, answer_to)
     except logtransfer.TransferFailed as exc:
         raise Closed(str(exc)) from None
 

@@ -33,14 +33,15 @@ def announced_size(body: Mapping[str, Any]) -> int:
         raise AttestgateError(ErrorCode.TOO_LARGE, "log_size") from None
 
 
-async def receive(peer: Peer, total: int) -> tuple[bytes, int]:
+async def receive(peer: Peer, total: int, answer_to: int | None = None) -> tuple[bytes, int]:
     """Read LOG chunks until ``total`` bytes arrived; returns (compressed log, id of the last
-    chunk). Raises TransferFailed after telling the peer PROTOCOL / TOO_LARGE."""
+    chunk). Raises TransferFailed after telling the peer PROTOCOL / TOO_LARGE, as the answer
+    to request ``answer_to`` (the one the client waits on), else to the offending chunk."""
     buf = bytearray()
     last_id = 0
     while len(buf) < total:
         msg = decode_request(await peer.recv())
-        last_id = msg.id
+        last_id = msg.id if answer_to is None else answer_to
         try:
             if msg.cmd is not Command.LOG:
                 raise AttestgateError(ErrorCode.PROTOCOL, f"expected log, got {msg.cmd}")
@@ -50,7 +51,7 @@ async def receive(peer: Peer, total: int) -> tuple[bytes, int]:
             if offset != len(buf) or offset + len(data) > total:
                 raise AttestgateError(ErrorCode.PROTOCOL, f"log chunk at {offset}")
         except AttestgateError as exc:
-            await peer.send(encode_error(msg.id, exc.code))
+            await peer.send(encode_error(last_id, exc.code))
             raise TransferFailed(f"bad event log transfer ({exc.code}: {exc.detail})") from None
         buf += data
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import zlib
 from typing import Any
 
@@ -14,11 +15,13 @@ import pytest
 from device_builders import NOW, VAULT_KEY, TestDevice, make_device
 from tpm_builders import quote_attest, sign_data, tpm_name
 
+from client.flows import check_log_size
 from deploy.boot_log import BANKS, demo_boot
 from services.attestor.enroll import EnrollSettings, quote_nonce
 from services.attestor.eventlogs import EVENTLOG_BUDGET, capped
 from services.attestor.handler import AttestorDeps, handle
 from services.attestor.policy import AttestPolicy
+from shared.bus.codec import encode
 from shared.bus.interface import Reply, Request
 from shared.codec import pack
 from shared.config import Consequence, EnrollPolicy
@@ -31,11 +34,22 @@ from shared.eventlog.transport import (
     decompress,
     log_digest,
 )
+from shared.eventlog.types import MAX_LOG_BYTES
+from shared.messages import encode_request
 from shared.records import Baseline
 from shared.store.memory import MemoryStore
 from shared.store.serialize import device_from_bytes, device_to_bytes
 from shared.vault import Vault
-from shared.wire import LOG_CHUNK, MAX_LOG_TRANSFER
+from shared.wire import (
+    LOG_CHUNK,
+    MAX_BUS_MESSAGE,
+    MAX_EVIDENCE_FIELD,
+    MAX_LOG_BUS,
+    MAX_LOG_TRANSFER,
+    MAX_MESSAGE,
+    MAX_REQUEST_ID,
+    Command,
+)
 
 H = hashlib.sha256(b"handshake hash").digest()
 SEL8 = "sha256:0,1,2,3,4,5,6,7"
@@ -290,3 +304,41 @@ def test_device_record_round_trips_log_reference_and_diff() -> None:
     raw = device_to_bytes(plain)
     assert b"evdiff" not in raw and b"log" not in raw
     assert device_from_bytes(raw) == plain
+
+
+# -- sizes: every message of the transfer fits its limit ----------------------------------------
+
+
+def test_a_full_chunk_fits_one_channel_message() -> None:
+    msg = encode_request(MAX_REQUEST_ID, Command.LOG, offset=MAX_LOG_TRANSFER - LOG_CHUNK,
+                         data=bytes(LOG_CHUNK))
+    assert len(msg) <= MAX_MESSAGE
+    assert MAX_LOG_TRANSFER == 1024 * 1024  # = the parser's cap
+    assert MAX_LOG_TRANSFER == MAX_LOG_BYTES
+
+
+def test_an_attest_with_the_largest_log_fits_one_bus_message() -> None:
+    body = {"device_id": "d" * 64, "h": bytes(32), "ts": 2**62, "nonce": bytes(64),
+            "attest": bytes(MAX_EVIDENCE_FIELD), "signature": bytes(MAX_EVIDENCE_FIELD),
+            "pcrs": {str(i): bytes(32) for i in range(24)}, "log_size": MAX_LOG_TRANSFER,
+            "log_z": bytes(MAX_LOG_BUS)}
+    frame = encode(Request("r" * 64 + "-l", "attestor", "attest", body, 2.0**31))
+    assert len(frame) <= MAX_BUS_MESSAGE
+
+
+def test_an_enroll_with_the_largest_log_fits_one_bus_message() -> None:
+    evidence = ("ek_public", "ek_cert", "ak_public", "srk_public", "srk_attest", "srk_signature",
+                "post_public", "post_attest", "post_signature", "quote_attest", "quote_signature")
+    body = {**{k: bytes(MAX_EVIDENCE_FIELD) for k in evidence}, "name": "n" * 64,
+            "h": bytes(32), "noise_public": bytes(32), "token_id": "a" * 16,
+            "pcrs": {str(i): bytes(32) for i in range(24)}, "log_z": bytes(MAX_LOG_BUS)}
+    frame = encode(Request("r" * 64 + "-b", "attestor", "enroll_begin", body, 2.0**31))
+    assert len(frame) <= MAX_BUS_MESSAGE
+
+
+def test_the_client_refuses_a_log_the_server_could_not_take() -> None:
+    check_log_size(None)
+    check_log_size(log_of(OLD_KERNEL))
+    with pytest.raises(AttestgateError) as exc:
+        check_log_size(os.urandom(MAX_LOG_BUS + 1024))  # does not compress
+    assert exc.value.code is ErrorCode.BAD_REQUEST
