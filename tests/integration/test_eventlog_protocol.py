@@ -22,23 +22,24 @@ import pytest
 
 from client import flows
 from client import state as st
-from client.channel import Refused, open_connect
+from client.channel import Channel, Refused, open_connect
 from client.cli import main as client_main
 from client.tpm import KeyBlob, Tpm
 from deploy.boot_log import BANKS, boot_tpm, demo_boot
 from services.registry import admin
 from shared.audit_anchor import CHECKPOINT_FILE
+from shared.binding import quote_nonce
 from shared.config import parse_host_port
 from shared.errors import ErrorCode
 from shared.eventlog import parse_log
 from shared.eventlog import types as t
 from shared.eventlog.build import encode_log, measured_event, replace_event
-from shared.eventlog.transport import log_digest
+from shared.eventlog.transport import chunks, log_digest
 from shared.framing import FrameDecoder
 from shared.hint import HintReason, parse_hint
 from shared.keys import Psk, session_psk_message
 from shared.store.redis_store import RedisStore
-from shared.wire import LOG_CHUNK, MAGIC, PROTOCOL_VERSION, Command
+from shared.wire import LOG_CHUNK, MAGIC, MAX_LOG_BUS, PROTOCOL_VERSION, Command
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm
 from tests.support.swtpm_fixtures import SwtpmFactory
@@ -246,12 +247,10 @@ def test_without_a_log_everything_is_as_before(clean: RedisStore, device: Device
     assert "eventlog" not in doc and [c["pcr"] for c in doc["changed"]] == [4]
 
 
-def test_a_broken_chunk_sequence_closes_the_session_uncounted(
-        stack: Stack, clean: RedisStore, device: Device) -> None:
-    device.boot(encode_log(demo_boot("6.1.0-28-amd64"), BANKS), reboot=False)
-    rc, doc = device.enroll("chunky")
-    assert rc == EXIT_OK, doc
-    device.boot(encode_log(demo_boot("6.1.0-31-amd64"), BANKS))
+@contextlib.contextmanager
+def attest_asking_for_a_log(stack: Stack, device: Device, log_size: int
+                            ) -> Iterator[tuple[Channel, st.ClientState]]:
+    """A reconnect by hand up to the server's ``need_log`` (the TPM booted another state)."""
     state = st.load(device.home)
     host, port = parse_host_port(stack.server)
     with Tpm(device.tpm.tcti) as tpm:
@@ -264,17 +263,54 @@ def test_a_broken_chunk_sequence_closes_the_session_uncounted(
         ch = open_connect(host, port, static, bytes.fromhex(state.server_public),
                           time.time_ns(), psk)
         with ch:
-            quote = tpm.quote(flows.quote_nonce(ch.handshake_hash), state.selection)
+            quote = tpm.quote(quote_nonce(ch.handshake_hash), state.selection)
             reply = ch.request(Command.ATTEST, attest=quote.attest, signature=quote.signature,
-                               pcrs={str(i): v for i, v in quote.pcrs().items()}, log_size=100)
+                               pcrs={str(i): v for i, v in quote.pcrs().items()},
+                               log_size=log_size)
             assert reply == {"need_log": True}
-            with pytest.raises(Refused) as exc:
-                ch.request(Command.LOG, offset=10, data=b"x" * 10)  # a gap
-            assert exc.value.code is ErrorCode.PROTOCOL
-    d = clean.get_device(state.device_id)
-    assert d.failures == 0 and d.last_refused is None
-    assert [e.event for e in clean.read_audit(state.device_id)
+            yield ch, state
+
+
+def enrolled_then_updated(device: Device, name: str) -> None:
+    device.boot(encode_log(demo_boot("6.1.0-28-amd64"), BANKS), reboot=False)
+    rc, doc = device.enroll(name)
+    assert rc == EXIT_OK, doc
+    device.boot(encode_log(demo_boot("6.1.0-31-amd64"), BANKS))
+
+
+def assert_uncounted(store: RedisStore, state: st.ClientState) -> None:
+    d = store.get_device(state.device_id)
+    assert d is not None and d.failures == 0 and d.last_refused is None
+    assert [e.event for e in store.read_audit(state.device_id)
             if e.event == "attest_refused"] == []
+
+
+def test_a_broken_chunk_sequence_closes_the_session_uncounted(
+        stack: Stack, clean: RedisStore, device: Device) -> None:
+    enrolled_then_updated(device, "chunky")
+    with attest_asking_for_a_log(stack, device, 100) as (ch, state):
+        with pytest.raises(Refused) as exc:
+            ch.request(Command.LOG, offset=10, data=b"x" * 10)  # a gap
+        assert exc.value.code is ErrorCode.PROTOCOL
+    assert_uncounted(clean, state)
+
+
+def test_a_log_that_does_not_compress_under_the_bus_cap_is_too_large(
+        stack: Stack, clean: RedisStore, device: Device) -> None:
+    enrolled_then_updated(device, "noisy")
+    blob = os.urandom(MAX_LOG_BUS + 4096)  # random bytes do not compress
+    with attest_asking_for_a_log(stack, device, len(blob)) as (ch, state):
+        last = 0
+        start = time.perf_counter()
+        for offset, data in chunks(blob):
+            last = ch.send(Command.LOG, offset=offset, data=data)
+        with pytest.raises(Refused) as exc:
+            ch.reply_to(last)
+        took = time.perf_counter() - start
+        assert exc.value.code is ErrorCode.TOO_LARGE
+    print(f"\n{len(blob)} B in {len(blob) // LOG_CHUNK + 1} chunks: refused after "
+          f"{took * 1000:.0f} ms")
+    assert_uncounted(clean, state)
 
 
 def test_a_protocol_2_client_is_told_to_upgrade(stack: Stack) -> None:
