@@ -106,3 +106,13 @@ def capped(diff: StateDiff) -> dict[str, Any]:
         omitted += 1
         doc = {**doc, "changes": changes, "omitted": omitted}
     return doc
+
+
+def forget_refused_log(store: Store, before: Device, after: Device) -> None:
+    """Delete the log of the state refused before, once a newer refused state replaced it and
+    no baseline refers to it: a device keeps at most one log beyond its baselines' (a device
+    under the ``alert`` consequence could otherwise store a log per refusal, forever)."""
+    old = before.last_refused.log if before.last_refused else ""
+    new = after.last_refused.log if after.last_refused else ""
+    if old and old != new and old not in {b.log for b in after.baselines}:
+        store.delete_event_log(after.device_id, old)

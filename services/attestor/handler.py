@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from services.attestor import enroll
-from services.attestor.eventlogs import SentLog, capped, check_sent, compare
+from services.attestor.eventlogs import SentLog, capped, check_sent, compare, forget_refused_log
 from services.attestor.policy import (
     AttestPolicy,
     Outcome,
@@ -184,8 +184,11 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
         outcomes.append(out)
         return outcomes[-1].device
 
+    before = deps.store.get_device(device_id)
     deps.store.update_device(device_id, change)
     outcome = outcomes[-1]
+    if before is not None and state is not None:
+        forget_refused_log(deps.store, before, outcome.device)
     changed = diff_view(diff)
     deps.store.append_audit("attest_refused", device_id,
                             {"code": code.value, "changed": changed,

@@ -102,6 +102,10 @@ class Store(Protocol):
 
     def get_event_log(self, device_id: str, digest: str) -> bytes | None: ...
 
+    def delete_event_log(self, device_id: str, digest: str) -> None:
+        """Forget a log no record refers to any more; nothing happens if it is gone."""
+        ...
+
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

@@ -107,6 +107,9 @@ class MemoryStore:
     def get_event_log(self, device_id: str, digest: str) -> bytes | None:
         return self.event_logs.get((device_id, digest))
 
+    def delete_event_log(self, device_id: str, digest: str) -> None:
+        self.event_logs.pop((device_id, digest), None)
+
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:
         known = self.dedupe.get(key)

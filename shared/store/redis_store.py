@@ -292,6 +292,10 @@ class RedisStore:
             raw = self._r.get(REG + f"evlog:{device_id}:{digest}")
         return bytes(raw) if raw is not None else None
 
+    def delete_event_log(self, device_id: str, digest: str) -> None:
+        with _mapped():
+            self._r.delete(REG + f"evlog:{device_id}:{digest}")
+
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

@@ -342,3 +342,26 @@ def test_the_client_refuses_a_log_the_server_could_not_take() -> None:
     with pytest.raises(AttestgateError) as exc:
         check_log_size(os.urandom(MAX_LOG_BUS + 1024))  # does not compress
     assert exc.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_a_device_keeps_one_refused_log_beyond_its_baselines(store: MemoryStore) -> None:
+    dev = enrolled(store, log_of(OLD_KERNEL))
+    a, b, c = (log_of(k) for k in ("6.1.0-29-amd64", "6.1.0-30-amd64", "6.1.0-31-amd64"))
+
+    def refuse(log: bytes) -> None:
+        reply = attest(store, quote(dev, pcrs_of(log), log_z=compress(log)))
+        assert reply.error is ErrorCode.PCR_MISMATCH
+
+    def kept() -> set[str]:
+        return {digest for (_, digest) in store.event_logs}
+
+    refuse(a)
+    refuse(b)
+    assert kept() == {log_digest(log_of(OLD_KERNEL)), log_digest(b)}  # a is forgotten
+    d = store.devices[dev.device_id]
+    assert d.last_refused is not None
+    store.devices[dev.device_id] = dataclasses.replace(  # approve b
+        d, baselines=(*d.baselines, d.last_refused), last_refused=None, failures=0)
+    refuse(c)
+    refuse(a)
+    assert kept() == {log_digest(log_of(OLD_KERNEL)), log_digest(b), log_digest(a)}
