@@ -188,7 +188,10 @@ class Channel:
     def request(self, cmd: Command, *, timeout: float = CLIENT_REQUEST_TIMEOUT,
                 **fields: Any) -> dict[str, Any]:
         """Send ``cmd`` and wait for its reply; raises Refused on an error reply or refusal."""
-        req_id = self.send(cmd, **fields)
+        return self.reply_to(self.send(cmd, **fields), timeout)
+
+    def reply_to(self, req_id: int, timeout: float = CLIENT_REQUEST_TIMEOUT) -> dict[str, Any]:
+        """Wait for the reply to a request already sent (see ``request``)."""
         while True:
             msg = self.receive(timeout)
             if msg.push is not None:

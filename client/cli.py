@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from client import eventlog_view, flows, server_view
+from client import eventlog_source, eventlog_view, flows, server_view
 from client import state as st
 from client.advice import Advice
 from client.channel import UNANSWERED_CONNECT, NetworkError, Refused
@@ -62,6 +62,11 @@ def _tpm(args: argparse.Namespace) -> Tpm:
     return Tpm(tcti)
 
 
+def _event_log(args: argparse.Namespace) -> bytes | None:
+    return eventlog_source.event_log(args.event_log, os.environ,
+                                     args.tpm or os.environ.get("ATTESTGATE_TPM"))
+
+
 # -- commands ------------------------------------------------------------------------------
 def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
     home = st.home_dir(args.home)
@@ -72,7 +77,7 @@ def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
     with _tpm(args) as tpm:
         try:
             state = flows.enroll(tpm, home, args.server, args.name, args.token, pin,
-                                 args.bind_pcrs, out.progress)
+                                 args.bind_pcrs, out.progress, _event_log(args))
         except Refused as exc:
             if exc.code is not ErrorCode.ALREADY_ENROLLED:
                 raise
@@ -98,8 +103,9 @@ def _with_session(args: argparse.Namespace, out: Out,
                   body: Callable[[Tpm, st.ClientState, Any], int]) -> int:
     home = st.home_dir(args.home)
     state = st.load(home)
+    log = _event_log(args)
     with _tpm(args) as tpm:
-        ch = flows.connect(tpm, state, out.progress, home)
+        ch = flows.connect(tpm, state, out.progress, home, log)
         with ch:
             return body(tpm, state, ch)
 
@@ -288,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--home", metavar="DIR",
                         help="client state directory (default: $ATTESTGATE_HOME or ~/.attestgate)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    with_log = argparse.ArgumentParser(add_help=False)
+    with_log.add_argument(
+        "--event-log", metavar="PATH",
+        help="measured-boot event log to send (at enrollment, and when the server asks for it "
+             f"to say what changed); 'none' sends none (default: ${eventlog_view.ENV_EVENT_LOG}, "
+             f"else {eventlog_view.LINUX_EVENT_LOG} when readable and --tpm is the machine's "
+             "own device: or tabrmd)")
     p = argparse.ArgumentParser(
         prog="attestgate",
         description="Talk to an attestgate server over a Noise channel that opens only while "
@@ -297,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    e = sub.add_parser("enroll", parents=[common], help="enroll this machine (once)",
+    e = sub.add_parser("enroll", parents=[common, with_log], help="enroll this machine (once)",
                        description="Prove this TPM's identity and state to the server and "
                                    "receive a device secret only this TPM can use.")
     e.add_argument("--server", required=True, metavar="HOST:PORT")
@@ -314,20 +327,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an existing enrollment in --home")
     e.set_defaults(func=cmd_enroll)
 
-    po = sub.add_parser("post", parents=[common], help="post a TPM-signed message to the board")
+    po = sub.add_parser("post", parents=[common, with_log],
+                        help="post a TPM-signed message to the board")
     po.add_argument("text", help="UTF-8, at most 4096 bytes; no control characters but \\n \\t")
     po.set_defaults(func=cmd_post)
 
-    r = sub.add_parser("read", parents=[common], help="read board posts")
+    r = sub.add_parser("read", parents=[common, with_log], help="read board posts")
     r.add_argument("--since", metavar="ID", help="only posts after this post id")
     r.add_argument("--limit", type=int, default=50, metavar="N", help="at most N posts (<= 500)")
     r.set_defaults(func=cmd_read)
 
-    f = sub.add_parser("follow", parents=[common], help="print new posts as they arrive")
+    f = sub.add_parser("follow", parents=[common, with_log], help="print new posts as they arrive")
     f.add_argument("--count", type=int, metavar="N", help="stop after N posts")
     f.set_defaults(func=cmd_follow)
 
-    s = sub.add_parser("status", parents=[common], help="this device's record on the server")
+    s = sub.add_parser("status", parents=[common, with_log],
+                       help="this device's record on the server")
     s.set_defaults(func=cmd_status)
 
     c = sub.add_parser("check", parents=[common],

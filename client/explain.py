@@ -6,6 +6,7 @@ from typing import Any
 
 from client.advice import Advice
 from shared.errors import ErrorCode
+from shared.eventlog.render import component_lines
 
 _PCR_MEANING = {
     0: "firmware code (BIOS/UEFI)",
@@ -45,6 +46,11 @@ _SIMPLE = {
     ErrorCode.ALREADY_ENROLLED: "this TPM is already enrolled",
     ErrorCode.QUOTE_BINDING: "the TPM quote was not bound to this channel",
     ErrorCode.CLOCK_ROLLBACK: "the TPM's clock or reset counter went backwards",
+    ErrorCode.LOG_INCONSISTENT: "the measured-boot event log this machine sent does not replay "
+                                "to the PCR values its TPM quoted (a wrong or stale log file, "
+                                "a log of another machine or TPM, or tampering); check "
+                                "--event-log / ATTESTGATE_EVENT_LOG, or run `attestgate "
+                                "eventlog --tpm ...` to compare",
     ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
     ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer (one of its "
                                    "services did not reply in time); try again",
@@ -73,13 +79,26 @@ def explain_refusal(code: ErrorCode, body: dict[str, Any], advice: Advice | None
         words = "refused: " + _SIMPLE.get(code, code.value.replace("_", " "))
         return f"{words}; {way_out}" if way_out else words
     changed = body.get("changed") or []
-    lines = [f"refused: this machine's measured state differs from its enrollment in "
-             f"{len(changed)} PCR(s):"]
+    evlog = body.get("eventlog")
+    lines = []
+    if isinstance(evlog, dict) and evlog.get("summary"):
+        lines.append(f"refused: {evlog['summary']} (verdict: {evlog.get('verdict', '?')}).")
+    lines.append(f"{'refused: t' if not lines else 'T'}his machine's measured state differs "
+                 f"from its enrollment in {len(changed)} PCR(s):")
     for c in changed:
         i = int(c.get("pcr", -1))
         lines.append(f"  PCR {i:>2} — {pcr_meaning(i)}\n"
                      f"      enrolled {c.get('enrolled') or '(none)'}\n"
                      f"      now      {c.get('current') or '(none)'}")
+    if isinstance(evlog, dict):
+        lines += component_lines(evlog)
+        lines += [
+            "If the change was intended, ask the operator to approve the new state"
+            " (attestgate-admin approve <device>); otherwise investigate, or enroll again.",
+            f"Failed attempts: {body.get('failures', '?')} of {body.get('max_failures', '?')}"
+            f" (device status: {body.get('status', '?')}).",
+        ]
+        return "\n".join(lines)
     lines += [
         "This usually means a firmware update, a new boot loader or kernel, or a changed Secure"
         " Boot setting — or tampering.",
@@ -90,3 +109,4 @@ def explain_refusal(code: ErrorCode, body: dict[str, Any], advice: Advice | None
         f" (device status: {body.get('status', '?')}).",
     ]
     return "\n".join(lines)
+

@@ -28,6 +28,7 @@ from client.tpm import KeyBlob, Tpm
 from shared.binding import activation_message, quote_nonce, reattest_nonce
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
+from shared.eventlog.transport import chunks, compress
 from shared.keys import Psk, StaticKey, fingerprint, fingerprint_matches, session_psk_message
 from shared.posts import post_digest, validate_text
 from shared.wire import Command
@@ -45,11 +46,33 @@ class ServerPin:
     tofu: bool
 
 
+def check_log_size(log: bytes | None) -> None:
+    """Refuse (BAD_REQUEST, a usage error) a log the server could not take: more than
+    MAX_LOG_TRANSFER bytes, or more than MAX_LOG_BUS once compressed."""
+    if log:
+        try:
+            compress(log)
+        except AttestgateError as exc:
+            raise AttestgateError(ErrorCode.BAD_REQUEST,
+                                  f"the event log is too large to send ({exc.detail})") from None
+
+
+def _send_log(ch: Channel, log: bytes) -> int:
+    """Send the event log in LOG chunks without waiting; returns the last chunk's id."""
+    last = 0
+    for offset, data in chunks(log):
+        last = ch.send(Command.LOG, offset=offset, data=data)
+    return last
+
+
 def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
-           token: str | None, pin: ServerPin, bind_pcrs: bool, progress: Progress
-           ) -> st.ClientState:
+           token: str | None, pin: ServerPin, bind_pcrs: bool, progress: Progress,
+           event_log: bytes | None = None) -> st.ClientState:
+    """Enroll; with ``event_log`` the server keeps the log with the baseline (it must
+    replay to the quoted PCRs: LOG_INCONSISTENT otherwise)."""
     home = Path(home_path)
     host, port = parse_host_port(server)
+    check_log_size(event_log)
     progress("reading the TPM's endorsement key and certificate")
     ek = tpm.endorsement()
     static = StaticKey.generate()
@@ -76,16 +99,21 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
         post_cert = tpm.certify_key(post_key, nonce)
         progress(f"quoting PCRs {hello.selection} bound to this channel")
         quote = tpm.quote(nonce, hello.selection)
-        progress("sending the evidence to the server")
+        progress("sending the evidence to the server"
+                 + (f" with the event log ({len(event_log)} bytes)" if event_log else ""))
         try:
-            challenge = ch.request(
+            req_id = ch.send(
                 Command.ENROLL, name=name, ek_public=ek.public, ek_cert=ek.certificate or b"",
                 ak_public=ak_public, srk_public=srk_public, srk_attest=srk_cert.attest,
                 srk_signature=srk_cert.signature, post_public=post_key.public,
                 post_attest=post_cert.attest, post_signature=post_cert.signature,
                 quote_attest=quote.attest, quote_signature=quote.signature,
                 pcrs=_pcr_map(quote.pcrs()),
+                **({"log_size": len(event_log)} if event_log else {}),
             )
+            if event_log:
+                _send_log(ch, event_log)
+            challenge = ch.reply_to(req_id)
         except NetworkError as exc:
             # XXpsk3 mixes the token's PSK in only at message 3, which the gateway reads
             # after we sent it: a wrong token secret shows up here, as a silent close that
@@ -129,11 +157,16 @@ def unseal_static(tpm: Tpm, state: st.ClientState) -> StaticKey:
 
 
 def connect(tpm: Tpm, state: st.ClientState, progress: Progress,
-            home: Path | None = None) -> Channel:
+            home: Path | None = None, event_log: bytes | None = None) -> Channel:
     """Open an attested session: IKpsk2 with the TPM-computed PSK, then the bound quote.
-    With ``home``, what the server says about the device (accepted baselines and status,
-    or the status a refusal tells) is kept there (``client.server_view``)."""
+
+    With ``event_log`` the quote announces it (``log_size``); the server asks for it
+    (``need_log``) only when the quote matches no approved state, and then says what
+    changed in its refusal. One round trip otherwise. With ``home``, what the server says
+    about the device (accepted baselines and status, or the status a refusal tells) is
+    kept there (``client.server_view``)."""
     host, port = parse_host_port(state.server)
+    check_log_size(event_log)
     static = unseal_static(tpm, state)
     psk_key = KeyBlob.from_bytes(bytes.fromhex(state.psk_key))
 
@@ -148,7 +181,14 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress,
         progress("attesting: quote bound to this channel")
         quote = tpm.quote(quote_nonce(ch.handshake_hash), state.selection)
         reply = ch.request(Command.ATTEST, attest=quote.attest, signature=quote.signature,
-                           pcrs=_pcr_map(quote.pcrs()))
+                           pcrs=_pcr_map(quote.pcrs()),
+                           **({"log_size": len(event_log)} if event_log else {}))
+        if reply.get("need_log") is True:
+            if not event_log:
+                raise AttestgateError(ErrorCode.PROTOCOL, "server asked for a log not offered")
+            progress("the quote matches no approved state: sending the event log "
+                     f"({len(event_log)} bytes) so the server can say what changed")
+            reply = ch.reply_to(_send_log(ch, event_log))
         if home is not None:
             server_view.learned(home, state.device_id, reply)
         return ch

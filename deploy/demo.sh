@@ -2,7 +2,9 @@
 # The whole attestgate story on one machine (run by `make demo`, after `make setup`):
 #   a software TPM with an EK certificate from a demo CA, the stack under honcho,
 #   enroll (EK chain + credential activation), post, a PCR extended in the TPM,
-#   the refusal with its diff, the operator's approval, a successful post.
+#   the refusal with its diff, the operator's approval, a successful post; then a kernel
+#   update: the TPM "reboots" from a measured-boot event log whose kernel changed, and the
+#   refusal says so in words (verdict kernel_update) before the operator approves it.
 # Everything lives in run/demo/ and on ports of its own (override with DEMO_PORT_BASE).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,6 +31,16 @@ read -r tcti ca_dir swtpm_pid < <(python -m deploy.demo_tpm "$demo/swtpm")
 pids+=("$swtpm_pid")
 echo "TPM: $tcti   EK CA: $ca_dir"
 
+step "1b. the machine boots: firmware, shim, grub and kernel 6.1.0-28 are measured into the TPM"
+# A small synthetic UEFI boot log (deploy/boot_log.py); each event's SHA-256 digest is
+# extended into its PCR, as firmware does. The client sends this log at enrollment.
+python -m deploy.boot_log write "$demo/eventlogs" >/dev/null
+python -m deploy.boot_log boot "$tcti" "$demo/eventlogs/boot-1.log"
+cp "$demo/eventlogs/boot-1.log" "$demo/eventlogs/current.log"
+export ATTESTGATE_EVENT_LOG=$demo/eventlogs/current.log
+printf '$ attestgate eventlog %s --tpm %s   (the replayed PCRs)\n' "$ATTESTGATE_EVENT_LOG" "$tcti"
+attestgate eventlog "$ATTESTGATE_EVENT_LOG" --tpm "$tcti" | sed -n '/replayed PCR values (sha256)/,$p'
+
 step "2. the stack: redis (AOF), gateway, attestor, registry, board — under honcho"
 cat > "$demo/env" <<EOF
 ATTESTGATE_LISTEN=127.0.0.1:$base
@@ -43,7 +55,7 @@ ATTESTGATE_CONSOLE_EVENTS=tcp://127.0.0.1:$((base + 6))
 ATTESTGATE_SERVER_HOME=$demo/server
 ATTESTGATE_ENROLL_POLICY=require-ek-cert
 ATTESTGATE_EK_CA_DIR=$ca_dir
-ATTESTGATE_PCR_SELECTION=sha256:0,1,2,3,4,5,6,7,16
+ATTESTGATE_PCR_SELECTION=sha256:0,1,2,3,4,5,6,7,8,9,16
 ATTESTGATE_MAX_FAILURES=3
 EOF
 honcho start -f Procfile -e "$demo/env" > "$demo/stack.log" 2>&1 &
@@ -58,9 +70,9 @@ echo "gateway listening on 127.0.0.1:$base (log: $demo/stack.log)"
 export ATTESTGATE_TPM=$tcti ATTESTGATE_HOME=$demo/device
 
 step "3. what the device's TPM looks like"
-run attestgate tpm-info --selection sha256:0,1,2,3,4,5,6,7,16
+run attestgate tpm-info --selection sha256:0,1,2,3,4,5,6,7,8,9,16
 
-step "4. enroll: EK certificate chain, AK bound by credential activation, device secret into the TPM"
+step "4. enroll: EK certificate chain, AK bound by credential activation, device secret into the TPM, event log"
 fpr=$(attestgate-admin server-key --json | python -c 'import json,sys; print(json.load(sys.stdin)["fingerprint"])')
 run attestgate enroll --server "127.0.0.1:$base" --name demo-device --server-key "$fpr"
 
@@ -73,7 +85,7 @@ TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend \
     16:sha256=0000000000000000000000000000000000000000000000000000000000000001
 run attestgate check || echo "(exit code $? — the offline self-check sees the change)"
 
-step "7. the server refuses the channel and says which PCR changed"
+step "7. the server refuses the channel and says which PCR changed (no boot event explains PCR 16)"
 run attestgate post "this must not get through" || echo "(exit code $? = refused)"
 
 step "8. the operator looks at the device and approves the new state"
@@ -84,7 +96,25 @@ step "9. the same machine, now approved, posts again"
 run attestgate post "approved new state, channel open again"
 run attestgate read --limit 5
 
-step "10. the audit log is HMAC-chained and checkpointed in the server home; verify and export it"
+step "10. a kernel update: the machine reboots into kernel 6.1.0-31 (one boot application changed)"
+kill "$swtpm_pid" 2>/dev/null || true
+for _ in $(seq 1 50); do kill -0 "$swtpm_pid" 2>/dev/null || break; sleep 0.1; done
+read -r tcti swtpm_pid < <(python -m deploy.demo_tpm reboot "$demo/swtpm")
+pids+=("$swtpm_pid")
+export ATTESTGATE_TPM=$tcti
+python -m deploy.boot_log boot "$tcti" "$demo/eventlogs/boot-2.log"
+cp "$demo/eventlogs/boot-2.log" "$demo/eventlogs/current.log"
+
+step "11. the server asks for the event log and says what changed: the kernel, nothing else"
+run attestgate post "booted the new kernel" || echo "(exit code $? = refused)"
+printf '$ attestgate-admin show demo-device   (its last part)\n'
+attestgate-admin show demo-device | sed -n '/what changed/,$p'
+
+step "12. the operator approves the update; the machine posts again"
+run attestgate-admin approve demo-device
+run attestgate post "kernel 6.1.0-31 approved, channel open again"
+
+step "13. the audit log is HMAC-chained and checkpointed in the server home; verify and export it"
 run attestgate-admin audit --verify
 run attestgate-admin audit export --output "$demo/audit-export.json"
 

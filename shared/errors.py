@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     QUOTE_BINDING = "quote_binding"  # qualifying data is not bound to this session
     PCR_DIGEST = "pcr_digest"  # PCR values sent do not match the quoted digest
     PCR_MISMATCH = "pcr_mismatch"  # PCRs differ from the enrolled baseline
+    LOG_INCONSISTENT = "log_inconsistent"  # event log malformed or not replaying to the quote
     CLOCK_ROLLBACK = "clock_rollback"  # TPM resetCount/clock went backwards
     CREDENTIAL_FAILED = "credential_failed"  # credential activation answer is wrong
     TPM_ERROR = "tpm_error"  # the local TPM failed (client side)

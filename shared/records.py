@@ -21,11 +21,14 @@ class DeviceStatus(StrEnum):
 class Baseline:
     """An approved PCR state: selection text and the values, index -> 32 bytes.
 
+    ``log`` is the SHA-256 (hex) of the measured-boot event log that replays to these
+    values, "" without one; the log itself is in the store (``Store.get_event_log``).
     ``expires_at`` (epoch seconds, 0 = never) is set when a newer approval superseded
     this baseline under ``ATTESTGATE_BASELINE_GRACE``: from then on it is not accepted."""
 
     selection: str
     values: tuple[tuple[int, bytes], ...]
+    log: str = ""
     approved_at: float = 0.0  # 0: the enrolled baseline (or one stored before this field)
     expires_at: float = 0.0
 
@@ -45,8 +48,8 @@ class Baseline:
         return not self.expires_at or now < self.expires_at
 
     @staticmethod
-    def of(selection: str, values: dict[int, bytes]) -> Baseline:
-        return Baseline(selection, tuple(sorted(values.items())))
+    def of(selection: str, values: dict[int, bytes], log: str = "") -> Baseline:
+        return Baseline(selection, tuple(sorted(values.items())), log)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Device:
     last_clock: int = -1
     last_diff: tuple[PcrChange, ...] = ()
     last_refused: Baseline | None = None  # the state last refused, for `approve`
+    last_eventlog: str = ""  # JSON of the last refusal's event-log diff (StateDiff.as_dict())
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Wire constants of attestgate protocol version 2, in one place.
+"""Wire constants of attestgate protocol version 3, in one place.
 
 Everything a peer must agree on lives here: pattern names, preamble, labels for
 every hash and HMAC, size limits and command names. Changing any of it is a
@@ -10,7 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-PROTOCOL_VERSION: Final = 2  # 2: post signatures cover the client timestamp (LABEL_POST)
+PROTOCOL_VERSION: Final = 3  # 2: post signatures cover the client timestamp (LABEL_POST)
+# 3: measured-boot event logs travel in LOG chunks (enroll, and attest when asked)
 
 # -- preamble ---------------------------------------------------------------------
 # Every TCP connection starts with MAGIC (4 B) + version (1 B) + mode (1 B), in clear.
@@ -74,6 +75,15 @@ REPLY_ENVELOPE_RESERVE: Final = 256
 MAX_REQUEST_ID: Final = 2**63 - 1
 MAX_EVIDENCE_FIELD: Final = 4096  # any single TPM blob (cert, public, attest, signature)
 MAX_PCRS: Final = 24
+# -- measured-boot event log (protocol 3) ----------------------------------------------
+# A log travels as LOG messages {offset, data} right after ENROLL (which says
+# ``log_size``), or after an ATTEST (with ``log_size``) the server answered ``need_log``.
+# Each chunk is at most LOG_CHUNK bytes (one message with its envelope stays under
+# MAX_MESSAGE); the whole log at most MAX_LOG_TRANSFER (= the parser's cap). Between the
+# gateway and the attestor the log is zlib-compressed (``log_z``), at most MAX_LOG_BUS.
+LOG_CHUNK: Final = 60 * 1024
+MAX_LOG_TRANSFER: Final = 1024 * 1024
+MAX_LOG_BUS: Final = 192 * 1024
 
 # -- ZeroMQ bus limits --------------------------------------------------------------
 MAX_BUS_MESSAGE: Final = 256 * 1024
@@ -94,6 +104,7 @@ class Command(StrEnum):
     # reconnect (inside the IKpsk2 channel)
     ATTEST = "attest"
     REATTEST = "reattest"
+    LOG = "log"  # one chunk of the measured-boot event log (protocol 3)
 
 
 class Push(StrEnum):

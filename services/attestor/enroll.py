@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.attestor.eventlogs import check_sent
 from shared.binding import activation_message, quote_nonce
 from shared.codec import Fields, pack, unpack_map
 from shared.config import EnrollPolicy
@@ -44,6 +45,7 @@ from shared.wire import (
     DH_LEN,
     HASH_LEN,
     MAX_EVIDENCE_FIELD,
+    MAX_LOG_BUS,
     MAX_NAME_LEN,
     MAX_PCRS,
     TOKEN_ID_LEN,
@@ -161,6 +163,7 @@ def begin(body: dict[str, Any] | Any, store: Store, vault: Vault, settings: Enro
     h = f.blob("h", HASH_LEN, min_len=HASH_LEN)
     noise_public = f.blob("noise_public", DH_LEN, min_len=DH_LEN)
     f.text("token_id", 2 * TOKEN_ID_LEN, optional=True)
+    log_z = f.blob("log_z", MAX_LOG_BUS, optional=True)  # protocol 3: the event log, if any
     ev = Evidence.parse(body)
     if not _NAME.fullmatch(ev.name):
         raise AttestgateError(ErrorCode.INVALID_NAME, ev.name[:64])
@@ -179,6 +182,9 @@ def begin(body: dict[str, Any] | Any, store: Store, vault: Vault, settings: Enro
     selection = PcrSelection.parse(settings.selection)
     verify_quote(ev.ak_public, ev.quote_attest, ev.quote_signature, qualifying_data=nonce,
                  selection=selection, pcr_values=ev.pcrs)
+    # The log must replay to the quoted PCRs (LOG_INCONSISTENT otherwise); it is stored
+    # with the baseline once the credential is activated (``finish``).
+    log_ref = check_sent(log_z, str(selection), ev.pcrs).digest if log_z else ""
     check_srk(ev.srk_public)
     verify_certify(ev.ak_public, ev.srk_attest, ev.srk_signature,
                    certified_public=ev.srk_public, qualifying_data=nonce)
@@ -195,10 +201,10 @@ def begin(body: dict[str, Any] | Any, store: Store, vault: Vault, settings: Enro
         status=DeviceStatus.ACTIVE, enrolled_at=now, ek_public=ev.ek_public,
         ek_cert=ev.ek_cert, ek_fingerprint=ek_fpr, ak_public=ev.ak_public,
         srk_public=ev.srk_public, post_public=ev.post_public,
-        baselines=(Baseline.of(str(selection), ev.pcrs),),
+        baselines=(Baseline.of(str(selection), ev.pcrs, log_ref),),
         psk_sealed=vault.seal(psk, device_id, rng),
     )
-    pending = pack({"device": device_to_bytes(device), "challenge": challenge})
+    pending = pack({"device": device_to_bytes(device), "challenge": challenge, "log_z": log_z})
     store.put_pending(PENDING_BEGIN + h.hex(), pending, PENDING_TTL)
     return Challenge(id_object, enc_secret, psk_public, psk_dup, psk_seed)
 
@@ -213,13 +219,16 @@ def finish(body: dict[str, Any] | Any, store: Store, vault: Vault) -> Device:
     raw = store.take_pending(PENDING_BEGIN + h.hex())
     if raw is None:
         raise AttestgateError(ErrorCode.PROTOCOL, "no enrollment in progress for this session")
-    pending = Fields(unpack_map(raw, max_size=1 << 20))
+    pending = Fields(unpack_map(raw, max_size=2 << 20))
     device = device_from_bytes(pending.blob("device", 1 << 20))
     challenge = pending.blob("challenge", 64)
+    log_z = pending.blob("log_z", MAX_LOG_BUS, optional=True)
     psk = vault.unseal(device.psk_sealed, device.device_id)
     if not hmac.compare_digest(answer, challenge):
         raise AttestgateError(ErrorCode.CREDENTIAL_FAILED, "challenge answer differs")
     if not hmac.compare_digest(mac, activation_mac(psk, h)):
         raise AttestgateError(ErrorCode.CREDENTIAL_FAILED, "psk mac differs")
+    if log_z and device.baselines[0].log:
+        store.put_event_log(device.device_id, device.baselines[0].log, log_z)
     store.put_pending(PENDING_ENROLLED + h.hex(), device_to_bytes(device), PENDING_TTL)
     return device

@@ -9,6 +9,7 @@ for the web console: ``read_audit`` (newest entries, filtered by device and even
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.attestor import enroll
+from services.attestor.eventlogs import SentLog, capped, check_sent, compare, forget_refused_log
 from services.attestor.policy import (
     AttestPolicy,
     Outcome,
@@ -25,7 +27,7 @@ from services.attestor.policy import (
     matching_baseline,
     refused,
 )
-from shared.audit import AuditKey, ChainProblem, Checkpoint, verify_chain
+from shared.audit import AuditKey, ChainProblem, Checkpoint, canonical, verify_chain
 from shared.binding import quote_nonce, reattest_nonce
 from shared.bus.interface import Reply, Request
 from shared.codec import Fields, pack
@@ -43,6 +45,8 @@ from shared.wire import (
     HASH_LEN,
     MAX_BUS_MESSAGE,
     MAX_EVIDENCE_FIELD,
+    MAX_LOG_BUS,
+    MAX_LOG_TRANSFER,
     MAX_PCRS,
     REPLY_ENVELOPE_RESERVE,
 )
@@ -110,6 +114,10 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     attest = f.blob("attest", MAX_EVIDENCE_FIELD, min_len=1)
     signature = f.blob("signature", MAX_EVIDENCE_FIELD, min_len=1)
     pcrs = f.pcr_map("pcrs", MAX_PCRS, HASH_LEN)
+    # Protocol 3: the client says it has an event log (log_size); the gateway forwards it
+    # (log_z) only after this op answered need_log for a quote that matches no baseline.
+    log_size = f.integer("log_size", 0, MAX_LOG_TRANSFER, default=0)
+    log_z = f.blob("log_z", MAX_LOG_BUS, optional=True)
     device = deps.store.get_device(device_id)
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
@@ -137,10 +145,27 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         if exc.code not in _COUNTED:
             raise
         return _refuse(deps, device_id, exc.code, exc.detail, (), None, now)
+    sent: SentLog | None = None
+    if log_z:
+        try:
+            sent = check_sent(log_z, selection_text, pcrs)
+        except AttestgateError as exc:
+            if exc.code is not ErrorCode.LOG_INCONSISTENT:
+                raise
+            return _refuse(deps, device_id, exc.code, exc.detail, (), None, now)
     if matching_baseline(device, pcrs, now) is None:
+        if log_size and sent is None:
+            # Not counted, not audited: the same quote comes back with the log.
+            return Reply(req.id, {"need_log": True})
         diff = pcr_diff(device.baselines[0].as_dict(), pcrs)
+        evdiff = None
+        if sent is not None:
+            deps.store.put_event_log(device_id, sent.digest, sent.blob)
+            found = compare(deps.store, device, sent.state, pcrs)
+            evdiff = capped(found) if found is not None else None
         return _refuse(deps, device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
-                       Baseline.of(selection_text, pcrs), now)
+                       Baseline.of(selection_text, pcrs, sent.digest if sent else ""), now,
+                       evdiff)
     new = deps.store.update_device(device_id,
                                    lambda d: accepted(d, now, info.reset_count, info.clock))
     deps.store.append_audit("attest_ok", device_id,
@@ -162,19 +187,30 @@ def accepted_view(device: Device, now: float) -> list[dict[str, bytes]]:
 
 
 def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
-            diff: tuple[PcrChange, ...], state: Baseline | None, now: float) -> Reply:
+            diff: tuple[PcrChange, ...], state: Baseline | None, now: float,
+            evdiff: dict[str, Any] | None = None) -> Reply:
+    """Count and audit a refusal; ``evdiff`` (event-log diff, capped) rides along when
+    both logs were there: in the push, the audit entry and the device record."""
     outcomes: list[Outcome] = []
 
     def change(d: Device) -> Device:
-        outcomes.append(refused(d, deps.policy, diff, state))  # the last try is the one stored
+        out = refused(d, deps.policy, diff, state)  # the last try is the one stored
+        if state is not None:  # a new refused state: its log diff (or none) replaces the old
+            out = dataclasses.replace(out, device=dataclasses.replace(
+                out.device, last_eventlog=canonical(evdiff) if evdiff else ""))
+        outcomes.append(out)
         return outcomes[-1].device
 
+    before = deps.store.get_device(device_id)
     deps.store.update_device(device_id, change)
     outcome = outcomes[-1]
+    if before is not None and state is not None:
+        forget_refused_log(deps.store, before, outcome.device)
     changed = diff_view(diff)
     deps.store.append_audit("attest_refused", device_id,
                             {"code": code.value, "changed": changed,
-                             "failures": outcome.device.failures}, now)
+                             "failures": outcome.device.failures,
+                             **({"eventlog": evdiff} if evdiff else {})}, now)
     if outcome.consequence is not None:
         deps.store.append_audit(f"consequence_{outcome.consequence.value}", device_id,
                                 {"failures": outcome.device.failures,
@@ -183,7 +219,8 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
                      outcome.device.failures, outcome.consequence.value,
                      outcome.device.status.value)
     body = {"changed": changed, "failures": outcome.device.failures,
-            "max_failures": deps.policy.max_failures, "status": outcome.device.status.value}
+            "max_failures": deps.policy.max_failures, "status": outcome.device.status.value,
+            **({"eventlog": evdiff} if evdiff else {})}
     raise Refusal(code, detail, body, outcome.events)
 
 

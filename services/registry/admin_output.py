@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Any
 
 from shared.errors import AttestgateError
+from shared.eventlog.render import component_lines
 from shared.records import AuditEntry, Baseline, Device, status_view
 from shared.tpm.constants import Alg, Curve
 from shared.tpm.ekcert import load_ek_cert
@@ -45,8 +46,11 @@ def device_row(d: Device) -> Doc:
 
 
 def baseline_view(b: Baseline) -> Doc:
-    return {"id": b.baseline_id, "selection": b.selection,
-            "pcrs": {str(i): v.hex() for i, v in b.values}}
+    doc: Doc = {"id": b.baseline_id, "selection": b.selection,
+                "pcrs": {str(i): v.hex() for i, v in b.values}}
+    if b.log:
+        doc["event_log"] = b.log  # SHA-256 of the stored measured-boot log
+    return doc
 
 
 def baseline_row(b: Baseline, now: float) -> Doc:
@@ -140,8 +144,19 @@ def device_detail(d: Device) -> Doc:
         baselines=[baseline_view(b) for b in d.baselines],
         last_refused=baseline_view(d.last_refused) if d.last_refused else None,
         last_diff=diff_view(d.last_diff),
+        last_eventlog=_eventlog_doc(d.last_eventlog),
     )
     return out
+
+
+def _eventlog_doc(text: str) -> Doc | None:
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {"error": "unreadable"}
+    return doc if isinstance(doc, dict) else {"error": "unreadable"}
 
 
 def audit_view(e: AuditEntry) -> Doc:
@@ -228,6 +243,11 @@ def render_device(doc: Doc) -> str:
     if doc["last_diff"]:
         rows = [[c["pcr"], c["enrolled"] or "-", c["current"] or "-"] for c in doc["last_diff"]]
         parts.append("last difference:\n" + table(("PCR", "ENROLLED", "REFUSED"), rows))
+    evlog = doc.get("last_eventlog")
+    if evlog and "error" not in evlog:
+        parts.append(f"what changed (event log): {evlog.get('summary', '')}\n"
+                     f"verdict: {evlog.get('verdict', '?')}\n"
+                     + "\n".join(component_lines(evlog)))
     return "\n\n".join(parts)
 
 

@@ -12,10 +12,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shared.errors import AttestgateError, ErrorCode
 from shared.records import AuditEntry, Device, Post, Token
+from shared.wire import MAX_LOG_BUS
 
 # Pending enrollment verified by the attestor, consumed by the registry's ``register``.
 PENDING_ENROLLED = "enrolled:"
+
+
+def check_event_log(device_id: str, digest: str, blob: bytes) -> None:
+    """What every store checks before keeping an event log: a bounded blob, a hex digest."""
+    if len(blob) > MAX_LOG_BUS:
+        raise AttestgateError(ErrorCode.TOO_LARGE, f"event log {len(blob)} B")
+    if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest) or (
+            not device_id or ":" in device_id or len(device_id) > 64):
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "event log key")
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,17 @@ class Store(Protocol):
 
     def take_pending(self, key: str) -> bytes | None:
         """Get and delete (one use only)."""
+        ...
+
+    def put_event_log(self, device_id: str, digest: str, blob: bytes) -> None:
+        """Keep a device's event log (``shared.eventlog.transport.compress`` form) under its
+        SHA-256 ``digest`` (what ``Baseline.log`` refers to); TOO_LARGE beyond MAX_LOG_BUS."""
+        ...
+
+    def get_event_log(self, device_id: str, digest: str) -> bytes | None: ...
+
+    def delete_event_log(self, device_id: str, digest: str) -> None:
+        """Forget a log no record refers to any more; nothing happens if it is gone."""
         ...
 
     # -- board -------------------------------------------------------------------------

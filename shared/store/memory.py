@@ -11,7 +11,7 @@ from shared.audit import AuditKey, CheckpointSink, canonical, entry_hash, make_c
 from shared.errors import AttestgateError, ErrorCode
 from shared.ratelimit import Bucket, take
 from shared.records import AuditEntry, Device, DeviceStatus, Post, Token
-from shared.store.interface import PostQuota
+from shared.store.interface import PostQuota, check_event_log
 from shared.store.serialize import name_key, post_from_fields
 
 
@@ -25,6 +25,7 @@ class MemoryStore:
         self.tokens: dict[str, Token] = {}
         self.token_failures: dict[str, int] = {}
         self.pending: dict[str, bytes] = {}
+        self.event_logs: dict[tuple[str, str], bytes] = {}
         self.connect_ts: dict[str, int] = {}
         self.posts: list[tuple[str, dict[bytes, bytes]]] = []
         self.dedupe: dict[bytes, tuple[str, float]] = {}  # key -> (post id, expires at)
@@ -113,6 +114,16 @@ class MemoryStore:
 
     def take_pending(self, key: str) -> bytes | None:
         return self.pending.pop(key, None)
+
+    def put_event_log(self, device_id: str, digest: str, blob: bytes) -> None:
+        check_event_log(device_id, digest, blob)
+        self.event_logs[(device_id, digest)] = blob
+
+    def get_event_log(self, device_id: str, digest: str) -> bytes | None:
+        return self.event_logs.get((device_id, digest))
+
+    def delete_event_log(self, device_id: str, digest: str) -> None:
+        self.event_logs.pop((device_id, digest), None)
 
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

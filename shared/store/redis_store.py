@@ -8,6 +8,7 @@ Key layout (hash tags keep keys that change together in one Cluster slot):
     ag:{reg}:tokfail:<id>      failed handshakes under that token, expires with the token
     ag:{reg}:ts:<id>           last reconnect timestamp (replay guard)
     ag:{reg}:pending:<key>     enrollment in progress (TTL)
+    ag:{reg}:evlog:<id>:<sha>  a device's measured-boot event log, zlib (content-addressed)
     ag:{board}:posts           stream of posts
     ag:{board}:dedupe:<key>    idempotency key -> post id, expires after the quota's key_ttl
     ag:{board}:rate:<id>       a device's post token bucket (hash t, u), expires when full
@@ -37,7 +38,7 @@ from redis.exceptions import RedisError, WatchError
 from shared.audit import AuditKey, CheckpointSink, canonical, entry_hash, make_checkpoint
 from shared.errors import AttestgateError, ErrorCode
 from shared.records import AuditEntry, Device, DeviceStatus, Post, Token
-from shared.store.interface import PostQuota
+from shared.store.interface import PostQuota, check_event_log
 from shared.store.serialize import (
     device_from_bytes,
     device_to_bytes,
@@ -388,6 +389,20 @@ class RedisStore:
         with _mapped():
             raw = self._r.getdel(REG + "pending:" + key)
         return bytes(raw) if raw is not None else None
+
+    def put_event_log(self, device_id: str, digest: str, blob: bytes) -> None:
+        check_event_log(device_id, digest, blob)
+        with _mapped():
+            self._r.set(REG + f"evlog:{device_id}:{digest}", blob)
+
+    def get_event_log(self, device_id: str, digest: str) -> bytes | None:
+        with _mapped():
+            raw = self._r.get(REG + f"evlog:{device_id}:{digest}")
+        return bytes(raw) if raw is not None else None
+
+    def delete_event_log(self, device_id: str, digest: str) -> None:
+        with _mapped():
+            self._r.delete(REG + f"evlog:{device_id}:{digest}")
 
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,

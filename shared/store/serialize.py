@@ -19,14 +19,19 @@ def _baseline_map(b: Baseline) -> dict[str, Any]:
         m["at"] = b.approved_at
     if b.expires_at:
         m["exp"] = b.expires_at
+    if b.log:
+        m["log"] = b.log
     return m
 
 
 def _baseline(m: Any) -> Baseline:
     if not isinstance(m, dict) or not isinstance(m.get("sel"), str):
         raise AttestgateError(ErrorCode.INTERNAL, "stored baseline")
-    return Baseline(m["sel"], tuple((int(i), bytes(v)) for i, v in m["pcrs"]),
-                    float(m.get("at", 0.0)), float(m.get("exp", 0.0)))
+    log = m.get("log", "")
+    if not isinstance(log, str) or len(log) > 64:
+        raise AttestgateError(ErrorCode.INTERNAL, "stored baseline log reference")
+    return Baseline(m["sel"], tuple((int(i), bytes(v)) for i, v in m["pcrs"]), log=log,
+                    approved_at=float(m.get("at", 0.0)), expires_at=float(m.get("exp", 0.0)))
 
 
 def device_to_bytes(d: Device) -> bytes:
@@ -52,6 +57,7 @@ def device_to_bytes(d: Device) -> bytes:
             "clock": d.last_clock,
             "diff": [[c.index, c.enrolled or b"", c.current or b""] for c in d.last_diff],
             "refused": _baseline_map(d.last_refused) if d.last_refused else None,
+            **({"evdiff": d.last_eventlog} if d.last_eventlog else {}),
         }
     )
 
@@ -81,6 +87,7 @@ def device_from_bytes(data: bytes) -> Device:
             last_diff=tuple(PcrChange(int(i), bytes(a) or None, bytes(b) or None)
                             for i, a, b in m["diff"]),
             last_refused=_baseline(m["refused"]) if m.get("refused") else None,
+            last_eventlog=f.text("evdiff", _BIG, optional=True),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise AttestgateError(ErrorCode.INTERNAL, f"stored device: {exc}") from None

@@ -120,8 +120,8 @@ def test_superseded_baseline_is_accepted_until_it_expires() -> None:
     old_values, new_values = pcr_values(b"old"), pcr_values(b"new")
     dev = make_device("alice").record
     dev = dataclasses.replace(dev, baselines=(
-        Baseline(SELECTION, tuple(sorted(new_values.items())), NOW),
-        Baseline(SELECTION, tuple(sorted(old_values.items())), 0.0, NOW + 60)))
+        Baseline(SELECTION, tuple(sorted(new_values.items())), approved_at=NOW),
+        Baseline(SELECTION, tuple(sorted(old_values.items())), expires_at=NOW + 60)))
     assert matching_baseline(dev, old_values, NOW + 59) is not None
     assert matching_baseline(dev, old_values, NOW + 60) is None
     assert matching_baseline(dev, new_values, NOW + 10**6) is not None

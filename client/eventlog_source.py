@@ -1,0 +1,34 @@
+"""Which measured-boot event log the client sends (protocol 3), and reading it.
+
+``--event-log PATH`` first, then ``$ATTESTGATE_EVENT_LOG``; ``none`` in either turns
+sending off. Without either, the kernel's log (``/sys/kernel/security/tpm0/
+binary_bios_measurements``) is used when it is readable *and* the TPM is the machine's
+own (a ``device:`` or ``tabrmd`` TCTI): the host's log says nothing about a software TPM.
+A log that was asked for explicitly and cannot be read is a usage error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from client.eventlog_view import ENV_EVENT_LOG, LINUX_EVENT_LOG, read_log
+from shared.errors import AttestgateError
+
+OFF = "none"
+_OWN_TPM = ("device", "tabrmd")
+
+
+def event_log(path: str | None, env: Mapping[str, str], tcti: str | None,
+              linux_path: str = LINUX_EVENT_LOG) -> bytes | None:
+    """The log's bytes, or None when there is none to send."""
+    chosen = path if path is not None else env.get(ENV_EVENT_LOG) or None
+    if chosen is not None:
+        return None if chosen == OFF else read_log(chosen)
+    kind = (tcti or "").split(":", 1)[0].strip().lower()
+    if kind not in _OWN_TPM or not os.access(linux_path, os.R_OK):
+        return None
+    try:
+        return read_log(linux_path)
+    except AttestgateError:
+        return None  # the default is best effort; only an explicit log must be readable

@@ -1,0 +1,159 @@
+"""A simulated measured boot for a software TPM: a small realistic event log, and "booting" a
+TPM from a log (each event's SHA-256 digest extended into its PCR, in log order).
+
+    python -m deploy.boot_log write DIR           # writes DIR/boot-1.log and DIR/boot-2.log
+    python -m deploy.boot_log boot TCTI LOGFILE   # extends the TPM's sha256 PCRs from LOGFILE
+
+``boot-2.log`` is ``boot-1.log`` after a kernel update: one boot application (the kernel,
+the third image the firmware loads: shim, grub, vmlinuz) measured with a new digest, and the
+kernel's name in grub's events changed to match (PCRs 8/9, outside the default selection).
+Only ``shared.eventlog.build`` writes the logs; nothing here needs the handout data.
+
+The TPM must be fresh (PCRs as after a reset): a swtpm at locality 0 can extend PCRs 0-15,
+16 and 23 only, and a log whose StartupLocality is not 0 cannot be replayed on it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared.eventlog import parse_log
+from shared.eventlog import types as t
+from shared.eventlog.build import encode_log, measured_event
+from shared.eventlog.parse import Event
+
+BANKS = ("sha1", "sha256")
+EXTENDABLE = frozenset((*range(16), 16, 23))  # at locality 0 (TPM-NOTES.md)
+_BATCH = 64  # digests per tpm2_pcrextend run
+
+_GLOBAL = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+_IMAGE_DB = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
+_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+_SHA256_SIG = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
+
+
+def _variable(vendor: uuid.UUID, name: str, data: bytes) -> bytes:
+    return (vendor.bytes_le + struct.pack("<QQ", len(name), len(data))
+            + name.encode("utf-16-le") + data)
+
+
+def _signature_list(kind: uuid.UUID, entries: Sequence[bytes]) -> bytes:
+    size = 16 + len(entries[0])
+    return (kind.bytes_le + struct.pack("<III", 28 + size * len(entries), 0, size)
+            + b"".join(b"\x11" * 16 + e for e in entries))
+
+
+def _image(path: str) -> bytes:
+    """EFI_IMAGE_LOAD_EVENT with a file-path device path (the path is a hint, unmeasured)."""
+    node = path.encode("utf-16-le") + b"\x00\x00"
+    dp = struct.pack("<BBH", 4, 4, 4 + len(node)) + node + b"\x7f\xff\x04\x00"
+    return struct.pack("<QQQQ", 0x7E000000, 0x1A0000, 0, len(dp)) + dp
+
+
+def _grub(prefix: str, text: str) -> tuple[bytes, bytes]:
+    return (prefix + text).encode() + b"\x00", text.encode()
+
+
+def demo_boot(kernel: str = "6.1.0-28-amd64") -> list[Event]:
+    """The events of one UEFI boot with Secure Boot: firmware, keys, shim, grub, the kernel."""
+    def ev(pcr: int, etype: int, data: bytes, measured: bytes | None = None) -> Event:
+        return measured_event(pcr, etype, data, BANKS, measured)
+
+    vmlinuz = f"/boot/vmlinuz-{kernel}"
+    cmdline = "root=UUID=6d1c0b4e-3f8a-4c1e-9a57-2b0f1e5d7c90 ro quiet"
+    linux_data, linux_measured = _grub("grub_cmd: ", f"linux {vmlinuz} {cmdline}")
+    kcl_data, kcl_measured = _grub("kernel_cmdline: ", f"{vmlinuz} {cmdline}")
+    db = b"\x30\x82\x05\x00" + b"demo db certificate".ljust(36, b".")
+    return [
+        ev(0, t.EV_S_CRTM_VERSION, "1.16.2-debian".encode("utf-16-le") + b"\x00\x00"),
+        ev(0, t.EV_EFI_PLATFORM_FIRMWARE_BLOB, struct.pack("<QQ", 0xFFC00000, 0x84000),
+           b"OVMF PEI firmware volume 1.16.2"),
+        ev(0, t.EV_EFI_PLATFORM_FIRMWARE_BLOB, struct.pack("<QQ", 0xFFC84000, 0x34C000),
+           b"OVMF DXE firmware volume 1.16.2"),
+        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG, _variable(_GLOBAL, "SecureBoot", b"\x01")),
+        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
+           _variable(_GLOBAL, "PK", _signature_list(_X509, [b"\x30\x82" + b"P" * 38]))),
+        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
+           _variable(_GLOBAL, "KEK", _signature_list(_X509, [b"\x30\x82" + b"K" * 38]))),
+        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
+           _variable(_IMAGE_DB, "db", _signature_list(_X509, [db]))),
+        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
+           _variable(_IMAGE_DB, "dbx",
+                     _signature_list(_SHA256_SIG, [bytes([i]) * 32 for i in range(5)]))),
+        ev(7, t.EV_SEPARATOR, b"\x00" * 4),
+        ev(1, t.EV_EFI_VARIABLE_BOOT, _variable(_GLOBAL, "BootOrder", b"\x01\x00\x00\x00")),
+        ev(4, t.EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
+        *[ev(pcr, t.EV_SEPARATOR, b"\x00" * 4) for pcr in (0, 1, 2, 3, 4, 5, 6)],
+        ev(7, t.EV_EFI_VARIABLE_AUTHORITY, _variable(_IMAGE_DB, "db", b"\x11" * 16 + db)),
+        ev(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, _image("\\EFI\\debian\\shimx64.efi"),
+           b"shim 15.7-1 signed image"),
+        ev(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, _image("\\EFI\\debian\\grubx64.efi"),
+           b"grub 2.06-13 signed image"),
+        ev(9, t.EV_IPL, b"(hd0,gpt1)/boot/grub/grub.cfg\x00",
+           f"menuentry 'Debian GNU/Linux' {{ linux {vmlinuz} }}".encode()),
+        ev(8, t.EV_IPL, linux_data, linux_measured),
+        ev(8, t.EV_IPL, kcl_data, kcl_measured),
+        ev(9, t.EV_IPL, vmlinuz.encode() + b"\x00", f"kernel image {kernel}".encode()),
+        ev(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, _image(""),
+           f"kernel image {kernel}".encode()),
+        ev(5, t.EV_EFI_ACTION, b"Exit Boot Services Invocation"),
+    ]
+
+
+def write_demo_logs(directory: Path) -> tuple[Path, Path]:
+    """boot-1.log (kernel 6.1.0-28) and boot-2.log (the same machine after updating to -31)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    first, second = directory / "boot-1.log", directory / "boot-2.log"
+    first.write_bytes(encode_log(demo_boot("6.1.0-28-amd64"), BANKS))
+    second.write_bytes(encode_log(demo_boot("6.1.0-31-amd64"), BANKS))
+    return first, second
+
+
+def extend_args(log: bytes, bank: str = "sha256") -> list[str]:
+    """``tpm2_pcrextend`` arguments (``PCR:bank=HEX``) that replay ``log`` into a fresh TPM."""
+    out = []
+    for e in parse_log(log).events:
+        if e.type == t.EV_NO_ACTION:
+            if e.pcr == 0 and e.data.startswith(b"StartupLocality") and e.data[-1:] != b"\x00":
+                raise ValueError("the log starts at a locality a swtpm cannot reproduce")
+            continue
+        if e.pcr not in EXTENDABLE:
+            raise ValueError(f"PCR {e.pcr} cannot be extended at locality 0")
+        out.append(f"{e.pcr}:{bank}={e.digests[bank].hex()}")
+    return out
+
+
+def boot_tpm(tcti: str, log: bytes) -> int:
+    """Extend the TPM's sha256 PCRs from ``log``, in order; returns the events extended."""
+    tool = shutil.which("tpm2_pcrextend")
+    if tool is None:
+        raise RuntimeError("tpm2_pcrextend (tpm2-tools) is not installed")
+    args = extend_args(log)
+    for i in range(0, len(args), _BATCH):
+        subprocess.run([tool, *args[i:i + _BATCH]], check=True, capture_output=True,
+                       env={"TPM2TOOLS_TCTI": tcti, "TSS2_LOG": "all+none",
+                            "PATH": "/usr/bin:/bin"})
+    return len(args)
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "write":
+        for p in write_demo_logs(Path(argv[1])):
+            print(p)
+        return 0
+    if len(argv) == 3 and argv[0] == "boot":
+        n = boot_tpm(argv[1], Path(argv[2]).read_bytes())
+        print(f"extended {n} measurements from {argv[2]} into the TPM's sha256 PCRs")
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
