@@ -374,6 +374,11 @@ class ZmqBus:
         svc = self._services.get(service)
         return 0 if svc is None else len(svc.queue)
 
+    def inflight(self, service: str) -> int:
+        """Requests of ``service`` its workers hold and have not answered yet."""
+        svc = self._services.get(service)
+        return 0 if svc is None else sum(len(w.inflight) for w in svc.workers.values())
+
     # -- dispatch -------------------------------------------------------------------------
 
     def _service(self, name: str) -> _Service:
