@@ -46,6 +46,8 @@ _SIMPLE = {
     ErrorCode.ALREADY_ENROLLED: "this TPM is already enrolled",
     ErrorCode.QUOTE_BINDING: "the TPM quote was not bound to this channel",
     ErrorCode.CLOCK_ROLLBACK: "the TPM's clock or reset counter went backwards",
+    ErrorCode.POLICY_REFUSED: "a custom policy of the server refused this device's state; "
+                              "ask the operator (attestgate-admin audit DEVICE names it)",
     ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
     ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer (one of its "
                                    "services did not reply in time); try again",

@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     PCR_DIGEST = "pcr_digest"  # PCR values sent do not match the quoted digest
     PCR_MISMATCH = "pcr_mismatch"  # PCRs differ from the enrolled baseline
     CLOCK_ROLLBACK = "clock_rollback"  # TPM resetCount/clock went backwards
+    POLICY_REFUSED = "policy_refused"  # a custom policy plugin refused (or failed: fail closed)
     CREDENTIAL_FAILED = "credential_failed"  # credential activation answer is wrong
     TPM_ERROR = "tpm_error"  # the local TPM failed (client side)
     TPM_UNAVAILABLE = "tpm_unavailable"  # no TPM reachable at the configured TCTI (client side)

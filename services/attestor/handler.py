@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from services.attestor import enroll
+from services.attestor import enroll, plugins
 from services.attestor.policy import (
     AttestPolicy,
     Outcome,
@@ -32,6 +32,7 @@ from shared.codec import Fields, pack
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
+from shared.plugins import NO_PLUGINS, Action, Evidence, Plugins, Refused
 from shared.records import Baseline, Device, refusal_for
 from shared.store.interface import Store
 from shared.timing import CONNECT_TS_AHEAD
@@ -78,6 +79,7 @@ class AttestorDeps:
     policy: AttestPolicy
     rng: Random = os.urandom
     audit: AuditAnchor | None = None  # None: verify_audit answers not_found
+    plugins: Plugins = NO_PLUGINS  # custom policies and consequences (shared/plugins.py)
 
 
 def _enroll_begin(req: Request, deps: AttestorDeps, now: float) -> Reply:
@@ -137,6 +139,15 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         diff = pcr_diff(device.baselines[0].as_dict(), pcrs)
         return _refuse(deps, device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
                        Baseline.of(selection_text, pcrs), now)
+    if deps.plugins.policies:
+        ev = plugins.evidence(device, pcrs, info, now, bool(server_nonce))
+        verdict = plugins.run_policies(deps.plugins.policies, ev)
+        if not verdict.accepted:
+            _plugin_failures(deps, device_id, verdict.failures, now)
+            deps.store.append_audit("policy_refused", device_id,
+                                    {"plugin": verdict.plugin, "reason": verdict.reason}, now)
+            return _refuse(deps, device_id, ErrorCode.POLICY_REFUSED,
+                           f"plugin {verdict.plugin}: {verdict.reason}", (), None, now, ev)
     deps.store.update_device(device_id, lambda d: accepted(d, now, info.reset_count, info.clock))
     deps.store.append_audit("attest_ok", device_id,
                             {"h": h.hex()[:16], "reattest": bool(server_nonce),
@@ -145,11 +156,14 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
 
 
 def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
-            diff: tuple[PcrChange, ...], state: Baseline | None, now: float) -> Reply:
+            diff: tuple[PcrChange, ...], state: Baseline | None, now: float,
+            ev: Evidence | None = None) -> Reply:
     outcomes: list[Outcome] = []
+    action = _plugin_action(deps, device_id, code, diff, ev, now)
 
     def change(d: Device) -> Device:
-        outcomes.append(refused(d, deps.policy, diff, state))  # the last try is the one stored
+        # the last try is the one stored
+        outcomes.append(plugins.escalate(refused(d, deps.policy, diff, state), action))
         return outcomes[-1].device
 
     deps.store.update_device(device_id, change)
@@ -168,6 +182,35 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
     body = {"changed": changed, "failures": outcome.device.failures,
             "max_failures": deps.policy.max_failures, "status": outcome.device.status.value}
     raise Refusal(code, detail, body, outcome.events)
+
+
+def _plugin_action(deps: AttestorDeps, device_id: str, code: ErrorCode,
+                   diff: tuple[PcrChange, ...], ev: Evidence | None, now: float) -> Action:
+    """What the consequence plugins ask for after this refusal (audited when they act)."""
+    if not deps.plugins.consequences:
+        return Action.none()
+    device = deps.store.get_device(device_id)
+    if device is None:
+        return Action.none()
+    verdict = plugins.run_consequences(
+        deps.plugins.consequences,
+        Refused(plugins.device_view(device), code.value, device.failures + 1,
+                tuple(diff_view(diff)), ev, now))
+    _plugin_failures(deps, device_id, verdict.failures, now)
+    if verdict.action.kind is not None:
+        deps.store.append_audit("plugin_action", device_id,
+                                {"plugin": verdict.plugin, "action": verdict.action.kind.value,
+                                 "reason": verdict.action.reason[:200]}, now)
+    return verdict.action
+
+
+def _plugin_failures(deps: AttestorDeps, device_id: str,
+                     failures: tuple[plugins.Failure, ...], now: float) -> None:
+    for f in failures:
+        _log.error("plugin failed (fail closed) plugin=%s device=%s problem=%s", f.plugin,
+                   device_id, f.problem)
+        deps.store.append_audit("plugin_failed", device_id,
+                                {"plugin": f.plugin, "problem": f.problem}, now)
 
 
 # -- read-only operator views (services/console) -----------------------------------------

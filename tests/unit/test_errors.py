@@ -14,7 +14,8 @@ PINNED = {
     "bad_token", "invalid_name", "name_taken", "already_enrolled", "unknown_device", "revoked",
     "locked", "reenroll_required", "outside_window",
     "ek_untrusted", "ek_mismatch", "ak_invalid", "certify_invalid", "quote_invalid",
-    "quote_binding", "pcr_digest", "pcr_mismatch", "clock_rollback", "credential_failed",
+    "quote_binding", "pcr_digest", "pcr_mismatch", "clock_rollback", "policy_refused",
+    "credential_failed",
     "tpm_error", "tpm_unavailable",
 }
 
