@@ -17,7 +17,7 @@ from tpm_builders import quote_attest, sign_data, tpm_name
 from services.attestor import plugins as pipeline
 from services.attestor.enroll import EnrollSettings, quote_nonce
 from services.attestor.handler import AttestorDeps, handle
-from services.attestor.policy import AttestPolicy
+from services.attestor.policy import AttestPolicy, Outcome
 from shared.bus.interface import BusEvent, Reply, Request
 from shared.config import Consequence, EnrollPolicy
 from shared.errors import ErrorCode
@@ -238,8 +238,6 @@ def test_the_strictest_action_wins() -> None:
 
 
 def test_escalate_changes_only_an_active_device() -> None:
-    from services.attestor.policy import Outcome
-
     rec = make_device("a").record
     locked = dataclasses.replace(rec, status=DeviceStatus.LOCKED)
     out = pipeline.escalate(Outcome(locked, (), None), Action.of(ActionKind.REVOKE))
