@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -34,9 +35,11 @@ from services.registry import admin
 from shared.store.redis_store import RedisStore
 from shared.vault import KEY_FILES, Vault
 from shared.webhook import SIGNATURE_HEADER, verify_signature
+from tests.support.plugins import register_example
 from tests.support.ports import free_port
-from tests.support.stack import Stack
+from tests.support.stack import REPO, Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm
+from tests.support.swtpm_fixtures import SwtpmFactory
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +296,47 @@ def test_webhook_to_a_closed_port_never_delays_the_refusal(
         until(failed_try, "a failed webhook try in the gateway's JSON log")
         lines = [json.loads(x) for x in stack.log("gateway").splitlines() if x.strip()]
         assert all(set(r) >= {"ts", "level", "logger", "msg"} for r in lines)
+
+
+def test_example_plugins_run_in_the_real_attestor(
+        tmp_path: Path, swtpm_factory: SwtpmFactory, swtpm_template: TemplateTpm,
+        swtpm_template_other_ca: TemplateTpm) -> None:
+    """examples/plugins registered as an installed distribution (tests/support/plugins.py):
+    the attestor worker loads both entry points; the policy refuses a deny-listed device,
+    the consequence locks another at its first PCR 7 refusal."""
+    site = register_example(tmp_path / "site")
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    for t in (swtpm_template, swtpm_template_other_ca):
+        shutil.copyfile(t.ca_cert_path, trust / t.ca_cert_path.name)
+    with Stack.start(tmp_path / "stack", ca_dir=trust, settings={
+            "ATTESTGATE_PCR_SELECTION": SELECTION, "ATTESTGATE_MAX_FAILURES": "3",
+            "ATTESTGATE_EXAMPLE_DENY": "blocked",
+            "PYTHONPATH": os.pathsep.join([*map(str, site), str(REPO)])}) as stack:
+        blocked = ["--tpm", swtpm_factory().tcti, "--home", str(tmp_path / "home-blocked")]
+        fine_tpm = swtpm_factory(swtpm_template_other_ca)
+        fine = ["--tpm", fine_tpm.tcti, "--home", str(tmp_path / "home-fine")]
+        for name, device in (("blocked", blocked), ("fine", fine)):
+            rc, doc = cli("enroll", "--server", stack.server, "--name", name, "--tofu", *device)
+            assert rc == EXIT_OK, doc
+
+        rc, doc = cli("status", *blocked)
+        assert (rc, doc["error"]) == (EXIT_REFUSED, "policy_refused"), doc
+        rc, doc = cli("status", *fine)
+        assert rc == EXIT_OK and doc["status"] == "active", doc
+
+        with Tpm(fine_tpm.tcti) as tpm:
+            tpm.extend_pcr(7, b"new Secure Boot db")
+        rc, doc = cli("status", *fine)
+        assert (rc, doc["error"], doc["status"], doc["failures"]) == (
+            EXIT_REFUSED, "pcr_mismatch", "locked", 1), doc
+        rc, doc = cli("status", *fine)
+        assert (rc, doc["error"]) == (EXIT_REFUSED, "locked"), doc
+
+        log = stack.log("attestor")
+        assert 'msg="plugin loaded group=attestgate.policies name=deny-listed ' in log
+        assert ('msg="plugin loaded group=attestgate.consequences '
+                'name=lock-on-secure-boot-change ') in log
+        rc, doc = admin_cli(stack, "audit", "fine")
+        assert rc == EXIT_OK, doc
+        assert "plugin_action" in [e["event"] for e in doc["entries"]], doc
