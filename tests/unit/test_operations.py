@@ -9,6 +9,7 @@ import hmac
 import io
 import json
 import logging
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -98,7 +99,6 @@ def test_json_lines() -> None:
     try:
         raise ValueError("boom")
     except ValueError:
-        import sys
         rec = logging.LogRecord("attestgate.x", logging.ERROR, __file__, 1, "failed %d", (3,),
                                 sys.exc_info())
     doc = json.loads(JsonFormatter().format(rec))
