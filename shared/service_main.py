@@ -199,7 +199,8 @@ def start_metrics(process: str, ops: OpsSettings, registry: CollectorRegistry,
     address = ops.metrics_address(process)
     if address is None:
         return None
-    server = MetricsServer(registry, *address, health=health, refresh=refresh)
+    server = MetricsServer(registry, *address, refresh=refresh,
+                           health=health or (lambda: {"ok": True, "process": process}))
     try:
         server.start()
     except OSError as exc:

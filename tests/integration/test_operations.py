@@ -250,6 +250,9 @@ def test_health_metrics_webhooks_and_logs_through_a_devices_life(
         assert att['attestgate_store_errors_total{service="attestor"}'] == 0
         board = scrape(stack, "board")  # the second board worker took over the base + 3 port
         assert board['attestgate_store_errors_total{service="board"}'] == 0
+        for process in ("attestor", "registry", "board"):
+            with urllib.request.urlopen(stack.metrics_url(process) + "/healthz", timeout=5) as r:
+                assert json.loads(r.read()) == {"ok": True, "process": process}
 
         # Logs: logfmt, refusals at WARNING, the outage at ERROR, no secret anywhere.
         logs = {p.name: p.read_text() for p in (stack.directory / "logs").glob("*.log")}
