@@ -242,7 +242,7 @@ def test_health_metrics_webhooks_and_logs_through_a_devices_life(
         assert gw['attestgate_bus_inflight{service="attestor"}'] == 0
         assert gw["attestgate_sessions"] == 0
         assert gw['attestgate_bus_requests_total{op="post",outcome="service_unavailable",'
-                  'service="board"}'] == 1
+                  'service="board"}'] >= 1
         assert gw['attestgate_webhook_deliveries_total{outcome="delivered"}'] >= 3
         att = scrape(stack, "attestor")
         assert att['attestgate_worker_requests_total{op="attest",outcome="pcr_mismatch",'
