@@ -51,6 +51,8 @@ _SIMPLE = {
                                 "a log of another machine or TPM, or tampering); check "
                                 "--event-log / ATTESTGATE_EVENT_LOG, or run `attestgate "
                                 "eventlog --tpm ...` to compare",
+    ErrorCode.POLICY_REFUSED: "a custom policy of the server refused this device's state; "
+                              "ask the operator (attestgate-admin audit DEVICE names it)",
     ErrorCode.CREDENTIAL_FAILED: "the TPM could not prove that its keys live together",
     ErrorCode.SERVICE_UNAVAILABLE: "the server is temporarily unable to answer (one of its "
                                    "services did not reply in time); try again",

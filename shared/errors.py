@@ -48,6 +48,7 @@ class ErrorCode(StrEnum):
     PCR_MISMATCH = "pcr_mismatch"  # PCRs differ from the enrolled baseline
     LOG_INCONSISTENT = "log_inconsistent"  # event log malformed or not replaying to the quote
     CLOCK_ROLLBACK = "clock_rollback"  # TPM resetCount/clock went backwards
+    POLICY_REFUSED = "policy_refused"  # a custom policy plugin refused (or failed: fail closed)
     CREDENTIAL_FAILED = "credential_failed"  # credential activation answer is wrong
     TPM_ERROR = "tpm_error"  # the local TPM failed (client side)
     TPM_UNAVAILABLE = "tpm_unavailable"  # no TPM reachable at the configured TCTI (client side)

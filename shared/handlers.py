@@ -18,6 +18,9 @@ D = TypeVar("D")
 Op = Callable[[Request, D, float], Reply]
 
 
+_OUTAGES = frozenset({ErrorCode.STORE_UNAVAILABLE, ErrorCode.INTERNAL})
+
+
 class Refusal(AttestgateError):
     """An error whose reply carries a body for the authenticated device (e.g. a PCR diff),
     and side effects that already happened (audit, failure counter)."""
@@ -38,10 +41,12 @@ def dispatch(ops: Mapping[str, Op[D]], request: Request, deps: D, now: float,
     try:
         return op(request, deps, now)
     except Refusal as exc:
-        log.info("refused op=%s req=%s code=%s detail=%s", request.op, request.id, exc.code,
-                 exc.detail)
+        log.warning("refused op=%s req=%s code=%s detail=%s", request.op, request.id, exc.code,
+                    exc.detail)
         return Reply(request.id, exc.body, exc.code, exc.events)
     except AttestgateError as exc:
-        log.info("error op=%s req=%s code=%s detail=%s", request.op, request.id, exc.code,
-                 exc.detail)
+        # An outage (the store, a bug) at ERROR; a request refused for cause at INFO.
+        log.log(logging.ERROR if exc.code in _OUTAGES else logging.INFO,
+                "error op=%s req=%s code=%s detail=%s", request.op, request.id, exc.code,
+                exc.detail)
         return Reply.failure(request.id, exc.code)

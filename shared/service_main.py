@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry
+
+from shared import logfmt
 from shared.audit import AuditKey
 from shared.audit_anchor import CHECKPOINT_FILE, CheckpointFile
 from shared.bus.interface import Handler
 from shared.config import ConfigError, ServerConfig
 from shared.errors import AttestgateError
+from shared.metrics import Health, MetricsServer, WorkerMetrics, instrument
+from shared.ops_settings import LogFormat, OpsSettings
 from shared.store.redis_store import RedisStore, wait_ready
 from shared.vault import (
     STORAGE_KEY_FILE,
@@ -40,12 +45,9 @@ class StartError(Exception):
     """The service cannot start; ``str()`` is the one line to print; exit 2."""
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def setup_logging(level: str, fmt: LogFormat = LogFormat.LOGFMT) -> None:
+    """One line per record on stderr: logfmt, or JSON (ATTESTGATE_LOG_FORMAT=json)."""
+    logfmt.setup_logging(level, fmt)
 
 
 def say(service: str, message: str) -> None:
@@ -56,6 +58,7 @@ def load_config(service: str) -> ServerConfig | None:
     """Read and check every setting and set up logging; None (after one line) if not valid."""
     try:
         cfg = ServerConfig.from_env()
+        ops = OpsSettings.from_env()
         cfg.check_files()
     except ConfigError as exc:
         say(service, f"configuration: {exc}")
@@ -63,7 +66,7 @@ def load_config(service: str) -> ServerConfig | None:
     except OSError as exc:  # an EK CA directory or allowlist that cannot be read
         say(service, f"configuration: {exc.filename}: {exc.strerror}")
         return None
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, ops.log_format)
     return cfg
 
 
@@ -186,6 +189,28 @@ def serve_without_keys(service: str, handler: Handler[D],
     return _run(service, handler, build)
 
 
+def start_metrics(process: str, ops: OpsSettings, registry: CollectorRegistry,
+                  health: Health | None = None,
+                  refresh: Callable[[], None] | None = None) -> MetricsServer | None:
+    """Serve /metrics and /healthz on the process's port (ATTESTGATE_METRICS_LISTEN + its
+    offset); None when off. A port already taken (a second worker of the same service on
+    this host) is logged at ERROR and the process runs on without metrics: monitoring
+    must not stop a worker. Give such a worker its own ATTESTGATE_METRICS_LISTEN."""
+    address = ops.metrics_address(process)
+    if address is None:
+        return None
+    server = MetricsServer(registry, *address, refresh=refresh,
+                           health=health or (lambda: {"ok": True, "process": process}))
+    try:
+        server.start()
+    except OSError as exc:
+        logging.getLogger("attestgate.metrics").error(
+            "metrics not served: %s:%d (ATTESTGATE_METRICS_LISTEN + %s offset): %s",
+            address[0], address[1], process, exc.strerror or exc)
+        return None
+    return server
+
+
 def _run(service: str, handler: Handler[D],
          build: Callable[[ServerConfig], tuple[RedisStore, D]]) -> int:
     cfg = load_config(service)
@@ -205,11 +230,15 @@ def _run(service: str, handler: Handler[D],
         return EXIT_CONFIG
     stop = threading.Event()
     install_stop_signals(stop)
+    metrics = WorkerMetrics(service)
+    server = start_metrics(service, OpsSettings.from_env(), metrics.registry)
     log.info("worker start service=%s bus=%s", service, ",".join(cfg.bus_endpoints))
     try:
-        run_worker(service, handler, deps, bus_endpoints=cfg.bus_endpoints,
+        run_worker(service, instrument(handler, metrics), deps, bus_endpoints=cfg.bus_endpoints,
                    events_endpoints=cfg.events_endpoints, stop=stop)
     finally:
+        if server is not None:
+            server.close()
         store.close()
     log.info("worker stop service=%s", service)
     return 0

@@ -7,6 +7,7 @@ from services.attestor.handler import AttestorDeps, AuditAnchor, handle
 from services.attestor.policy import AttestPolicy
 from shared.audit import Checkpoint
 from shared.config import ServerConfig, parse_window
+from shared.plugins import load_all
 from shared.service_main import WorkerKeys, serve
 from shared.store.redis_store import RedisStore
 from shared.wire import Service
@@ -21,6 +22,7 @@ def deps(cfg: ServerConfig, store: RedisStore, keys: WorkerKeys) -> AttestorDeps
         policy=AttestPolicy(cfg.pcr_selection, cfg.max_failures, cfg.consequence,
                             parse_window(cfg.connect_window)),
         audit=AuditAnchor(keys.audit_key, lambda: _checkpoints(keys)),
+        plugins=load_all(),  # entry points attestgate.policies / attestgate.consequences
     )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from services.attestor import enroll
+from services.attestor import enroll, plugins
 from services.attestor.eventlogs import SentLog, capped, check_sent, compare, forget_refused_log
 from services.attestor.policy import (
     AttestPolicy,
@@ -34,12 +34,13 @@ from shared.codec import Fields, pack
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
+from shared.plugins import NO_PLUGINS, Action, Evidence, Plugins, Refused
 from shared.records import Baseline, Device, refusal_for
 from shared.store.interface import Store
 from shared.timing import CONNECT_TS_AHEAD
 from shared.tpm.keycache import KeyCache
 from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
-from shared.tpm.quote import verify_quote
+from shared.tpm.quote import QuoteInfo, verify_quote
 from shared.vault import Vault
 from shared.wire import (
     HASH_LEN,
@@ -85,6 +86,7 @@ class AttestorDeps:
     audit: AuditAnchor | None = None  # None: verify_audit answers not_found
     # AKs parsed once per device (re-parsed when a device's AK bytes change).
     keys: KeyCache = field(default_factory=KeyCache)
+    plugins: Plugins = NO_PLUGINS  # custom policies and consequences (shared/plugins.py)
 
 
 def _enroll_begin(req: Request, deps: AttestorDeps, now: float) -> Reply:
@@ -122,12 +124,7 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
     if connect_ts >= 0:
-        # The gateway sends message 1's timestamp with the first transport message, which
-        # decrypted: the device's TPM computed the session PSK. Only now does the replay
-        # guard advance (never past the clock + CONNECT_TS_AHEAD); concurrent sessions of
-        # one device may confirm out of order, so an older timestamp is not an error here.
-        ceiling = int((now + CONNECT_TS_AHEAD) * 1e9)
-        deps.store.advance_connect_ts(device_id, min(connect_ts, ceiling))
+        _confirmed(deps, device_id, connect_ts, now)
     code = refusal_for(device.status)
     if code is not None:
         raise AttestgateError(code, device_id)
@@ -166,6 +163,10 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         return _refuse(deps, device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
                        Baseline.of(selection_text, pcrs, sent.digest if sent else ""), now,
                        evdiff)
+    if deps.plugins.policies:
+        refusal = _custom_policies(deps, device, pcrs, info, now, bool(server_nonce))
+        if refusal is not None:
+            return refusal
     new = deps.store.update_device(device_id,
                                    lambda d: accepted(d, now, info.reset_count, info.clock))
     deps.store.append_audit("attest_ok", device_id,
@@ -174,6 +175,30 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     # The server's view for the client to keep (``attestgate check`` compares with it).
     return Reply(req.id, {"device_id": device_id, "name": device.name,
                           "status": new.status.value, "baselines": accepted_view(new, now)})
+
+
+def _confirmed(deps: AttestorDeps, device_id: str, connect_ts: int, now: float) -> None:
+    """The gateway sends message 1's timestamp with the first transport message, which
+    decrypted: the device's TPM computed the session PSK. Only now does the replay guard
+    advance (never past the clock + CONNECT_TS_AHEAD); concurrent sessions of one device
+    may confirm out of order, so an older timestamp is not an error here."""
+    ceiling = int((now + CONNECT_TS_AHEAD) * 1e9)
+    deps.store.advance_connect_ts(device_id, min(connect_ts, ceiling))
+
+
+def _custom_policies(deps: AttestorDeps, device: Device, pcrs: dict[int, bytes], info: QuoteInfo,
+                     now: float, reattest: bool) -> Reply | None:
+    """Run the policy plugins over the verified evidence; a refusal (or a failing plugin:
+    fail closed) is counted and audited like any other."""
+    ev = plugins.evidence(device, pcrs, info, now, reattest)
+    verdict = plugins.run_policies(deps.plugins.policies, ev)
+    if verdict.accepted:
+        return None
+    _plugin_failures(deps, device.device_id, verdict.failures, now)
+    deps.store.append_audit("policy_refused", device.device_id,
+                            {"plugin": verdict.plugin, "reason": verdict.reason}, now)
+    return _refuse(deps, device.device_id, ErrorCode.POLICY_REFUSED,
+                   f"plugin {verdict.plugin}: {verdict.reason}", (), None, now, ev=ev)
 
 
 SERVER_VIEW_BASELINES: Final = 16  # newest accepted baselines sent to the client
@@ -188,17 +213,19 @@ def accepted_view(device: Device, now: float) -> list[dict[str, bytes]]:
 
 def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
             diff: tuple[PcrChange, ...], state: Baseline | None, now: float,
-            evdiff: dict[str, Any] | None = None) -> Reply:
+            evdiff: dict[str, Any] | None = None, ev: Evidence | None = None) -> Reply:
     """Count and audit a refusal; ``evdiff`` (event-log diff, capped) rides along when
-    both logs were there: in the push, the audit entry and the device record."""
+    both logs were there: in the push, the audit entry and the device record. A
+    consequence plugin sees ``ev`` and may escalate."""
     outcomes: list[Outcome] = []
+    action = _plugin_action(deps, device_id, code, diff, ev, now)
 
     def change(d: Device) -> Device:
-        out = refused(d, deps.policy, diff, state)  # the last try is the one stored
+        out = plugins.escalate(refused(d, deps.policy, diff, state), action)
         if state is not None:  # a new refused state: its log diff (or none) replaces the old
             out = dataclasses.replace(out, device=dataclasses.replace(
                 out.device, last_eventlog=canonical(evdiff) if evdiff else ""))
-        outcomes.append(out)
+        outcomes.append(out)  # the last try is the one stored
         return outcomes[-1].device
 
     before = deps.store.get_device(device_id)
@@ -222,6 +249,35 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
             "max_failures": deps.policy.max_failures, "status": outcome.device.status.value,
             **({"eventlog": evdiff} if evdiff else {})}
     raise Refusal(code, detail, body, outcome.events)
+
+
+def _plugin_action(deps: AttestorDeps, device_id: str, code: ErrorCode,
+                   diff: tuple[PcrChange, ...], ev: Evidence | None, now: float) -> Action:
+    """What the consequence plugins ask for after this refusal (audited when they act)."""
+    if not deps.plugins.consequences:
+        return Action.none()
+    device = deps.store.get_device(device_id)
+    if device is None:
+        return Action.none()
+    verdict = plugins.run_consequences(
+        deps.plugins.consequences,
+        Refused(plugins.device_view(device), code.value, device.failures + 1,
+                tuple(diff_view(diff)), ev, now))
+    _plugin_failures(deps, device_id, verdict.failures, now)
+    if verdict.action.kind is not None:
+        deps.store.append_audit("plugin_action", device_id,
+                                {"plugin": verdict.plugin, "action": verdict.action.kind.value,
+                                 "reason": verdict.action.reason[:200]}, now)
+    return verdict.action
+
+
+def _plugin_failures(deps: AttestorDeps, device_id: str,
+                     failures: tuple[plugins.Failure, ...], now: float) -> None:
+    for f in failures:
+        _log.error("plugin failed (fail closed) plugin=%s device=%s problem=%s", f.plugin,
+                   device_id, f.problem)
+        deps.store.append_audit("plugin_failed", device_id,
+                                {"plugin": f.plugin, "problem": f.problem}, now)
 
 
 # -- read-only operator views (services/console) -----------------------------------------

@@ -21,6 +21,7 @@ from shared.config import ConfigError, ServerConfig
 from shared.console_settings import ConsoleSettings
 from shared.console_token import load_or_create_key
 from shared.errors import AttestgateError
+from shared.ops_settings import OpsSettings
 from shared.service_main import EXIT_CONFIG, say, setup_logging
 
 SERVICE = "console"
@@ -71,10 +72,11 @@ def main() -> int:
     try:
         cfg = ServerConfig.from_env()
         settings = ConsoleSettings.from_env()
+        ops = OpsSettings.from_env()
     except ConfigError as exc:
         say(SERVICE, f"configuration: {exc}")
         return EXIT_CONFIG
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, ops.log_format)
     return asyncio.run(_serve(settings, cfg))
 
 

@@ -7,15 +7,26 @@ import logging
 import resource
 import signal
 import sys
+from urllib.parse import urlsplit
 
 from services.gateway.admission import AdmissionLimits
 from services.gateway.limits import GatewayLimits
+from services.gateway.observe import GatewayMetrics, MeteredBus, Notifier, Observer, take_snapshot
 from services.gateway.server import Gateway
+from services.gateway.webhook import WebhookSender
 from shared.bus.zmq_bus import ZmqBus
 from shared.config import ServerConfig
 from shared.errors import AttestgateError
 from shared.keys import StaticKey, fingerprint
-from shared.service_main import EXIT_CONFIG, StartError, ensure_server_keys, load_config, say
+from shared.ops_settings import OpsSettings
+from shared.service_main import (
+    EXIT_CONFIG,
+    StartError,
+    ensure_server_keys,
+    load_config,
+    say,
+    start_metrics,
+)
 from shared.timing import REATTEST_GRACE
 from shared.vault import ServerKeyError, server_static
 
@@ -26,16 +37,28 @@ class PortInUse(Exception):
     """The listen or bus address cannot be bound; ``str()`` is one line."""
 
 
-async def run(cfg: ServerConfig, static: StaticKey) -> None:
+async def run(cfg: ServerConfig, static: StaticKey, ops: OpsSettings | None = None) -> None:
+    ops = ops or OpsSettings()
     try:
         bus = ZmqBus(cfg.bus_endpoints[0], cfg.events_endpoints[0])
     except AttestgateError as exc:
         raise PortInUse(f"ATTESTGATE_BUS={cfg.bus_endpoints[0]} / ATTESTGATE_EVENTS="
                         f"{cfg.events_endpoints[0]}: {exc.detail}") from None
     await bus.start()
+    metrics = GatewayMetrics()
+    sender: WebhookSender | None = None
+    notifier: Notifier | None = None
+    if ops.webhook_url:
+        sender = WebhookSender(ops.webhook_url, ops.webhook_secret,
+                               outcome=lambda o: metrics.webhook.labels(o).inc())
+        sender.start()
+        notifier = Notifier(bus, sender)
+        notifier.start()
+        log.info("webhook events go to %s", _url_for_log(ops.webhook_url))
+    metered = MeteredBus(bus, metrics, notifier)
     # A device gets REATTEST_GRACE to answer, but never more than one interval (at least 1 s).
     grace = min(REATTEST_GRACE, max(1.0, cfg.reattest_interval))
-    gateway = Gateway(bus, static, cfg.pcr_selection,
+    gateway = Gateway(metered, static, cfg.pcr_selection,
                       GatewayLimits(reattest_interval=cfg.reattest_interval, reattest_grace=grace,
                                     max_sessions_per_device=cfg.max_sessions_per_device),
                       AdmissionLimits(rate=cfg.handshake_rate, burst=cfg.handshake_burst))
@@ -49,14 +72,29 @@ async def run(cfg: ServerConfig, static: StaticKey) -> None:
         await bus.close()
         raise PortInUse(f"ATTESTGATE_LISTEN={cfg.listen_host}:{cfg.listen_port}: cannot listen "
                         f"({exc.strerror or exc})") from None
+    observer = Observer(metrics, loop, lambda: take_snapshot(
+        bus, gateway.listening, gateway.session_count, gateway.counters))
+    server = start_metrics("gateway", ops, metrics.registry, observer.health, observer.refresh)
     log.info("gateway up listen=%s:%d bus=%s events=%s server-key=%s", cfg.listen_host,
              cfg.listen_port, bus.bus_endpoint, bus.events_endpoint, fingerprint(static.public))
     try:
         await stop.wait()
     finally:
         log.info("gateway stopping")
+        if server is not None:
+            await asyncio.to_thread(server.close)
+        if notifier is not None:
+            await notifier.stop()
         await gateway.stop()
         await bus.close()
+        if sender is not None:
+            await asyncio.to_thread(sender.close)
+
+
+def _url_for_log(url: str) -> str:
+    """The webhook URL without credentials or query (which may hold a token)."""
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}{u.path}"
 
 
 def raise_open_files_limit() -> int:
@@ -90,7 +128,7 @@ def main() -> int:
         return EXIT_CONFIG
     log.info("open files limit %d", raise_open_files_limit())
     try:
-        asyncio.run(run(cfg, static))
+        asyncio.run(run(cfg, static, OpsSettings.from_env()))
     except PortInUse as exc:
         say("gateway", str(exc))
         return EXIT_CONFIG

@@ -102,6 +102,10 @@ class Gateway:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    @property
     def session_count(self) -> int:
         return sum(len(v) for v in self.sessions.values())
 
@@ -273,6 +277,7 @@ class Gateway:
         try:
             async with asyncio.timeout(min(self.limits.message1_timeout, deadline.left())):
                 pre = parse_preamble(await peer.read_preamble())
+                self.counters[f"mode_{pre.mode.name.lower()}"] += 1
                 return pre, await peer.read_message1()
         except TimeoutError:
             self.counters["opening_timeout"] += 1

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from services.registry import admin_output as out
+from services.registry import health
 from shared.audit import (
     AuditKey,
     ChainProblem,
@@ -45,6 +46,7 @@ from shared.console_settings import ConsoleSettings
 from shared.console_token import API_TTL, LOGIN_TTL, TokenKind, load_or_create_key, make_token
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random, enroll_psk, fingerprint
+from shared.ops_settings import OpsSettings
 from shared.post_display import format_post
 from shared.posts import Problem, check_post, post_view
 from shared.records import AuditEntry, Baseline, Device, DeviceStatus, Token
@@ -693,6 +695,18 @@ def cmd_purge(args: argparse.Namespace, ctx: Context) -> Outcome:
                    "entry" + (f"; old checkpoints kept in {archived}" if archived else ""))
 
 
+def cmd_health(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """Reads only addresses (Redis URL, listen and metrics ports): no key, no token."""
+    ops = OpsSettings.from_env(ctx.env)
+    checks = health.run_checks(ctx.redis_url, _safe_url(ctx.redis_url),
+                               (ctx.config.listen_host, ctx.config.listen_port),
+                               ops.metrics_address("gateway"))
+    down = [c.name for c in checks if not c.ok]
+    failure = AdminError(EXIT_STORE, "unhealthy", "down: " + ", ".join(down)) if down else None
+    return Outcome({"checks": [c.view() for c in checks], "down": down},
+                   health.text_report(checks), failure)
+
+
 # -- parser and main -------------------------------------------------------------------------
 
 
@@ -721,7 +735,8 @@ _EPILOG = """\
 environment: ATTESTGATE_REDIS_URL (store), ATTESTGATE_SERVER_HOME (server keys, audit checkpoints),
 ATTESTGATE_EVENTS (gateway events endpoints, for revoke and delete),
 ATTESTGATE_BASELINE_GRACE (seconds a baseline superseded by approve stays accepted; default 0)
-exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unreachable"""
+exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unreachable
+(health: something is down)"""
 
 # name -> (handler, help, description: what it does and what it changes)
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str, str]] = {
@@ -797,6 +812,11 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
                       "console.key in ATTESTGATE_SERVER_HOME (created 0600 if missing; delete "
                       "it and restart the console to invalidate every token and session). "
                       "Touches no store."),
+    "health": (cmd_health, "check that Redis, the bus, every service and the gateway are up",
+               "Check Redis (PING), the gateway's health endpoint (ATTESTGATE_METRICS_LISTEN), "
+               "the bus and how many workers of each service are alive, and the gateway's "
+               "listener (ATTESTGATE_LISTEN). Exit 4 naming what is down. Reads no secret; "
+               "read-only."),
     "purge": (cmd_purge, "delete ALL attestgate data from Redis",
               "Delete every attestgate key in Redis: devices, tokens and posts; the audit log "
               "is kept and records a 'purged' entry. With --include-audit the audit log goes "

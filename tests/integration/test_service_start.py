@@ -42,7 +42,7 @@ from tests.support.stack import REPO
 
 pytestmark = pytest.mark.integration
 
-_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING) ")
+_LOG_LINE = re.compile(r"ts=\S+ level=(debug|info|warning) ")  # logfmt (shared/logfmt.py)
 SERVICES = ("gateway", "attestor", "registry", "board")
 START_TIMEOUT = 60.0
 

@@ -40,3 +40,22 @@ def free_port_pair(attempts: int = 200) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port pair on {_HOST} after {attempts} attempts")
+
+
+def free_port_block(count: int, attempts: int = 200) -> int:
+    """Return P such that P .. P+count-1 on 127.0.0.1 were all free a moment ago
+    (the metrics ports: ATTESTGATE_METRICS_LISTEN's base port plus fixed offsets)."""
+    rng = random.SystemRandom()
+    for _ in range(attempts):
+        port = rng.randrange(20000, 32000 - count)
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+        try:
+            for i, s in enumerate(socks):
+                s.bind((_HOST, port + i))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return port
+    raise RuntimeError(f"no {count} free ports in a row on {_HOST} after {attempts} attempts")

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from tests.support.ports import free_port
+from shared.ops_settings import METRICS_OFFSETS
+from tests.support.ports import free_port, free_port_block
 from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,8 @@ class Stack:
             "ATTESTGATE_ENROLL_POLICY": "require-ek-cert" if ca_dir else "tofu",
             "ATTESTGATE_EK_CA_DIR": str(ca_dir or ""),
             "ATTESTGATE_LOG_LEVEL": "INFO",
+            # Each process's /metrics and /healthz: base port + its offset (shared/ops_settings).
+            "ATTESTGATE_METRICS_LISTEN": f"127.0.0.1:{free_port_block(len(METRICS_OFFSETS))}",
             "PYTHONPATH": str(REPO),
             **(settings or {}),
         }
@@ -128,6 +131,11 @@ class Stack:
     @property
     def console_url(self) -> str:
         return f"http://127.0.0.1:{self.console_port}"
+
+    def metrics_url(self, process: str) -> str:
+        """``http://HOST:PORT`` of ``process``'s /metrics and /healthz."""
+        host, _, base = self.env["ATTESTGATE_METRICS_LISTEN"].rpartition(":")
+        return f"http://{host}:{int(base) + METRICS_OFFSETS[process]}"
 
     @property
     def server(self) -> str:

@@ -15,6 +15,7 @@ PINNED = {
     "locked", "reenroll_required", "outside_window",
     "ek_untrusted", "ek_mismatch", "ak_invalid", "certify_invalid", "quote_invalid",
     "quote_binding", "pcr_digest", "pcr_mismatch", "log_inconsistent", "clock_rollback",
+    "policy_refused",
     "credential_failed",
     "tpm_error", "tpm_unavailable",
 }
