@@ -484,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv.enable_completion(parser)
     try:
         args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except conv.UsageError as err:
         return conv.print_usage_error(PROG, err, conv.wants_json(argv), sys.stdout, sys.stderr)
     out = Out(args.json, args.quiet or args.json)

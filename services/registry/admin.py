@@ -664,7 +664,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> conv.Parser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON document on stdout instead of text")
@@ -776,7 +776,7 @@ def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
         if env.get("ATTESTGATE_LOG_LEVEL", "").upper() == "DEBUG":
             traceback.print_exc(file=stderr)
         return fail(AdminError(EXIT_INTERNAL, ErrorCode.INTERNAL.value,
-                               conv.report_crash(PROG, exc, env, clock())))
+                               conv.report_crash(PROG, exc, env, time.time())))
     finally:
         if ctx is not None:
             ctx.close()
