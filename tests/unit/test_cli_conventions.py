@@ -22,6 +22,7 @@ import pytest
 
 from client import cli
 from client import state as st
+from client import manpages
 from client.manpages import pages
 from services.registry import admin
 from shared import cli_conventions as conv
@@ -262,7 +263,7 @@ def test_post_reads_stdin_and_file(tmp_path: Path) -> None:
 def test_a_valid_post_reaches_the_tpm_step() -> None:
     """The contrast to the checks above: valid input gets past them, to the next step
     (loading the enrollment, which this home lacks)."""
-    rc, out, _ = client("post", "fine", "--json")
+    _rc, out, _ = client("post", "fine", "--json")
     assert json.loads(out)["error"] == "unknown_device"
 
 
@@ -309,7 +310,7 @@ def test_internal_error_is_one_line_and_a_log(tmp_path: Path) -> None:
         raise RuntimeError("secret-ish detail")
 
     env = {"XDG_STATE_HOME": str(tmp_path / "state")}
-    rc, out, err = admin_run("devices", env=env, clock=broken_clock)
+    rc, _out, err = admin_run("devices", env=env, clock=broken_clock)
     assert rc == admin.EXIT_INTERNAL
     log = tmp_path / "state/attestgate/attestgate-admin.log"
     assert err.strip().count("\n") == 0 and "Traceback" not in err
@@ -337,7 +338,7 @@ def test_completion_script(prog: str, capsys: pytest.CaptureFixture[str]) -> Non
     else:
         rc, text, _ = admin_run("completion", "bash")
     assert rc == 0
-    assert f"complete " in text and prog in text
+    assert "complete " in text and prog in text
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -346,7 +347,7 @@ def test_completion_script(prog: str, capsys: pytest.CaptureFixture[str]) -> Non
 ])
 def test_tab_completion_answers(line: str, expected: set[str], tmp_path: Path) -> None:
     """What bash gets back when the user presses TAB (argcomplete's protocol)."""
-    prog = line.split()[0]
+    prog = line.split(maxsplit=1)[0]
     module = "client.cli" if prog == "attestgate" else "services.registry.admin"
     answer = tmp_path / "answer"
     env = {**os.environ, "PYTHONPATH": str(REPO), "_ARGCOMPLETE": "1", "COMP_LINE": line,
@@ -371,7 +372,5 @@ def test_man_page_lists_every_subcommand(prog: str) -> None:
 
 
 def test_man_pages_written(tmp_path: Path) -> None:
-    from client import manpages
-
     assert manpages.main([str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attestgate-admin.1", "attestgate.1"]
