@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from client import cli
+from client import cli, manpages
 from client import state as st
-from client import manpages
 from client.manpages import pages
 from services.registry import admin
 from shared import cli_conventions as conv
