@@ -22,7 +22,7 @@ from typing import Any
 
 from client import eventlog_view
 from client import state as st
-from client.channel import NetworkError, Refused
+from client.channel import NetworkError, Refused, parse_token
 from client.explain import explain_refusal, explain_unavailable, pcr_meaning
 from shared import cli_conventions as conv
 from shared.config import parse_host_port
@@ -30,6 +30,7 @@ from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
 from shared.posts import validate_text
 from shared.tpm.ekcert import ek_fingerprint, load_ek_cert
+from shared.tpm.pcrs import PcrSelection
 from shared.wire import MAX_POST_BYTES, MAX_READ_LIMIT, NAME_PATTERN, Command, Push
 
 try:  # the TPM client is an extra: a server install has no tpm2-pytss
@@ -149,20 +150,32 @@ def cmd_read(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_follow(args: argparse.Namespace, out: Out) -> int:
     seen = [0]
+    last: list[str] = []  # the newest post shown: after a reconnect, what came meanwhile
+
+    def show(post: dict[str, Any]) -> None:
+        post_id = str(post.get("post_id", ""))
+        if last and _SINCE.fullmatch(post_id) and _id_order(post_id) <= _id_order(last[0]):
+            return  # already shown (read after the reconnect, then pushed as well)
+        last[:] = [post_id] if _SINCE.fullmatch(post_id) else last
+        seen[0] += 1
+        out.result(post, _format_post(post))
 
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
         ch.request(Command.FOLLOW)
         if not out.as_json:
             print("following the board (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        if last:  # reconnected: the posts made while the connection was down
+            for post in flows.read(ch, last[0], MAX_READ_LIMIT):
+                if args.count is not None and seen[0] >= args.count:
+                    break
+                show(post)
         while args.count is None or seen[0] < args.count:
             msg = ch.next_push(None)
             if msg.push is Push.REATTEST:
                 flows.reattest(tpm, state, ch, bytes(msg.body["nonce"]))
                 continue
             if msg.push is Push.POST:
-                seen[0] += 1
-                post = {k: v for k, v in msg.body.items() if k != "push"}
-                out.result(post, _format_post(post))
+                show({k: v for k, v in msg.body.items() if k != "push"})
         return EXIT_OK
 
     if not args.reconnect:
@@ -178,6 +191,11 @@ def cmd_follow(args: argparse.Namespace, out: Out) -> int:
             attempt += 1
             out.progress(f"connection lost ({exc}); reconnecting in {wait:g} s")
             time.sleep(wait)
+
+
+def _id_order(post_id: str) -> tuple[int, int]:
+    ms, _, seq = post_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def reconnect_delay(attempt: int) -> float:
@@ -336,6 +354,34 @@ def _since(text: str) -> str:
     return text
 
 
+def _token(text: str) -> str:
+    try:
+        parse_token(text)
+    except AttestgateError as exc:
+        raise argparse.ArgumentTypeError(exc.detail or "not a token") from None
+    return text
+
+
+_FINGERPRINT = re.compile(r"(SHA256:)?[0-9a-fA-F]{64}")
+
+
+def _server_key(text: str) -> str:
+    if not _FINGERPRINT.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"not a server key fingerprint (SHA256:<64 hex>, from attestgate-admin server-key): "
+            f"{text!r}")
+    return text
+
+
+def _selection(text: str) -> str:
+    try:
+        PcrSelection.parse(text)
+    except AttestgateError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.detail or 'not a PCR selection'} "
+                                          "(e.g. sha256:0,1,2,3,4,5,6,7)") from None
+    return text
+
+
 def _post_text(args: argparse.Namespace) -> str:
     """The text to post: the argument, stdin for '-', or --file; checked like the server does."""
     if (args.text is None) == (args.file is None):
@@ -405,9 +451,10 @@ def build_parser() -> conv.Parser:
                    help=f"the gateway (port {DEFAULT_PORT} when not given)")
     e.add_argument("--name", required=True, type=_name,
                    help="device name shown on the board (unique; letters, digits, . _ -)")
-    e.add_argument("--token", help="enrollment token from the operator (<id>.<secret>)")
+    e.add_argument("--token", type=_token,
+                   help="enrollment token from the operator (<id>.<secret>)")
     pin = e.add_mutually_exclusive_group()
-    pin.add_argument("--server-key", metavar="FINGERPRINT",
+    pin.add_argument("--server-key", metavar="FINGERPRINT", type=_server_key,
                      help="the server key fingerprint (attestgate-admin server-key)")
     pin.add_argument("--tofu", action="store_true",
                      help="trust the server key on first use and print its fingerprint")
@@ -457,7 +504,8 @@ def build_parser() -> conv.Parser:
                        examples=["attestgate tpm-info -T device:/dev/tpmrm0",
                                  "attestgate tpm-info --json | jq -r .ek_fingerprint "
                                  ">> ek-allowlist"])
-    t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", help="PCRs to show")
+    t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", type=_selection,
+                   help="PCRs to show (tpm2-tools notation)")
     t.set_defaults(func=cmd_tpm_info)
 
     ev = sub.add_parser("eventlog", help="show the measured-boot event log",

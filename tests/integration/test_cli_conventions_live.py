@@ -40,13 +40,14 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), **extra}
 
 
-def _read_line_with(stream: IO[str], needle: str) -> str:
-    """Lines from ``stream`` until one contains ``needle`` (the caller bounds the wait)."""
+def _read_line_with(stream: IO[str], needle: str) -> list[str]:
+    """Lines from ``stream`` up to the first that contains ``needle`` (the test's timeout
+    bounds the wait)."""
     seen = []
     for line in stream:
         seen.append(line)
         if needle in line:
-            return line
+            return seen
     raise AssertionError(f"{needle!r} never came: {''.join(seen)}")
 
 
@@ -131,7 +132,7 @@ def test_follow_reconnects_after_the_gateway_restarts(
         assert rc == EXIT_OK, doc
     writer_args = ["-T", writer.tcti, "--home", str(tmp_path / "writer")]
     with subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "follow", "--reconnect", "--count", "2",
+            [sys.executable, "-m", "client.cli", "follow", "--reconnect", "--count", "3",
              "-T", reader.tcti, "--home", str(tmp_path / "reader")],
             env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True) as follower:
@@ -152,11 +153,16 @@ def _follow_across_a_restart(follower: subprocess.Popen[str], stack: Stack,
         stack.procs["gateway"].clear()
         stack.spawn("gateway")
         stack.wait_gateway()
+        # Most likely while the follower still waits to reconnect: it reads what it missed.
+        rc, doc = _cli(capsys, "post", "while the follower was away", *writer_args)
+        assert rc == EXIT_OK, doc
         _read_line_with(follower.stderr, "following the board")
         rc, doc = _cli(capsys, "post", "after the restart", *writer_args)
         assert rc == EXIT_OK, doc
-        _read_line_with(follower.stdout, "after the restart")
+        lines = _read_line_with(follower.stdout, "after the restart")
+        assert sum("while the follower was away" in line for line in lines) == 1, lines
         assert follower.wait(WAIT_S) == EXIT_OK
+        assert "after the restart" not in follower.stdout.read()  # each post once
     finally:
         if follower.poll() is None:
             follower.kill()

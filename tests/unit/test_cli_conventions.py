@@ -223,6 +223,10 @@ def test_server_port_defaults_to_7443(given: str, server: str) -> None:
     ["enroll", "--server", "h:99999", "--name", "ok"],
     ["post", ""], ["post", "x" * (MAX_POST_BYTES + 1)], ["post", "bell\a"],
     ["post"], ["post", "text", "--file", "f"], ["follow", "--count", "0"],
+    ["enroll", "--server", "h", "--name", "ok", "--token", "nodot"],
+    ["enroll", "--server", "h", "--name", "ok", "--token", "abcd.secret"],
+    ["enroll", "--server", "h", "--name", "ok", "--server-key", "SHA256:1234"],
+    ["tpm-info", "--selection", "sha256:0,99"], ["tpm-info", "--selection", "md5:0"],
 ])
 def test_local_checks_exit_2_before_the_tpm(argv: list[str]) -> None:
     rc, out, err = client(*argv, "--json")
