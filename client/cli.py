@@ -396,15 +396,15 @@ def _post_text(args: argparse.Namespace) -> str:
             raw = args.text.encode("utf-8", "surrogateescape")
     except OSError as exc:
         raise conv.UsageError(f"post: cannot read {args.file}: {exc.strerror}") from None
-    if not raw:
-        raise conv.UsageError("post: the text is empty")
+    # The server's rule, with its code (invalid_text, exit 2), before the TPM is opened.
     if len(raw) > MAX_POST_BYTES:
-        raise conv.UsageError(f"post: the text is longer than {MAX_POST_BYTES} bytes")
+        raise AttestgateError(ErrorCode.INVALID_TEXT,
+                              f"the text is longer than {MAX_POST_BYTES} bytes")
     try:
-        return validate_text(raw.decode("utf-8"))
-    except (UnicodeDecodeError, AttestgateError):
-        raise conv.UsageError("post: the text must be UTF-8 without control characters "
-                              "other than newline and tab") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AttestgateError(ErrorCode.INVALID_TEXT, "the text is not UTF-8") from None
+    return validate_text(text)
 
 
 def cmd_completion(args: argparse.Namespace, out: Out) -> int:
