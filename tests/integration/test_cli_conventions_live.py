@@ -223,3 +223,29 @@ def test_ctrl_c_admin_exits_130_quietly() -> None:
                 proc.wait()
     assert proc.returncode == 130
     assert out == "" and "Traceback" not in err and err.strip() == ""
+
+
+# -- never a traceback ---------------------------------------------------------------------------
+
+
+def test_client_internal_error_is_one_line_and_a_log(tmp_path: Path,
+                                                    swtpm_factory: SwtpmFactory) -> None:
+    """A state file that loads but holds a wrong type (a bug's stand-in: the loader checks
+    field names, not types) makes `check` fail inside: one line, the traceback in the log."""
+    tpm = swtpm_factory()
+    home = tmp_path / "home"
+    home.mkdir()
+    fields = {"version": 1, "server": "127.0.0.1:1", "server_public": "00", "device_id": "d",
+              "name": "n", "selection": "sha256:0", "baseline": 5, "bind_pcrs": False,
+              "noise_sealed": "", "noise_encrypted": "", "noise_public": "", "psk_key": "",
+              "post_key": "", "enrolled_at": 0.0}
+    (home / "state.json").write_text(json.dumps(fields))
+    run = subprocess.run(
+        [sys.executable, "-m", "client.cli", "check", "-T", tpm.tcti, "--home", str(home)],
+        env=_env(XDG_STATE_HOME=str(tmp_path / "state")), cwd=REPO, capture_output=True,
+        text=True, timeout=WAIT_S, check=False)
+    log = tmp_path / "state" / "attestgate" / "attestgate.log"
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert f"internal error (AttributeError); details in {log}" in run.stderr
+    assert "Traceback" in log.read_text()
