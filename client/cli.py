@@ -150,6 +150,7 @@ def cmd_read(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_follow(args: argparse.Namespace, out: Out) -> int:
     seen = [0]
+    followed = [False]  # this connection got as far as following: the backoff starts again
     last: list[str] = []  # the newest post shown: after a reconnect, what came meanwhile
 
     def show(post: dict[str, Any]) -> None:
@@ -162,6 +163,7 @@ def cmd_follow(args: argparse.Namespace, out: Out) -> int:
 
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
         ch.request(Command.FOLLOW)
+        followed[0] = True
         if not out.as_json:
             print("following the board (Ctrl-C to stop)", file=sys.stderr, flush=True)
         if last:  # reconnected: the posts made while the connection was down
@@ -187,6 +189,8 @@ def cmd_follow(args: argparse.Namespace, out: Out) -> int:
         except (NetworkError, Refused) as exc:
             if isinstance(exc, Refused) and exc.code not in _TRY_AGAIN_CODES:
                 raise
+            if followed[0]:
+                attempt, followed[0] = 0, False
             wait = reconnect_delay(attempt)
             attempt += 1
             out.progress(f"connection lost ({exc}); reconnecting in {wait:g} s")
