@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this program answers tab completion itself)
 """``attestgate`` — the device's command line.
 
 Exit codes: 0 ok; 2 usage; 3 refused by the server (or, for ``check``, the
@@ -448,7 +449,7 @@ def build_parser() -> conv.Parser:
                        description="Prove this TPM's identity and state to the server and "
                                    "receive a device secret only this TPM can use.",
                        examples=["attestgate enroll --server gw.example.net --name kiosk-7 "
-                                 "--server-key 3f9a... -T device:/dev/tpmrm0",
+                                 "--server-key SHA256:3f9a... -T device:/dev/tpmrm0",
                                  "attestgate enroll --server 10.0.0.5:7443 --name lab1 --tofu "
                                  "--token 4b1c....s3cr3t"])
     e.add_argument("--server", required=True, metavar="HOST[:PORT]", type=_server,

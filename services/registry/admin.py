@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this program answers tab completion itself)
 """``attestgate-admin``: the operator's command line, run on the server.
 
 It talks to Redis directly (``ATTESTGATE_REDIS_URL`` or ``--redis-url``), reads
