@@ -4,7 +4,7 @@
 #   1. apt packages: checked one by one with `dpkg -s`; `apt-get update` + install run only
 #      when one is missing ($(SUDO) is empty for root, `sudo` otherwise);
 #   2. .venv: created with the `python3` on PATH (>= 3.11 required), then
-#      `pip install -e '.[test,bench]'`.  The stamp $(STAMP) records the install: it is redone
+#      `pip install -e '.[client,test,bench]'`.  The stamp $(STAMP) records the install: it is redone
 #      when pyproject.toml is newer than the stamp, and .venv is recreated from scratch when
 #      its interpreter no longer runs (e.g. the Python it was made from was removed).
 
@@ -35,14 +35,15 @@ endif
 # $(call timed,LABEL,COMMAND): run COMMAND, then print how long it took (also on failure).
 timed = echo '==> $(1): $(2)'; TIMEFORMAT='<== $(1): %1Rs'; time $(2)
 
-.PHONY: help setup system-packages test unit fuzz lint demo bench run supervise clean FORCE
+.PHONY: help setup system-packages test unit fuzz lint man demo bench run supervise clean FORCE
 
 help:
-	@echo 'make setup      install apt packages if missing, create .venv, pip install -e .[test,bench]'
+	@echo 'make setup      install apt packages if missing, create .venv, pip install -e .[client,test,bench]'
 	@echo 'make test       setup, then ruff, mypy and the whole pytest suite (what CI runs)'
 	@echo 'make unit       pytest tests/unit only'
 	@echo 'make fuzz       the fuzz targets only (ATTESTGATE_FUZZ_INPUTS per target, default 100000)'
 	@echo 'make lint       ruff + mypy'
+	@echo 'make man        regenerate man/attestgate.1 and man/attestgate-admin.1 from the parsers'
 	@echo 'make demo       setup, then deploy/demo.sh'
 	@echo 'make bench      setup, then python -m bench'
 	@echo 'make run        start the stack with honcho (Procfile; .env if present)'
@@ -95,7 +96,7 @@ $(STAMP): pyproject.toml | system-packages
 	  echo "setup: creating $(VENV) with $$(command -v $(PYTHON))"; \
 	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; \
 	fi; \
-	echo "setup: pip install -e '.[test,bench]' (tpm2-pytss builds from source the first time)"; \
+	echo "setup: pip install -e '.[client,test,bench]' (tpm2-pytss builds from source the first time)"; \
 	$(VPY) -m pip install --disable-pip-version-check --quiet -e '.[test,bench]'; \
 	touch $@
 
@@ -118,6 +119,9 @@ fuzz:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+man:
+	$(VPY) -m client.manpages man
 
 # ---- running -------------------------------------------------------------------------
 

@@ -1,30 +1,58 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this program answers tab completion itself)
 """``attestgate`` — the device's command line.
 
 Exit codes: 0 ok; 2 usage; 3 refused by the server (or, for ``check``, the
-machine's state differs from its enrollment); 4 network; 5 TPM; 1 anything else.
+machine's state differs from its enrollment); 4 network; 5 TPM (also: the TPM extra,
+``attestgate[client]``, is not installed); 130 interrupted (Ctrl-C); 1 anything else.
+The conventions shared with ``attestgate-admin`` live in shared/cli_conventions.py;
+every local check (name, post text, read limit, ``--since``) is made while parsing,
+before any TPM or network work.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from client import eventlog_source, eventlog_view, flows, server_view
+from client import eventlog_source, eventlog_view, server_view
 from client import state as st
 from client.advice import Advice
-from client.channel import UNANSWERED_CONNECT, NetworkError, Refused
+from client.channel import UNANSWERED_CONNECT, NetworkError, Refused, parse_token
 from client.explain import explain_refusal, explain_unavailable, pcr_meaning
-from client.tpm import KeyBlob, Tpm
+from shared import cli_conventions as conv
+from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
+from shared.posts import validate_text
 from shared.tpm.ekcert import ek_fingerprint, load_ek_cert
-from shared.wire import Command, Push
+from shared.tpm.pcrs import PcrSelection
+from shared.wire import MAX_POST_BYTES, MAX_READ_LIMIT, NAME_PATTERN, Command, Push
+
+try:  # the TPM client is an extra: a server install has no tpm2-pytss
+    from client import flows
+    from client.tpm import KeyBlob, Tpm
+    CLIENT_EXTRA_MISSING = ""
+except ImportError as _exc:
+    if not (_exc.name or "").startswith("tpm2_pytss"):
+        raise
+    CLIENT_EXTRA_MISSING = (
+        "the TPM client is not installed (tpm2-pytss is missing): "
+        "pip install 'attestgate[client]' (it needs libtss2-dev to build)")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = conv.EXIT_INTERRUPTED
+PROG = "attestgate"
+DEFAULT_PORT = 7443  # the gateway's default (ATTESTGATE_LISTEN)
+# follow --reconnect: wait 1, 2, 4 ... s between attempts, at most this long.
+RECONNECT_FIRST_S = 1.0
+RECONNECT_MAX_S = 60.0
 
 _TPM_CODES = {ErrorCode.TPM_ERROR, ErrorCode.TPM_UNAVAILABLE}
 _TRY_AGAIN_CODES = {ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.STORE_UNAVAILABLE, ErrorCode.BUSY}
@@ -54,11 +82,20 @@ def _json_default(v: object) -> object:
     raise TypeError(type(v).__name__)
 
 
+def _tcti(args: argparse.Namespace) -> str:
+    """-T/--tcti/--tpm, else $ATTESTGATE_TPM, else $TPM2TOOLS_TCTI (as tpm2-tools read it)."""
+    return str(args.tpm or os.environ.get("ATTESTGATE_TPM")
+               or os.environ.get("TPM2TOOLS_TCTI") or "")
+
+
 def _tpm(args: argparse.Namespace) -> Tpm:
-    tcti = args.tpm or os.environ.get("ATTESTGATE_TPM")
+    tcti = _tcti(args)
     if not tcti:
         raise AttestgateError(ErrorCode.TPM_UNAVAILABLE,
-                              "no TPM given: use --tpm or ATTESTGATE_TPM (e.g. device:/dev/tpmrm0)")
+                              "no TPM given: use -T/--tcti, ATTESTGATE_TPM or TPM2TOOLS_TCTI "
+                              "(e.g. device:/dev/tpmrm0)")
+    if CLIENT_EXTRA_MISSING:
+        raise AttestgateError(ErrorCode.TPM_UNAVAILABLE, CLIENT_EXTRA_MISSING)
     return Tpm(tcti)
 
 
@@ -111,8 +148,9 @@ def _with_session(args: argparse.Namespace, out: Out,
 
 
 def cmd_post(args: argparse.Namespace, out: Out) -> int:
+    args.post_text = _post_text(args)  # checked before any TPM or network work
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
-        reply = flows.post(tpm, state, ch, args.text, st.home_dir(args.home))
+        reply = flows.post(tpm, state, ch, args.post_text, st.home_dir(args.home))
         out.result(dict(reply), f"posted {reply['post_id']}")
         return EXIT_OK
 
@@ -135,34 +173,84 @@ def cmd_read(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_follow(args: argparse.Namespace, out: Out) -> int:
+    seen = [0]
+    followed = [False]  # this connection got as far as following: the backoff starts again
+    last: list[str] = []  # the newest post shown: after a reconnect, what came meanwhile
+
+    def show(post: dict[str, Any]) -> None:
+        post_id = str(post.get("post_id", ""))
+        if last and _SINCE.fullmatch(post_id) and _id_order(post_id) <= _id_order(last[0]):
+            return  # already shown (read after the reconnect, then pushed as well)
+        last[:] = [post_id] if _SINCE.fullmatch(post_id) else last
+        seen[0] += 1
+        out.result(post, _format_post(post))
+
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
         ch.request(Command.FOLLOW)
+        followed[0] = True
         if not out.as_json:
             print("following the board (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        seen = 0
         tpm.release()  # waiting: leave the TPM's object slots to other clients
-        while args.count is None or seen < args.count:
+        if last:  # reconnected: the posts made while the connection was down
+            for post in flows.read(ch, last[0], MAX_READ_LIMIT):
+                if args.count is not None and seen[0] >= args.count:
+                    break
+                show(post)
+        while args.count is None or seen[0] < args.count:
             msg = ch.next_push(None)
             if msg.push is Push.REATTEST:
                 flows.reattest(tpm, state, ch, bytes(msg.body["nonce"]))
                 tpm.release()
                 continue
             if msg.push is Push.POST:
-                seen += 1
-                post = {k: v for k, v in msg.body.items() if k != "push"}
-                out.result(post, _format_post(post))
+                show({k: v for k, v in msg.body.items() if k != "push"})
         return EXIT_OK
 
-    return _with_session(args, out, run)
+    if not args.reconnect:
+        return _with_session(args, out, run)
+    attempt = 0
+    while True:
+        try:
+            return _with_session(args, out, run)
+        except (NetworkError, Refused) as exc:
+            if isinstance(exc, Refused) and exc.code not in _TRY_AGAIN_CODES:
+                raise
+            if followed[0]:
+                attempt, followed[0] = 0, False
+            wait = reconnect_delay(attempt)
+            attempt += 1
+            out.progress(f"connection lost ({exc}); reconnecting in {wait:g} s")
+            time.sleep(wait)
+
+
+def _id_order(post_id: str) -> tuple[int, int]:
+    ms, _, seq = post_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def reconnect_delay(attempt: int) -> float:
+    """follow --reconnect: 1, 2, 4 ... seconds, at most RECONNECT_MAX_S."""
+    return float(min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** min(attempt, 16)))
 
 
 def cmd_status(args: argparse.Namespace, out: Out) -> int:
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
         reply = ch.request(Command.STATUS)
-        out.result(dict(reply), "\n".join(f"{k:>18}: {v}" for k, v in sorted(reply.items())))
+        out.result(dict(reply), "\n".join(f"{k:>18}: {_iso_if_time(k, v)}"
+                                          for k, v in sorted(reply.items())))
         return EXIT_OK
 
     return _with_session(args, out, run)
+
+
+def _iso_if_time(key: str, value: object) -> object:
+    """Times (``*_at``, seconds since the epoch) as ISO 8601 UTC; 0 means never."""
+    if key.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool):
+        if not value:
+            return "never"
+        return datetime.datetime.fromtimestamp(value, datetime.UTC).isoformat(
+            timespec="seconds")
+    return value
 
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
@@ -256,11 +344,13 @@ def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
             subject = "(certificate does not parse)"
     data = {"manufacturer": info.manufacturer, "vendor": info.vendor_string,
             "firmware": f"{info.firmware_version:#018x}", "pcr_banks": list(info.pcr_banks),
-            "ek_kind": ek.kind, "ek_cert_subject": subject, "ek_cert_issuer": issuer,
+            "ek_kind": ek.kind, "ek_fingerprint": ek_fingerprint(ek.public),
+            "ek_cert_subject": subject, "ek_cert_issuer": issuer,
             "pcrs": {str(i): v.hex() for i, v in sorted(values.items())}}
     human = [f"manufacturer: {info.manufacturer} ({info.vendor_string})",
              f"firmware:     {data['firmware']}", f"PCR banks:    {', '.join(info.pcr_banks)}",
              f"EK:           {ek.kind}",
+             f"EK fingerprint: {data['ek_fingerprint']}  (a line for ATTESTGATE_EK_ALLOWLIST)",
              f"EK cert:      {subject or '(none in NV)'}" + (f"\n  issued by   {issuer}"
                                                              if issuer else ""),
              f"PCRs {selection}:"]
@@ -274,7 +364,7 @@ def cmd_eventlog(args: argparse.Namespace, out: Out) -> int:
     path = args.file or eventlog_view.default_log_path(os.environ)
     data = eventlog_view.read_log(path)
     tpm_values = None
-    if args.tpm or os.environ.get("ATTESTGATE_TPM"):
+    if _tcti(args):
         with _tpm(args) as tpm:
             tpm_values = tpm.pcr_read("sha256:" + ",".join(map(str, range(24))))
     seen = eventlog_view.examine(data, tpm_values)
@@ -283,41 +373,161 @@ def cmd_eventlog(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK if seen.state.consistent else EXIT_REFUSED
 
 
+# -- local checks (argparse types: a failure is a usage error, exit 2, before any TPM work)
+_SINCE = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+def _server(text: str) -> str:
+    """HOST[:PORT]; the port defaults to 7443 (IPv6 as [::1] or [::1]:PORT)."""
+    if text.startswith("["):
+        full = text if "]:" in text else f"{text}:{DEFAULT_PORT}"
+    elif text.count(":") > 1:  # a bare IPv6 address
+        full = f"[{text}]:{DEFAULT_PORT}"
+    else:
+        full = text if ":" in text else f"{text}:{DEFAULT_PORT}"
+    try:
+        parse_host_port(full)
+    except AttestgateError:
+        raise argparse.ArgumentTypeError(f"expected HOST or HOST:PORT, got {text!r}") from None
+    return full
+
+
+def _name(text: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a name is 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit")
+    return text
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_READ_LIMIT:
+        raise argparse.ArgumentTypeError(f"not a number from 1 to {MAX_READ_LIMIT}: {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def _since(text: str) -> str:
+    if not _SINCE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a post id (like 1700000000000-0): {text!r}")
+    return text
+
+
+def _token(text: str) -> str:
+    try:
+        parse_token(text)
+    except AttestgateError as exc:
+        raise argparse.ArgumentTypeError(exc.detail or "not a token") from None
+    return text
+
+
+_FINGERPRINT = re.compile(r"(SHA256:)?[0-9a-fA-F]{64}")
+
+
+def _server_key(text: str) -> str:
+    if not _FINGERPRINT.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"not a server key fingerprint (SHA256:<64 hex>, from attestgate-admin server-key): "
+            f"{text!r}")
+    return text
+
+
+def _selection(text: str) -> str:
+    try:
+        PcrSelection.parse(text)
+    except AttestgateError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.detail or 'not a PCR selection'} "
+                                          "(e.g. sha256:0,1,2,3,4,5,6,7)") from None
+    return text
+
+
+def _post_text(args: argparse.Namespace) -> str:
+    """The text to post: the argument, stdin for '-', or --file; checked like the server does."""
+    if (args.text is None) == (args.file is None):
+        raise conv.UsageError("post: give either TEXT ('-' for stdin) or --file FILE")
+    try:
+        if args.file is not None:
+            with open(args.file, "rb") as f:
+                raw = f.read(MAX_POST_BYTES + 1)
+        elif args.text == "-":
+            raw = sys.stdin.buffer.read(MAX_POST_BYTES + 1)
+        else:
+            raw = args.text.encode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise conv.UsageError(f"post: cannot read {args.file}: {exc.strerror}") from None
+    # The server's rule, with its code (invalid_text, exit 2), before the TPM is opened.
+    if len(raw) > MAX_POST_BYTES:
+        raise AttestgateError(ErrorCode.INVALID_TEXT,
+                              f"the text is longer than {MAX_POST_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AttestgateError(ErrorCode.INVALID_TEXT, "the text is not UTF-8") from None
+    return validate_text(text)
+
+
+def cmd_completion(args: argparse.Namespace, out: Out) -> int:
+    print(conv.completion_script(PROG, args.shell), end="")
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    common.add_argument("--tpm", metavar="TCTI",
-                        help="TPM in TCTI notation: device:/dev/tpmrm0, swtpm:host=H,port=P, "
-                             "swtpm:path=SOCK, mssim:host=H,port=P, tabrmd "
-                             "(default: $ATTESTGATE_TPM; there is no silent default)")
-    common.add_argument("--home", metavar="DIR",
-                        help="client state directory (default: $ATTESTGATE_HOME or ~/.attestgate)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    with_log = argparse.ArgumentParser(add_help=False)
-    with_log.add_argument(
+GLOBAL_OPTIONS: list[conv.GlobalOption] = [
+    (("--json",), {"action": "store_true", "help": "print one JSON document on stdout"}),
+    (("-T", "--tcti", "--tpm"), {
+        "dest": "tpm", "metavar": "TCTI",
+        "help": "TPM in TCTI notation: device:/dev/tpmrm0, swtpm:host=H,port=P, "
+                "swtpm:path=SOCK, mssim:host=H,port=P, tabrmd (default: $ATTESTGATE_TPM, "
+                "else $TPM2TOOLS_TCTI; there is no silent default)"}),
+    (("--home",), {"metavar": "DIR",
+                   "help": "client state directory (default: $ATTESTGATE_HOME, else "
+                           "~/.attestgate if it exists, else $XDG_STATE_HOME/attestgate, "
+                           "i.e. ~/.local/state/attestgate)"}),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no progress lines"}),
+]
+
+
+def _add_event_log(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--event-log", metavar="PATH",
         help="measured-boot event log to send (at enrollment, and when the server asks for it "
              f"to say what changed); 'none' sends none (default: ${eventlog_view.ENV_EVENT_LOG}, "
-             f"else {eventlog_view.LINUX_EVENT_LOG} when readable and --tpm is the machine's "
+             f"else {eventlog_view.LINUX_EVENT_LOG} when readable and the TPM is the machine's "
              "own device: or tabrmd)")
-    p = argparse.ArgumentParser(
-        prog="attestgate",
+
+
+def build_parser() -> conv.Parser:
+    p = conv.Parser(
+        prog=PROG,
         description="Talk to an attestgate server over a Noise channel that opens only while "
                     "this machine is in the state it was enrolled in.",
         epilog="exit codes: 0 ok, 2 usage, 3 refused by the server (or check failed), "
-               "4 network, 5 TPM, 1 other",
+               "4 network, 5 TPM, 130 interrupted, 1 other",
+        global_options=GLOBAL_OPTIONS,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {conv.package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    e = sub.add_parser("enroll", parents=[common, with_log], help="enroll this machine (once)",
+    e = sub.add_parser("enroll", help="enroll this machine (once)",
                        description="Prove this TPM's identity and state to the server and "
-                                   "receive a device secret only this TPM can use.")
-    e.add_argument("--server", required=True, metavar="HOST:PORT")
-    e.add_argument("--name", required=True, help="device name shown on the board (unique)")
-    e.add_argument("--token", help="enrollment token from the operator (<id>.<secret>)")
+                                   "receive a device secret only this TPM can use.",
+                       examples=["attestgate enroll --server gw.example.net --name kiosk-7 "
+                                 "--server-key SHA256:3f9a... -T device:/dev/tpmrm0",
+                                 "attestgate enroll --server 10.0.0.5:7443 --name lab1 --tofu "
+                                 "--token 4b1c....s3cr3t"])
+    e.add_argument("--server", required=True, metavar="HOST[:PORT]", type=_server,
+                   help=f"the gateway (port {DEFAULT_PORT} when not given)")
+    e.add_argument("--name", required=True, type=_name,
+                   help="device name shown on the board (unique; letters, digits, . _ -)")
+    e.add_argument("--token", type=_token,
+                   help="enrollment token from the operator (<id>.<secret>)")
     pin = e.add_mutually_exclusive_group()
-    pin.add_argument("--server-key", metavar="FINGERPRINT",
+    pin.add_argument("--server-key", metavar="FINGERPRINT", type=_server_key,
                      help="the server key fingerprint (attestgate-admin server-key)")
     pin.add_argument("--tofu", action="store_true",
                      help="trust the server key on first use and print its fingerprint")
@@ -325,50 +535,93 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also seal the channel key to the current PCRs: in another state the "
                         "key cannot be used at all")
     e.add_argument("--force", action="store_true", help="replace an existing enrollment in --home")
+    _add_event_log(e)
     e.set_defaults(func=cmd_enroll)
 
-    po = sub.add_parser("post", parents=[common, with_log],
-                        help="post a TPM-signed message to the board")
-    po.add_argument("text", help="UTF-8, at most 4096 bytes; no control characters but \\n \\t")
+    po = sub.add_parser("post", help="post a TPM-signed message to the board",
+                        examples=["attestgate post 'backup finished'",
+                                  "dmesg | tail -5 | attestgate post -",
+                                  "attestgate post --file report.txt --json"])
+    po.add_argument("text", nargs="?", metavar="TEXT",
+                    help=f"UTF-8, at most {MAX_POST_BYTES} bytes; no control characters but "
+                         "\\n \\t; '-' reads standard input")
+    po.add_argument("--file", metavar="FILE", help="post the contents of FILE")
+    _add_event_log(po)
     po.set_defaults(func=cmd_post)
 
-    r = sub.add_parser("read", parents=[common, with_log], help="read board posts")
-    r.add_argument("--since", metavar="ID", help="only posts after this post id")
-    r.add_argument("--limit", type=int, default=50, metavar="N", help="at most N posts (<= 500)")
+    r = sub.add_parser("read", help="read board posts",
+                       examples=["attestgate read --limit 10",
+                                 "attestgate read --since 1700000000000-0 --json"])
+    r.add_argument("--since", metavar="ID", type=_since, help="only posts after this post id")
+    r.add_argument("--limit", type=_limit, default=50, metavar="N",
+                   help=f"at most N posts (1 to {MAX_READ_LIMIT})")
+    _add_event_log(r)
     r.set_defaults(func=cmd_read)
 
-    f = sub.add_parser("follow", parents=[common, with_log], help="print new posts as they arrive")
-    f.add_argument("--count", type=int, metavar="N", help="stop after N posts")
+    f = sub.add_parser("follow", help="print new posts as they arrive",
+                       examples=["attestgate follow", "attestgate follow --reconnect --json",
+                                 "attestgate follow --count 1"])
+    f.add_argument("--count", type=_count, metavar="N", help="stop after N posts")
+    f.add_argument("--reconnect", action="store_true",
+                   help="when the connection is lost, connect again (waiting 1, 2, 4 ... "
+                        f"up to {RECONNECT_MAX_S:g} s)")
+    _add_event_log(f)
     f.set_defaults(func=cmd_follow)
 
-    s = sub.add_parser("status", parents=[common, with_log],
-                       help="this device's record on the server")
+    s = sub.add_parser("status", help="this device's record on the server",
+                       examples=["attestgate status", "attestgate status --json"])
+    _add_event_log(s)
     s.set_defaults(func=cmd_status)
 
-    c = sub.add_parser("check", parents=[common],
-                       help="offline self-check: PCRs against the enrolled baseline, keys load")
+    c = sub.add_parser("check",
+                       help="offline self-check: PCRs against the enrolled baseline, keys load",
+                       examples=["attestgate check", "attestgate check --json"])
     c.set_defaults(func=cmd_check)
 
-    t = sub.add_parser("tpm-info", parents=[common], help="show the TPM, its EK and PCRs")
-    t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", help="PCRs to show")
+    t = sub.add_parser("tpm-info", help="show the TPM, its EK (and fingerprint) and PCRs",
+                       examples=["attestgate tpm-info -T device:/dev/tpmrm0",
+                                 "attestgate tpm-info --json | jq -r .ek_fingerprint "
+                                 ">> ek-allowlist"])
+    t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", type=_selection,
+                   help="PCRs to show (tpm2-tools notation)")
     t.set_defaults(func=cmd_tpm_info)
 
-    ev = sub.add_parser("eventlog", parents=[common], help="show the measured-boot event log",
+    ev = sub.add_parser("eventlog", help="show the measured-boot event log",
                         description="Parse the TCG event log, replay its PCRs and, with a TPM, "
-                                    "compare them with the TPM's sha256 PCRs.")
+                                    "compare them with the TPM's sha256 PCRs.",
+                        examples=["attestgate eventlog",
+                                  "attestgate eventlog binary_bios_measurements -T "
+                                  "device:/dev/tpmrm0"])
     ev.add_argument("file", nargs="?", metavar="FILE",
                     help=f"binary log (default: ${eventlog_view.ENV_EVENT_LOG}, else "
                          f"{eventlog_view.LINUX_EVENT_LOG} when readable)")
     ev.set_defaults(func=cmd_eventlog)
+
+    conv.add_completion_command(sub, PROG).set_defaults(func=cmd_completion)
     return p
 
 
+_NO_TPM_NEEDED = {"completion", "eventlog"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    conv.enable_completion(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except conv.UsageError as err:
+        return conv.print_usage_error(PROG, err, conv.wants_json(argv), sys.stdout, sys.stderr)
     out = Out(args.json, args.quiet or args.json)
+    if CLIENT_EXTRA_MISSING and args.command not in _NO_TPM_NEEDED:
+        return _fail(out, EXIT_TPM, ErrorCode.TPM_UNAVAILABLE, CLIENT_EXTRA_MISSING, {})
     try:
         rc: int = args.func(args, out)
         return rc
+    except conv.UsageError as err:
+        return conv.print_usage_error(PROG, err, args.json, sys.stdout, sys.stderr)
     except Refused as exc:
         # An authenticated "could not answer now" is not a refusal of this device.
         if exc.code in _TRY_AGAIN_CODES:
@@ -391,7 +644,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = EXIT_USAGE if exc.code in usage else EXIT_REFUSED
         return _fail(out, rc, exc.code, exc.detail or exc.code.value, {})
     except KeyboardInterrupt:
-        return EXIT_OK
+        if not out.as_json:
+            print(file=sys.stderr)  # end the ^C line; nothing else
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line here, the traceback in the log
+        line = conv.report_crash(PROG, exc, os.environ, time.time())
+        return _fail(out, EXIT_INTERNAL, ErrorCode.INTERNAL, line, {})
 
 
 def _fail(out: Out, rc: int, code: ErrorCode | None, message: str, body: dict[str, Any]) -> int:
@@ -405,6 +663,3 @@ def _fail(out: Out, rc: int, code: ErrorCode | None, message: str, body: dict[st
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shared.cli_conventions import state_dir
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import StaticKey
 from shared.wire import LABEL_KEY_SEAL
@@ -41,8 +42,17 @@ class ClientState:
     enrolled_at: float
 
 
+LEGACY_HOME = "~/.attestgate"
+
+
 def home_dir(explicit: str | None) -> Path:
-    return Path(explicit or os.environ.get("ATTESTGATE_HOME") or "~/.attestgate").expanduser()
+    """--home, else $ATTESTGATE_HOME, else ~/.attestgate when it exists (installs before the
+    XDG layout keep working), else $XDG_STATE_HOME/attestgate (~/.local/state/attestgate)."""
+    chosen = explicit or os.environ.get("ATTESTGATE_HOME")
+    if chosen:
+        return Path(chosen).expanduser()
+    legacy = Path(LEGACY_HOME).expanduser()
+    return legacy if legacy.exists() else state_dir(os.environ)
 
 
 def load(home: Path) -> ClientState:

@@ -66,6 +66,8 @@ LABEL_AUDIT: Final = b"attestgate/1 audit"
 MAX_MESSAGE: Final = MAX_PLAINTEXT  # one msgpack application message
 MAX_POST_BYTES: Final = 4096
 MAX_NAME_LEN: Final = 64
+# A device name: what the attestor accepts and the client checks before any TPM work.
+NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 MAX_READ_LIMIT: Final = 500
 DEFAULT_READ_LIMIT: Final = 50
 # A board reply holds as many posts as fit in one message (the smaller of MAX_MESSAGE

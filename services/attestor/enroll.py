@@ -48,12 +48,13 @@ from shared.wire import (
     MAX_LOG_BUS,
     MAX_NAME_LEN,
     MAX_PCRS,
+    NAME_PATTERN,
     TOKEN_ID_LEN,
 )
 
 PENDING_BEGIN = "begin:"
 PENDING_TTL = 120.0
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)

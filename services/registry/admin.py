@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this program answers tab completion itself)
 """``attestgate-admin``: the operator's command line, run on the server.
 
 It talks to Redis directly (``ATTESTGATE_REDIS_URL`` or ``--redis-url``), reads
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 from services.registry import admin_output as out
 from services.registry import health
+from shared import cli_conventions as conv
 from shared.audit import (
     AuditKey,
     ChainProblem,
@@ -736,7 +738,42 @@ environment: ATTESTGATE_REDIS_URL (store), ATTESTGATE_SERVER_HOME (server keys, 
 ATTESTGATE_EVENTS (gateway events endpoints, for revoke and delete),
 ATTESTGATE_BASELINE_GRACE (seconds a baseline superseded by approve stays accepted; default 0)
 exit codes: 0 ok, 1 internal error, 2 usage, 3 refused or not found, 4 store unreachable
-(health: something is down)"""
+(health: something is down), 130 interrupted"""
+
+# Examples shown in each command's --help (a command not listed gets one built from its usage).
+_EXAMPLES: dict[str, list[str]] = {
+    "server-key": ["attestgate-admin server-key",
+                   "attestgate enroll --server gw --name n1 --server-key "
+                   "$(attestgate-admin server-key)"],
+    "init": ["attestgate-admin init", "attestgate-admin init --new-audit-key"],
+    "devices": ["attestgate-admin devices", "attestgate-admin devices --json | jq '.devices[]'"],
+    "show": ["attestgate-admin show kiosk-7", "attestgate-admin show kiosk-7 --json"],
+    "approve": ["attestgate-admin approve kiosk-7"],
+    "revoke": ["attestgate-admin revoke kiosk-7"],
+    "unlock": ["attestgate-admin unlock kiosk-7"],
+    "audit": ["attestgate-admin audit --limit 20", "attestgate-admin audit kiosk-7",
+              "attestgate-admin audit --verify",
+              "attestgate-admin audit export --output audit-$(date +%F).json"],
+    "verify-post": ["attestgate-admin verify-post 1700000000000-0"],
+    "console-token": ["attestgate-admin console-token", "attestgate-admin console-token --bearer"],
+    "purge": ["attestgate-admin purge --yes"],
+    "token": ["attestgate-admin token create --ttl 3600", "attestgate-admin token list"],
+    "health": ["attestgate-admin health", "attestgate-admin health --json"],
+    "delete": ["attestgate-admin delete kiosk-7 --yes"],
+    "allow-reenroll": ["attestgate-admin allow-reenroll kiosk-7"],
+    "token create": ["attestgate-admin token create",
+                     "attestgate-admin token create --ttl 3600 --json"],
+}
+GLOBAL_OPTIONS: list[conv.GlobalOption] = [
+    (("--json",), {"action": "store_true", "help": "print one JSON document on stdout"}),
+    (("--redis-url",), {"metavar": "URL", "help": "Redis URL (default: $ATTESTGATE_REDIS_URL)"}),
+]
+
+
+def cmd_completion(args: argparse.Namespace, ctx: Context) -> Outcome:
+    script = conv.completion_script(PROG, args.shell)
+    return Outcome({"shell": args.shell, "script": script}, script.rstrip("\n"))
+
 
 # name -> (handler, help, description: what it does and what it changes)
 _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str, str]] = {
@@ -826,21 +863,20 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Context], Outcome], str
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> conv.Parser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON document on stdout instead of text")
     common.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS,
                         help="Redis URL (default: $ATTESTGATE_REDIS_URL)")
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG,
-                                formatter_class=fmt)
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--redis-url", metavar="URL", help="Redis URL (default: $ATTESTGATE_REDIS_URL)")
+    p = conv.Parser(prog=PROG, description=_DESCRIPTION, epilog=_EPILOG,
+                    global_options=GLOBAL_OPTIONS)
+    p.add_argument("--version", action="version", version=f"%(prog)s {conv.package_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {}
     for name, (handler, help_, desc) in _COMMANDS.items():
-        parsers[name] = sub.add_parser(name, help=help_, description=desc, parents=[common])
+        parsers[name] = sub.add_parser(name, help=help_, description=desc, parents=[common],
+                                       examples=_EXAMPLES.get(name, ()))
         parsers[name].set_defaults(handler=handler)
     for name in ("show", "approve", "revoke", "unlock", "delete", "allow-reenroll"):
         parsers[name].add_argument("device", metavar="DEVICE", help="device name or device id")
@@ -874,13 +910,15 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["purge"].add_argument("--include-audit", action="store_true",
                                   help="delete the audit log too (recorded in the new log)")
     token = sub.add_parser("token", help="enrollment tokens",
-                           description="Manage one-time enrollment tokens.")
+                           description="Manage one-time enrollment tokens.",
+                           examples=_EXAMPLES["token"])
     tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = tsub.add_parser(
         "create", parents=[common], help="issue a one-time enrollment token",
         description="Issue a one-time enrollment token and print it (the only time its secret "
                     "is shown). Stores only the token id and the PSK derived from the secret, "
-                    "expiring after --ttl; writes a 'token_created' audit entry (id only).")
+                    "expiring after --ttl; writes a 'token_created' audit entry (id only).",
+        examples=_EXAMPLES["token create"])
     create.add_argument("--ttl", type=_seconds, default=TOKEN_DEFAULT_TTL, metavar="SECONDS",
                         help=f"validity in seconds (default {TOKEN_DEFAULT_TTL:g})")
     create.set_defaults(handler=cmd_token_create)
@@ -898,6 +936,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "0123456789abcdef0123456789abcdef")
     trevoke.add_argument("token_id", metavar="TOKEN_ID", help="the token id (before the dot)")
     trevoke.set_defaults(handler=cmd_token_revoke)
+    conv.add_completion_command(sub, PROG).set_defaults(handler=cmd_completion)
     return p
 
 
@@ -932,10 +971,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
         stderr: TextIO, clock: Callable[[], float], rng: Random) -> int:
     """``main`` with its environment, streams, clock and randomness as parameters."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    conv.enable_completion(parser)
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except conv.UsageError as err:
+        return conv.print_usage_error(PROG, err, conv.wants_json(argv), stdout, stderr)
 
     def warn(text: str) -> None:
         print(f"{PROG}: warning: {text}", file=stderr)
@@ -959,6 +1003,10 @@ def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
         return fail(outcome.failure) if outcome.failure else EXIT_OK
     except AdminError as err:
         return fail(err)
+    except conv.UsageError as err:
+        return conv.print_usage_error(PROG, err, args.json, stdout, stderr)
+    except KeyboardInterrupt:
+        return conv.EXIT_INTERRUPTED
     except ConfigError as exc:
         return fail(AdminError(EXIT_USAGE, "bad_setting", str(exc)))
     except AttestgateError as exc:
@@ -968,11 +1016,11 @@ def run(argv: list[str] | None, *, env: Mapping[str, str], stdout: TextIO,
     except OSError as exc:  # the server home: permissions, disk
         return fail(AdminError(EXIT_INTERNAL, ErrorCode.INTERNAL.value,
                                f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}"))
-    except Exception as exc:  # a bug: say so plainly; the traceback only when debugging
+    except Exception as exc:  # a bug: one line here, the traceback in the log
         if env.get("ATTESTGATE_LOG_LEVEL", "").upper() == "DEBUG":
             traceback.print_exc(file=stderr)
         return fail(AdminError(EXIT_INTERNAL, ErrorCode.INTERNAL.value,
-                               f"internal error: {type(exc).__name__}"))
+                               conv.report_crash(PROG, exc, env, time.time())))
     finally:
         if ctx is not None:
             ctx.close()

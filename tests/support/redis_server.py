@@ -61,17 +61,21 @@ def _resp(*args: str) -> bytes:
 class RedisServer:
     """One running ``redis-server`` on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, config: Path | None = None) -> None:
         self.directory = directory
         self.port = port
+        self.config = config
         self.log_path = directory / "redis-server.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     @classmethod
-    def start(cls, directory: Path) -> Self:
+    def start(cls, directory: Path, config: Path | None = None) -> Self:
         """Start redis-server with ``directory`` (created) as its ``--dir``; wait for PING.
+
+        With ``config`` (e.g. deploy/redis.conf) that file's persistence settings apply
+        (AOF as in production) instead of none; port, bind address and directory are ours.
 
         Raises RedisUnavailable if redis-server is not installed, RedisServerError
         if it does not come up after ``START_ATTEMPTS`` ports.
@@ -80,7 +84,7 @@ class RedisServer:
         directory.mkdir(parents=True, exist_ok=True)
         error = ""
         for _ in range(START_ATTEMPTS):
-            server = cls(directory, free_port())
+            server = cls(directory, free_port(), config)
             if server._launch():
                 return server
             error = server._tail()
@@ -88,12 +92,13 @@ class RedisServer:
         raise RedisServerError(f"redis-server did not start:\n{error}")
 
     def _launch(self) -> bool:
+        persistence = [] if self.config else ["--save", "", "--appendonly", "no"]
         cmd = [
             "redis-server",
+            *([str(self.config)] if self.config else []),
             "--port", str(self.port),
             "--bind", HOST,
-            "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", str(self.directory),
             "--daemonize", "no",
         ]  # fmt: skip

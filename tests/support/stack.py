@@ -41,11 +41,12 @@ class Stack:
     @classmethod
     def start(cls, directory: Path, *, ca_dir: Path | None = None,
               settings: Mapping[str, str] | None = None,
-              workers: Mapping[str, int] | None = None, console: bool = False) -> Self:
+              workers: Mapping[str, int] | None = None, console: bool = False,
+              redis_config: Path | None = None, gateway_port: int = 0) -> Self:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "logs").mkdir(exist_ok=True)
-        redis = RedisServer.start(directory / "redis")
-        gateway_port = free_port()
+        redis = RedisServer.start(directory / "redis", redis_config)
+        gateway_port = gateway_port or free_port()  # the same port again: a restart
         env = {
             **os.environ,
             "ATTESTGATE_LISTEN": f"127.0.0.1:{gateway_port}",

@@ -29,6 +29,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 @pytest.fixture(autouse=True)
 def _no_tpm_no_log(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ATTESTGATE_TPM", raising=False)
+    monkeypatch.delenv("TPM2TOOLS_TCTI", raising=False)
     monkeypatch.delenv("ATTESTGATE_EVENT_LOG", raising=False)
 
 
