@@ -19,7 +19,7 @@ from shared.eventlog import MachineState, StateDiff, Verdict, diff_states
 from shared.eventlog.diff import summarize
 from shared.eventlog.transport import checked_state, decompress, log_digest
 from shared.records import Baseline, Device
-from shared.store.interface import Store
+from shared.store.interface import Store, forget_unreferenced_logs
 from shared.tpm.pcrs import pcr_diff
 
 # The event-log diff a refusal carries (push, audit entry, device record) stays under this
@@ -112,7 +112,4 @@ def forget_refused_log(store: Store, before: Device, after: Device) -> None:
     """Delete the log of the state refused before, once a newer refused state replaced it and
     no baseline refers to it: a device keeps at most one log beyond its baselines' (a device
     under the ``alert`` consequence could otherwise store a log per refusal, forever)."""
-    old = before.last_refused.log if before.last_refused else ""
-    new = after.last_refused.log if after.last_refused else ""
-    if old and old != new and old not in {b.log for b in after.baselines}:
-        store.delete_event_log(after.device_id, old)
+    forget_unreferenced_logs(store, before, after)

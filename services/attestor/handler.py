@@ -36,7 +36,7 @@ from shared.handlers import Op, Refusal, dispatch
 from shared.keys import Random
 from shared.plugins import NO_PLUGINS, Action, Evidence, Plugins, Refused
 from shared.records import Baseline, Device, refusal_for
-from shared.store.interface import Store
+from shared.store.interface import Store, forget_unreferenced_logs
 from shared.timing import CONNECT_TS_AHEAD
 from shared.tpm.keycache import KeyCache
 from shared.tpm.pcrs import PcrChange, PcrSelection, diff_view, pcr_diff
@@ -154,27 +154,34 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         if log_size and sent is None:
             # Not counted, not audited: the same quote comes back with the log.
             return Reply(req.id, {"need_log": True})
-        diff = pcr_diff(device.baselines[0].as_dict(), pcrs)
-        evdiff = None
-        if sent is not None:
-            deps.store.put_event_log(device_id, sent.digest, sent.blob)
-            found = compare(deps.store, device, sent.state, pcrs)
-            evdiff = capped(found) if found is not None else None
-        return _refuse(deps, device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
-                       Baseline.of(selection_text, pcrs, sent.digest if sent else ""), now,
-                       evdiff)
+        return _mismatch(deps, device, selection_text, pcrs, sent, now)
     if deps.plugins.policies:
         refusal = _custom_policies(deps, device, pcrs, info, now, bool(server_nonce))
         if refusal is not None:
             return refusal
     new = deps.store.update_device(device_id,
                                    lambda d: accepted(d, now, info.reset_count, info.clock))
+    forget_unreferenced_logs(deps.store, device, new)  # baselines past their grace
     deps.store.append_audit("attest_ok", device_id,
                             {"h": h.hex()[:16], "reattest": bool(server_nonce),
                              "reset_count": info.reset_count}, now)
     # The server's view for the client to keep (``attestgate check`` compares with it).
     return Reply(req.id, {"device_id": device_id, "name": device.name,
                           "status": new.status.value, "baselines": accepted_view(new, now)})
+
+
+def _mismatch(deps: AttestorDeps, device: Device, selection: str, pcrs: dict[int, bytes],
+              sent: SentLog | None, now: float) -> Reply:
+    """PCRs that match no baseline: refused with the PCR diff and, when both this log and a
+    baseline's are there, what changed in the event log's words."""
+    diff = pcr_diff(device.baselines[0].as_dict(), pcrs)
+    evdiff = None
+    if sent is not None:
+        deps.store.put_event_log(device.device_id, sent.digest, sent.blob)
+        found = compare(deps.store, device, sent.state, pcrs)
+        evdiff = capped(found) if found is not None else None
+    return _refuse(deps, device.device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
+                   Baseline.of(selection, pcrs, sent.digest if sent else ""), now, evdiff)
 
 
 def _confirmed(deps: AttestorDeps, device_id: str, connect_ts: int, now: float) -> None:

@@ -52,6 +52,7 @@ from shared.ops_settings import OpsSettings
 from shared.post_display import format_post
 from shared.posts import Problem, check_post, post_view
 from shared.records import AuditEntry, Baseline, Device, DeviceStatus, Token
+from shared.store.interface import forget_unreferenced_logs
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL
 from shared.vault import (
@@ -268,6 +269,7 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
 
     new = ctx.store.update_device(device.device_id, change)
     old = before[0]
+    forget_unreferenced_logs(ctx.store, old, new)
     adopted = out.baseline_view(old.last_refused) if old.last_refused else {}
     mode = "keep" if keep else "replace"
     detail = {**adopted, "baselines": len(new.baselines), "from": old.status.value,
@@ -305,6 +307,7 @@ def cmd_baseline_remove(args: argparse.Namespace, ctx: Context) -> Outcome:
     ctx.audit_key()  # refuse before changing anything if no entry can be written
     device = _device(ctx, args.device)
     wanted = set(args.ids)
+    before: list[Device] = []
 
     def change(d: Device) -> Device:
         ids = {b.baseline_id for b in d.baselines}
@@ -313,6 +316,7 @@ def cmd_baseline_remove(args: argparse.Namespace, ctx: Context) -> Outcome:
             raise AdminError(EXIT_REFUSED, ErrorCode.NOT_FOUND.value,
                              f"device {_label(d)} has no baseline {', '.join(unknown)} "
                              f"(see: attestgate-admin baseline list {d.name})")
+        before[:] = [d]
         rest = tuple(b for b in d.baselines if b.baseline_id not in wanted)
         if not any(b.live(ctx.now) for b in rest):
             raise AdminError(EXIT_REFUSED, "last_baseline",
@@ -321,6 +325,7 @@ def cmd_baseline_remove(args: argparse.Namespace, ctx: Context) -> Outcome:
         return dataclasses.replace(d, baselines=rest)
 
     new = ctx.store.update_device(device.device_id, change)
+    forget_unreferenced_logs(ctx.store, before[0], new)
     removed = sorted(wanted)
     ctx.store.append_audit("baseline_removed", new.device_id,
                            {"removed": removed, "baselines": len(new.baselines)}, ctx.now)

@@ -153,3 +153,18 @@ class Store(Protocol):
     def purge(self, keep_audit: bool = False) -> int:
         """Delete every attestgate key (but the audit log's if ``keep_audit``); returns how many."""
         ...
+
+
+def referenced_logs(device: Device) -> set[str]:
+    """The stored event logs a device record refers to: its baselines' and its last
+    refused state's."""
+    refused = device.last_refused.log if device.last_refused else ""
+    return {b.log for b in device.baselines if b.log} | ({refused} if refused else set())
+
+
+def forget_unreferenced_logs(store: Store, before: Device, after: Device) -> None:
+    """Delete the event logs ``before`` referred to that ``after`` (the same device, changed)
+    no longer does: a replaced baseline, a newer refused state. Logs are kept only while a
+    record refers to them, so a device's logs stay bounded by its baselines + one."""
+    for digest in sorted(referenced_logs(before) - referenced_logs(after)):
+        store.delete_event_log(after.device_id, digest)

@@ -189,7 +189,10 @@ def test_kernel_update_on_a_real_log_is_named_and_then_approved(
     rc, doc = device.post("approved: the new kernel")
     assert rc == EXIT_OK, doc
     after = clean.get_device(record.device_id)
-    assert [b.log for b in after.baselines] == [log_digest(first), log_digest(second)]
+    # approve replaces by default: the new state's log is kept, the old one is gone.
+    assert [b.log for b in after.baselines] == [log_digest(second)]
+    assert clean.get_event_log(record.device_id, log_digest(second)) is not None
+    assert clean.get_event_log(record.device_id, log_digest(first)) is None
 
 
 # -- the log must replay; it travels in chunks ----------------------------------------------
