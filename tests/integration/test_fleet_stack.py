@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from tests.integration.test_attestation import (
 )
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm
+from tests.support.swtpm_fixtures import SwtpmFactory
 
 pytestmark = pytest.mark.integration
 
@@ -349,3 +351,31 @@ def test_reenrollment_and_delete_close_the_old_sessions(stack: Stack, store: Red
     thread.join(8)
     assert not thread.is_alive()
     assert isinstance(ended["exc"], Refused) and ended["exc"].code is ErrorCode.REVOKED
+
+
+
+def test_name_taken_advice_leads_back(swtpm_template: TemplateTpm,
+                                      swtpm_template_other_ca: TemplateTpm,
+                                      swtpm_factory: SwtpmFactory, tmp_path: Path) -> None:
+    """`name_taken` says "pick another --name": the same enroll with another name works.
+    Names are unique in any case, so DEV1 is taken by dev1 (and nothing is stored). Two
+    TPMs with different EKs: one from each of two trusted CAs."""
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    for template in (swtpm_template, swtpm_template_other_ca):
+        for cert in template.trust_dir.iterdir():
+            shutil.copy(cert, trust / f"{template.ca_name}-{cert.name}")
+    with Stack.start(tmp_path / "stack", ca_dir=trust, settings=SETTINGS) as two_cas:
+        store = RedisStore(two_cas.redis.url)
+        try:
+            enrolled(two_cas, swtpm_factory(swtpm_template), tmp_path, "dev1")
+            other = machine(swtpm_factory(swtpm_template_other_ca), tmp_path, "other")
+            rc, doc = other.enroll(two_cas, "DEV1")
+            assert (rc, doc["error"]) == (EXIT_REFUSED, "name_taken"), doc
+            assert "pick another --name" in doc["message"], doc
+            assert [d.name for d in store.list_devices()] == ["dev1"]  # nothing stored
+            rc, doc = other.enroll(two_cas, "dev2")  # the advice, followed
+            assert rc == EXIT_OK, doc
+            works(other)
+        finally:
+            store.close()
