@@ -97,7 +97,7 @@ $(STAMP): pyproject.toml | system-packages
 	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; \
 	fi; \
 	echo "setup: pip install -e '.[client,test,bench]' (tpm2-pytss builds from source the first time)"; \
-	$(VPY) -m pip install --disable-pip-version-check --quiet -e '.[test,bench]'; \
+	$(VPY) -m pip install --disable-pip-version-check --quiet -e '.[client,test,bench]'; \
 	touch $@
 
 FORCE:
