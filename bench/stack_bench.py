@@ -51,8 +51,8 @@ SESSIONS_LOW, SESSIONS_HIGH = 500, 4000
 SETTINGS = {
     # Throughput, not the per-device post limit (default 5/s, burst 20).
     "ATTESTGATE_POST_RATE": "1000000", "ATTESTGATE_POST_BURST": "1000000",
-    # NOTE: a per-device session cap in the gateway must allow SESSIONS_HIGH / DEVICES
-    # (667) sessions per device: raise its setting here once it exists.
+    # The session-memory phase holds SESSIONS_HIGH / DEVICES (667) sessions per device.
+    "ATTESTGATE_MAX_SESSIONS_PER_DEVICE": "1000",
 }
 
 
