@@ -63,7 +63,7 @@ _ADMISSION: Final = ("opening_timeout", "opening_evicted", "rate_limited", "queu
 class BusStats(Protocol):
     def live_workers(self, service: str) -> int: ...
     def queued(self, service: str) -> int: ...
-    def inflight(self, service: str) -> int: ...
+    def in_flight(self, service: str) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ class Snapshot:
 def take_snapshot(stats: BusStats, listening: bool, sessions: int,
                   counters: Mapping[str, int]) -> Snapshot:
     return Snapshot(listening, sessions,
-                    {s: ServiceStats(stats.live_workers(s), stats.queued(s), stats.inflight(s))
+                    {s: ServiceStats(stats.live_workers(s), stats.queued(s),
+                                     sum(stats.in_flight(s)))
                      for s in SERVICES}, dict(counters))
 
 

@@ -387,10 +387,6 @@ class ZmqBus:
         svc = self._services.get(service)
         return () if svc is None else tuple(len(w.inflight) for w in svc.workers.values())
 
-    def inflight(self, service: str) -> int:
-        """Requests of ``service`` its workers hold and have not answered yet."""
-        return sum(self.in_flight(service))
-
     # -- dispatch -------------------------------------------------------------------------
 
     def _service(self, name: str) -> _Service:
