@@ -19,45 +19,32 @@ import shutil
 import struct
 import subprocess
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 from shared.eventlog import parse_log
 from shared.eventlog import types as t
-from shared.eventlog.build import encode_log, measured_event
+from shared.eventlog.build import EFI_CERT_SHA256 as SHA256_SIG
+from shared.eventlog.build import EFI_CERT_X509 as X509
+from shared.eventlog.build import EFI_GLOBAL_VARIABLE as GLOBAL
+from shared.eventlog.build import EFI_IMAGE_SECURITY_DATABASE as IMAGE_DB
+from shared.eventlog.build import (
+    encode_log,
+    image_load,
+    ipl,
+    measured_event,
+    signature_list,
+    variable_data,
+)
 from shared.eventlog.parse import Event
 
 BANKS = ("sha1", "sha256")
 EXTENDABLE = frozenset((*range(16), 16, 23))  # at locality 0 (TPM-NOTES.md)
 _BATCH = 64  # digests per tpm2_pcrextend run
 
-_GLOBAL = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
-_IMAGE_DB = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
-_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
-_SHA256_SIG = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
-
-
-def _variable(vendor: uuid.UUID, name: str, data: bytes) -> bytes:
-    return (vendor.bytes_le + struct.pack("<QQ", len(name), len(data))
-            + name.encode("utf-16-le") + data)
-
-
-def _signature_list(kind: uuid.UUID, entries: Sequence[bytes]) -> bytes:
-    size = 16 + len(entries[0])
-    return (kind.bytes_le + struct.pack("<III", 28 + size * len(entries), 0, size)
-            + b"".join(b"\x11" * 16 + e for e in entries))
-
 
 def _image(path: str) -> bytes:
-    """EFI_IMAGE_LOAD_EVENT with a file-path device path (the path is a hint, unmeasured)."""
-    node = path.encode("utf-16-le") + b"\x00\x00"
-    dp = struct.pack("<BBH", 4, 4, 4 + len(node)) + node + b"\x7f\xff\x04\x00"
-    return struct.pack("<QQQQ", 0x7E000000, 0x1A0000, 0, len(dp)) + dp
-
-
-def _grub(prefix: str, text: str) -> tuple[bytes, bytes]:
-    return (prefix + text).encode() + b"\x00", text.encode()
+    return image_load(path, 0x7E000000, 0x1A0000)
 
 
 def demo_boot(kernel: str = "6.1.0-28-amd64") -> list[Event]:
@@ -67,8 +54,8 @@ def demo_boot(kernel: str = "6.1.0-28-amd64") -> list[Event]:
 
     vmlinuz = f"/boot/vmlinuz-{kernel}"
     cmdline = "root=UUID=6d1c0b4e-3f8a-4c1e-9a57-2b0f1e5d7c90 ro quiet"
-    linux_data, linux_measured = _grub("grub_cmd: ", f"linux {vmlinuz} {cmdline}")
-    kcl_data, kcl_measured = _grub("kernel_cmdline: ", f"{vmlinuz} {cmdline}")
+    linux_data, linux_measured = ipl("grub_cmd: ", f"linux {vmlinuz} {cmdline}")
+    kcl_data, kcl_measured = ipl("kernel_cmdline: ", f"{vmlinuz} {cmdline}")
     db = b"\x30\x82\x05\x00" + b"demo db certificate".ljust(36, b".")
     return [
         ev(0, t.EV_S_CRTM_VERSION, "1.16.2-debian".encode("utf-16-le") + b"\x00\x00"),
@@ -76,21 +63,21 @@ def demo_boot(kernel: str = "6.1.0-28-amd64") -> list[Event]:
            b"OVMF PEI firmware volume 1.16.2"),
         ev(0, t.EV_EFI_PLATFORM_FIRMWARE_BLOB, struct.pack("<QQ", 0xFFC84000, 0x34C000),
            b"OVMF DXE firmware volume 1.16.2"),
-        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG, _variable(_GLOBAL, "SecureBoot", b"\x01")),
+        ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG, variable_data(GLOBAL, "SecureBoot", b"\x01")),
         ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
-           _variable(_GLOBAL, "PK", _signature_list(_X509, [b"\x30\x82" + b"P" * 38]))),
+           variable_data(GLOBAL, "PK", signature_list(X509, [b"\x30\x82" + b"P" * 38]))),
         ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
-           _variable(_GLOBAL, "KEK", _signature_list(_X509, [b"\x30\x82" + b"K" * 38]))),
+           variable_data(GLOBAL, "KEK", signature_list(X509, [b"\x30\x82" + b"K" * 38]))),
         ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
-           _variable(_IMAGE_DB, "db", _signature_list(_X509, [db]))),
+           variable_data(IMAGE_DB, "db", signature_list(X509, [db]))),
         ev(7, t.EV_EFI_VARIABLE_DRIVER_CONFIG,
-           _variable(_IMAGE_DB, "dbx",
-                     _signature_list(_SHA256_SIG, [bytes([i]) * 32 for i in range(5)]))),
+           variable_data(IMAGE_DB, "dbx",
+                         signature_list(SHA256_SIG, [bytes([i]) * 32 for i in range(5)]))),
         ev(7, t.EV_SEPARATOR, b"\x00" * 4),
-        ev(1, t.EV_EFI_VARIABLE_BOOT, _variable(_GLOBAL, "BootOrder", b"\x01\x00\x00\x00")),
+        ev(1, t.EV_EFI_VARIABLE_BOOT, variable_data(GLOBAL, "BootOrder", b"\x01\x00\x00\x00")),
         ev(4, t.EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
         *[ev(pcr, t.EV_SEPARATOR, b"\x00" * 4) for pcr in (0, 1, 2, 3, 4, 5, 6)],
-        ev(7, t.EV_EFI_VARIABLE_AUTHORITY, _variable(_IMAGE_DB, "db", b"\x11" * 16 + db)),
+        ev(7, t.EV_EFI_VARIABLE_AUTHORITY, variable_data(IMAGE_DB, "db", b"\x11" * 16 + db)),
         ev(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, _image("\\EFI\\debian\\shimx64.efi"),
            b"shim 15.7-1 signed image"),
         ev(4, t.EV_EFI_BOOT_SERVICES_APPLICATION, _image("\\EFI\\debian\\grubx64.efi"),

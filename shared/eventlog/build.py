@@ -8,6 +8,7 @@ SHA-1 format. ``measured_event`` digests the data the way firmware does for data
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 from shared.errors import AttestgateError, ErrorCode
@@ -61,3 +62,35 @@ def quoted_from_replay(replayed: Mapping[str, Mapping[int, bytes]]
                        ) -> dict[str, dict[int, bytes]]:
     """A ``quoted`` argument for ``verify`` equal to a replay (as an honest TPM would report)."""
     return {b: dict(v) for b, v in replayed.items()}
+
+
+# -- event data as UEFI firmware, shim and grub write it ------------------------------------
+EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
+EFI_CERT_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
+
+
+def variable_data(vendor: uuid.UUID, name: str, data: bytes) -> bytes:
+    """UEFI_VARIABLE_DATA: vendor GUID, name (UTF-16), the variable's data."""
+    return (vendor.bytes_le + struct.pack("<QQ", len(name), len(data))
+            + name.encode("utf-16-le") + data)
+
+
+def signature_list(kind: uuid.UUID, entries: Sequence[bytes]) -> bytes:
+    """One EFI_SIGNATURE_LIST of equally sized entries (an owner GUID of 0x11 bytes each)."""
+    size = 16 + len(entries[0])
+    return (kind.bytes_le + struct.pack("<III", 28 + size * len(entries), 0, size)
+            + b"".join(b"\x11" * 16 + e for e in entries))
+
+
+def image_load(path: str, base: int = 0x1000, length: int = 0x2000) -> bytes:
+    """UEFI_IMAGE_LOAD_EVENT with a file-path device path (the path is a hint: unmeasured)."""
+    node = path.encode("utf-16-le") + b"\x00\x00"
+    dp = struct.pack("<BBH", 4, 4, 4 + len(node)) + node + b"\x7f\xff\x04\x00"
+    return struct.pack("<QQQQ", base, length, 0, len(dp)) + dp
+
+
+def ipl(prefix: str, text: str) -> tuple[bytes, bytes]:
+    """(event data, measured bytes) as grub writes a string: the digest covers ``text``."""
+    return (prefix + text).encode() + b"\x00", text.encode()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import uuid
 from pathlib import Path
 
 import pytest
 
+from shared.eventlog import build
 from shared.eventlog import types as t
 from shared.eventlog.build import encode_log, measured_event
 from shared.eventlog.parse import Event
@@ -69,32 +69,14 @@ def published_pcrs(name: str) -> dict[str, dict[int, bytes]] | None:
 
 
 # -- a synthetic UEFI boot: firmware, Secure Boot, shim, grub, kernel ------------------------
-GLOBAL = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
-IMAGE_DB = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
-X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
-SHA256_SIG = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
-
-
-def variable_data(vendor: uuid.UUID, name: str, data: bytes) -> bytes:
-    return (vendor.bytes_le + struct.pack("<QQ", len(name), len(data))
-            + name.encode("utf-16-le") + data)
-
-
-def signature_list(kind: uuid.UUID, entries: list[bytes]) -> bytes:
-    size = 16 + len(entries[0])
-    return (kind.bytes_le + struct.pack("<III", 28 + size * len(entries), 0, size)
-            + b"".join(b"\x11" * 16 + e for e in entries))
-
-
-def image_load(path: str) -> bytes:
-    node = path.encode("utf-16-le") + b"\x00\x00"
-    dp = struct.pack("<BBH", 4, 4, 4 + len(node)) + node + b"\x7f\xff\x04\x00"
-    return struct.pack("<QQQQ", 0x1000, 0x2000, 0, len(dp)) + dp
-
-
-def ipl(prefix: str, text: str) -> tuple[bytes, bytes]:
-    """(event data, measured bytes) as grub writes a string."""
-    return (prefix + text).encode() + b"\x00", text.encode()
+GLOBAL = build.EFI_GLOBAL_VARIABLE
+IMAGE_DB = build.EFI_IMAGE_SECURITY_DATABASE
+X509 = build.EFI_CERT_X509
+SHA256_SIG = build.EFI_CERT_SHA256
+variable_data = build.variable_data
+signature_list = build.signature_list
+image_load = build.image_load
+ipl = build.ipl
 
 
 def boot(*, firmware: str = "FW 1.0", secure_boot: bool = True, db: bytes = b"\x30" * 40,
