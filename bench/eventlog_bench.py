@@ -32,10 +32,10 @@ def run(settings: Settings) -> list[Result]:
     base = median_ms(lambda: [hashlib.sha256(bytes(64)).digest() for _ in range(100)], runs)
     label = "100 x sha256(64 B)"
     return [
-        Result("eventlog", "parse 100 events", median_ms(lambda: parse_log(data), runs), "ms",
-               label, base),
-        Result("eventlog", "replay 3 banks", median_ms(lambda: replay(log), runs), "ms",
-               label, base),
-        Result("eventlog", "verify vs sha256 quote (from bytes)",
+        Result("eventlog_parse_100", "eventlog", "parse 100 events",
+               median_ms(lambda: parse_log(data), runs), "ms", label, base),
+        Result("eventlog_replay_100", "eventlog", "replay 3 banks",
+               median_ms(lambda: replay(log), runs), "ms", label, base),
+        Result("eventlog_verify_100", "eventlog", "verify vs sha256 quote (from bytes)",
                median_ms(lambda: verify(data, quoted), runs), "ms", label, base),
     ]
