@@ -680,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", type=_seconds, default=TOKEN_DEFAULT_TTL, metavar="SECONDS",
                         help=f"validity in seconds (default {TOKEN_DEFAULT_TTL:g})")
     create.set_defaults(handler=cmd_token_create)
+    from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+    admin_secrets.add_parser(sub, common)
     return p
 
 
