@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from client import eventlog_view, flows
+from client import secrets as client_secrets
 from client import state as st
 from client.channel import NetworkError, Refused
 from client.explain import explain_refusal, explain_unavailable, pcr_meaning
@@ -137,6 +138,24 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
         reply = ch.request(Command.STATUS)
         out.result(dict(reply), "\n".join(f"{k:>18}: {v}" for k, v in sorted(reply.items())))
+        return EXIT_OK
+
+    return _with_session(args, out, run)
+
+
+def cmd_secret_get(args: argparse.Namespace, out: Out) -> int:
+    if args.json and args.out in (None, "-"):
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "--json needs --out FILE (the value "
+                                                     "would go to stdout)")
+
+    def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        value, version = client_secrets.get(tpm, state, ch, args.name)
+        client_secrets.write_out(value, args.out)
+        if args.out not in (None, "-"):
+            out.result({"name": args.name, "version": version, "size": len(value),
+                        "out": args.out},
+                       f"secret {args.name!r} version {version} ({len(value)} bytes) "
+                       f"written to {args.out}")
         return EXIT_OK
 
     return _with_session(args, out, run)
@@ -286,6 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tpm-info", parents=[common], help="show the TPM, its EK and PCRs")
     t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", help="PCRs to show")
     t.set_defaults(func=cmd_tpm_info)
+
+    sec = sub.add_parser("secret", help="secrets the server releases only to this TPM")
+    ssub = sec.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
+    sg = ssub.add_parser("get", parents=[common], help="fetch a secret in an attested session",
+                         description="Connect (a fresh quote bound to the channel), ask for "
+                                     "secret NAME, unwrap its key in this TPM and decrypt it. "
+                                     "The value goes to --out FILE (0600) or stdout.")
+    sg.add_argument("name", metavar="NAME")
+    sg.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
+    sg.set_defaults(func=cmd_secret_get)
 
     ev = sub.add_parser("eventlog", parents=[common], help="show the measured-boot event log",
                         description="Parse the TCG event log, replay its PCRs and, with a TPM, "

@@ -22,7 +22,8 @@ The package is split by responsibility:
   most three at a time, least recently used flushed first) until :meth:`Tpm.release`
   or :meth:`Tpm.close`, which flush them;
 * :mod:`client.tpm.evidence` - EK, PCRs, quotes, certifications, credential activation;
-* :mod:`client.tpm.keys` - HMAC key import and use, post key, sealing.
+* :mod:`client.tpm.keys` - HMAC key import and use, post key, sealing;
+* :mod:`client.tpm.secrets` - unwrapping the key of a released secret.
 
 The SRK and AK are primaries, so they come out the same every time; the post key,
 HMAC key and sealed secrets are :class:`KeyBlob` s that the caller stores and hands
@@ -39,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Self
 
-from client.tpm import evidence, keys
+from client.tpm import evidence, keys, secrets
 from client.tpm.common import (
     DEFAULT_EK_KINDS,
     MAX_HMAC_BUFFER,
@@ -208,6 +209,15 @@ class Tpm:
     def hmac(self, key: KeyBlob, data: bytes) -> bytes:
         """HMAC-SHA256 of ``data`` with the TPM-resident ``key`` (any length)."""
         return keys.hmac(self._objs, key, data)
+
+    def unwrap_secret_key(self, public: bytes, duplicate: bytes, seed: bytes) -> bytes:
+        """Import a sealed-data object the server wrapped to this TPM's SRK and unseal it.
+
+        Same inputs as :meth:`import_hmac_key`; returns the object's data (a released
+        secret's AES key). CREDENTIAL_FAILED when the blob was made for another TPM or
+        altered; the imported object is flushed at once.
+        """
+        return secrets.unwrap(self._objs, public, duplicate, seed)
 
     # -- sealing ----------------------------------------------------------------------------
 

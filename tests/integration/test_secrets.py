@@ -1,0 +1,311 @@
+"""Secret release (issue 11) against the whole stack: real redis, gateway, workers, swtpm.
+
+Each test runs its own stack and its own TPMs. The admin CLI stores a secret; the
+device fetches it with ``attestgate secret get`` inside an attested session; the
+server wraps a fresh AES key to the device's certified SRK. Tests grep the Redis
+contents, the service logs and the client home for the secret's bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tpm2_pytss import utils
+from tpm2_pytss.constants import TPMA_OBJECT
+from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE
+
+from client import flows
+from client import state as st
+from client.cli import EXIT_OK, EXIT_REFUSED, main
+from client.tpm import Tpm
+from services.registry.admin import run as admin_run
+from shared.errors import AttestgateError, ErrorCode
+from shared.secrets import MAX_SECRET, Part
+from shared.store.redis_store import RedisStore
+from shared.tpm.credential import wrap_sealed_data
+from shared.tpm.structures import parse_public
+from shared.wire import Command
+from tests.support.stack import Stack
+from tests.support.swtpm import SwtpmProcess, TemplateTpm
+from tests.support.swtpm_fixtures import SwtpmFactory
+
+pytestmark = pytest.mark.integration
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@dataclass
+class World:
+    stack: Stack
+    tpm: SwtpmProcess
+    home: Path
+    state: st.ClientState
+    tmp: Path
+
+    def admin(self, *argv: str) -> tuple[int, dict[str, Any], str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = admin_run([*argv, "--json"], env=self.stack.env, stdout=out, stderr=err,
+                       clock=lambda: 1_800_000_000.0, rng=os.urandom)
+        return rc, json.loads(out.getvalue()), err.getvalue()
+
+    def put(self, name: str, value: bytes, action: str = "put") -> dict[str, Any]:
+        src = self.tmp / f"value-{name}"
+        src.write_bytes(value)
+        rc, doc, err = self.admin("secret", action, self.state.name, name, "--file", str(src))
+        src.unlink()
+        assert rc == 0, (doc, err)
+        return doc
+
+    def get(self, name: str, out: Path, home: Path | None = None,
+            tcti: str | None = None) -> int:
+        return main(["secret", "get", name, "--out", str(out), "--tpm", tcti or self.tpm.tcti,
+                     "--home", str(home or self.home), "-q"])
+
+    def part(self, name: str, offset: int = 0) -> Part:
+        with Tpm(self.tpm.tcti) as tpm, flows.connect(tpm, self.state, _quiet) as ch:
+            return Part.from_body(ch.request(Command.SECRET_GET, name=name, offset=offset))
+
+    def audit(self) -> list[tuple[str, dict[str, Any]]]:
+        store = RedisStore(self.stack.redis.url)
+        try:
+            return [(e.event, json.loads(e.detail)) for e in store.read_audit(self.state.device_id)]
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, swtpm: SwtpmProcess) -> Iterator[World]:
+    with Stack.start(tmp_path / "stack") as stack:
+        home = tmp_path / "home"
+        with Tpm(swtpm.tcti) as tpm:
+            state = flows.enroll(tpm, home, stack.server, "alpha", None,
+                                 flows.ServerPin(None, True), False, _quiet)
+        yield World(stack, swtpm, home, state, tmp_path)
+
+
+def _redis_dump(stack: Stack) -> bytes:
+    store = RedisStore(stack.redis.url)
+    try:
+        r = store.raw()
+        out = []
+        for key in r.scan_iter(match="*"):
+            kind = r.type(key)
+            if kind == b"string":
+                out.append(r.get(key))
+            elif kind == b"hash":
+                out += [k + v for k, v in r.hgetall(key).items()]
+            elif kind == b"stream":
+                out += [repr(e).encode() for e in r.xrange(key)]
+            out.append(r.dump(key) or b"")
+        return b"".join(out)
+    finally:
+        store.close()
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    """The secret as raw bytes, hex and base64 (any 24-byte window would betray it)."""
+    window = secret[:24]
+    return [window, window.hex().encode(), base64.b64encode(window)[:24],
+            base64.urlsafe_b64encode(window)[:24]]
+
+
+def _tree(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file())
+
+
+# -- the right device gets exactly the bytes ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [37, MAX_SECRET])
+def test_right_device_gets_exactly_the_bytes(world: World, size: int) -> None:
+    secret = os.urandom(size)
+    world.put("disk-key", secret)
+    out = world.tmp / "out" / "disk-key"
+    out.parent.mkdir()
+    assert world.get("disk-key", out) == EXIT_OK
+    assert out.read_bytes() == secret
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert [p.name for p in out.parent.iterdir()] == ["disk-key"]  # no temporary left
+    rc, doc, _ = world.admin("secret", "list", "alpha")
+    assert rc == 0
+    assert [(r["name"], r["version"], r["size"]) for r in doc["secrets"]] == [
+        ("disk-key", 1, size)]
+    events = world.audit()
+    released = [d for e, d in events if e == "secret_released"]
+    parts = 1 if size <= 48 * 1024 else 2
+    assert [d["offset"] for d in released] == [i * 48 * 1024 for i in range(parts)]
+    assert all(d["name"] == "disk-key" and d["version"] == 1 for d in released)
+    assert ("secret_put", {"name": "disk-key", "version": 1, "size": size}) in events
+
+
+def test_secret_never_in_clear_in_redis_logs_or_client_home(world: World) -> None:
+    secret = os.urandom(64)
+    world.put("api-key", secret)
+    out = world.tmp / "api-key.out"
+    assert world.get("api-key", out) == EXIT_OK
+    assert out.read_bytes() == secret
+    rc, doc, _ = world.admin("secret", "list")
+    assert rc == 0 and doc["secrets"][0]["size"] == 64
+    rc, audit_doc, _ = world.admin("audit")
+    haystacks = {
+        "redis": _redis_dump(world.stack),
+        "logs": _tree(world.stack.directory / "logs"),
+        "client home": _tree(world.home),
+        "admin output": json.dumps([doc, audit_doc]).encode(),
+    }
+    for where, data in haystacks.items():
+        for form in _forms(secret):
+            assert form not in data, where
+
+
+def test_unknown_secret_is_refused_and_audited(world: World) -> None:
+    out = world.tmp / "nothing"
+    assert world.get("missing", out) == EXIT_REFUSED
+    assert not out.exists()
+    assert ("secret_refused", {"name": "missing", "code": "not_found"}) in world.audit()
+
+
+# -- only this TPM ------------------------------------------------------------------------------
+
+
+def test_copy_of_client_home_on_another_tpm_cannot_unwrap(
+        world: World, swtpm_factory: SwtpmFactory,
+        swtpm_template_other_ca: TemplateTpm) -> None:
+    secret = os.urandom(100)
+    world.put("vpn", secret)
+    other = swtpm_factory(swtpm_template_other_ca)
+    # The whole home copied next to another TPM: it does not even get a session.
+    copy = world.tmp / "home-copy"
+    shutil.copytree(world.home, copy)
+    out = world.tmp / "stolen"
+    assert world.get("vpn", out, home=copy, tcti=other.tcti) != EXIT_OK
+    assert not out.exists()
+    # A part released to this device, handed to the other TPM, does not import.
+    part = world.part("vpn")
+    with Tpm(other.tcti) as tpm, pytest.raises(AttestgateError) as exc:
+        tpm.unwrap_secret_key(part.public, part.duplicate, part.seed)
+    assert exc.value.code is ErrorCode.CREDENTIAL_FAILED
+    # ...while the right TPM opens the very same part.
+    with Tpm(world.tpm.tcti) as tpm:
+        key = tpm.unwrap_secret_key(part.public, part.duplicate, part.seed)
+    assert part.decrypt(key, world.state.device_id, "vpn") == secret
+
+
+def test_tampered_part_fails_with_our_error_code(world: World) -> None:
+    secret = os.urandom(300)
+    world.put("blob", secret)
+    part = world.part("blob")
+
+    def flip(b: bytes, i: int) -> bytes:
+        return b[:i] + bytes([b[i] ^ 1]) + b[i + 1:]
+
+    with Tpm(world.tpm.tcti) as tpm:
+        for field in ("duplicate", "seed"):
+            bad = dataclasses.replace(part, **{field: flip(getattr(part, field), 40)})
+            with pytest.raises(AttestgateError) as exc:
+                tpm.unwrap_secret_key(bad.public, bad.duplicate, bad.seed)
+            assert exc.value.code is ErrorCode.CREDENTIAL_FAILED, field
+        key = tpm.unwrap_secret_key(part.public, part.duplicate, part.seed)
+    for bad in (dataclasses.replace(part, ciphertext=flip(part.ciphertext, 5)),
+                dataclasses.replace(part, nonce=flip(part.nonce, 0))):
+        with pytest.raises(AttestgateError) as exc:
+            bad.decrypt(key, world.state.device_id, "blob")
+        assert exc.value.code is ErrorCode.CREDENTIAL_FAILED
+    with pytest.raises(AttestgateError) as exc:  # the same part claimed for another name
+        part.decrypt(key, world.state.device_id, "other")
+    assert exc.value.code is ErrorCode.CREDENTIAL_FAILED
+
+
+def test_rotate_bumps_the_version_and_old_parts_cannot_pass_for_it(world: World) -> None:
+    old, new = os.urandom(50), os.urandom(70)
+    world.put("token", old)
+    old_part = world.part("token")
+    doc = world.put("token", new, action="rotate")
+    assert doc["secrets"][0]["version"] == 2
+    out = world.tmp / "token.out"
+    assert world.get("token", out) == EXIT_OK
+    assert out.read_bytes() == new
+    with Tpm(world.tpm.tcti) as tpm:
+        key = tpm.unwrap_secret_key(old_part.public, old_part.duplicate, old_part.seed)
+    relabelled = dataclasses.replace(old_part, version=2, total=70)
+    with pytest.raises(AttestgateError) as exc:
+        relabelled.decrypt(key, world.state.device_id, "token")
+    assert exc.value.code is ErrorCode.CREDENTIAL_FAILED
+    events = [e for e, _ in world.audit()]
+    assert "secret_rotated" in events
+    # put refuses to overwrite; rm removes, and then nothing is released.
+    src = world.tmp / "v"
+    src.write_bytes(b"x")
+    rc, doc, _ = world.admin("secret", "put", "alpha", "token", "--file", str(src))
+    assert (rc, doc["error"]) == (3, "exists")
+    rc, doc, _ = world.admin("secret", "rm", "alpha", "token")
+    assert rc == 0 and doc["version"] == 2
+    assert world.get("token", world.tmp / "gone") == EXIT_REFUSED
+
+
+def test_oversized_secret_is_refused_and_nothing_stored(world: World) -> None:
+    src = world.tmp / "big"
+    src.write_bytes(os.urandom(MAX_SECRET + 1))
+    rc, doc, _ = world.admin("secret", "put", "alpha", "big", "--file", str(src))
+    assert (rc, doc["error"]) == (2, "too_large")
+    rc, doc, _ = world.admin("secret", "list", "alpha")
+    assert doc["secrets"] == []
+
+
+# -- revoked gets nothing -----------------------------------------------------------------------
+
+
+def test_revoked_device_gets_nothing(world: World) -> None:
+    world.put("disk-key", os.urandom(32))
+    rc, _, _ = world.admin("revoke", "alpha")
+    assert rc == 0
+    out = world.tmp / "after-revoke"
+    assert world.get("disk-key", out) == EXIT_REFUSED
+    assert not out.exists()
+    assert "secret_released" not in [e for e, _ in world.audit()]
+
+
+def test_revoked_mid_session_gets_nothing(world: World) -> None:
+    """A session opened before the revocation is closed or refused, never served."""
+    world.put("disk-key", os.urandom(32))
+    with Tpm(world.tpm.tcti) as tpm, flows.connect(tpm, world.state, _quiet) as ch:
+        rc, _, _ = world.admin("revoke", "alpha")
+        assert rc == 0
+        with pytest.raises(Exception) as exc:  # noqa: PT011 - Refused or NetworkError
+            ch.request(Command.SECRET_GET, name="disk-key", offset=0)
+        assert type(exc.value).__name__ in ("Refused", "NetworkError")
+    assert "secret_released" not in [e for e, _ in world.audit()]
+
+
+# -- the wrap itself, cross-checked with tpm2_pytss.utils.wrap --------------------------------
+
+
+def test_sealed_data_wrap_matches_tpm2_pytss_and_imports(swtpm: SwtpmProcess) -> None:
+    key = os.urandom(32)
+    with Tpm(swtpm.tcti) as tpm:
+        srk_public = tpm.srk_public()
+        public, duplicate, seed = wrap_sealed_data(srk_public, key, os.urandom)
+        assert tpm.unwrap_secret_key(public, duplicate, seed) == key
+        # The reference implementation's sealed-data object, wrapped by utils.wrap.
+        sens, ref_pub = TPM2B_SENSITIVE.keyedhash_from_secret(
+            key, objectAttributes=TPMA_OBJECT.USERWITHAUTH)
+        srk, _ = TPM2B_PUBLIC.unmarshal(srk_public)
+        _, ref_dup, ref_seed = utils.wrap(srk.publicArea, ref_pub, sens)
+        assert tpm.unwrap_secret_key(bytes(ref_pub.marshal()), bytes(ref_dup.marshal()),
+                                     bytes(ref_seed.marshal())) == key
+    ours, ref = parse_public(public), parse_public(bytes(ref_pub.marshal()))
+    assert (ours.type, ours.name_alg, ours.attributes, ours.parameters) == (
+        ref.type, ref.name_alg, ref.attributes, ref.parameters)
