@@ -149,7 +149,8 @@ def cmd_secret_get(args: argparse.Namespace, out: Out) -> int:
                                                      "would go to stdout)")
 
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
-        value, version = client_secrets.get(tpm, state, ch, args.name)
+        value, version = client_secrets.get(tpm, state, ch, args.name,
+                                            st.home_dir(args.home))
         client_secrets.write_out(value, args.out)
         if args.out not in (None, "-"):
             out.result({"name": args.name, "version": version, "size": len(value),
@@ -159,6 +160,22 @@ def cmd_secret_get(args: argparse.Namespace, out: Out) -> int:
         return EXIT_OK
 
     return _with_session(args, out, run)
+
+
+def cmd_secret_unseal(args: argparse.Namespace, out: Out) -> int:
+    if args.json and args.out in (None, "-"):
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "--json needs --out FILE")
+    home = st.home_dir(args.home)
+    state = st.load(home)
+    with _tpm(args) as tpm:
+        value, version = client_secrets.unseal_cached(tpm, home, state, args.name)
+    client_secrets.write_out(value, args.out)
+    if args.out not in (None, "-"):
+        out.result({"name": args.name, "version": version, "size": len(value),
+                    "out": args.out},
+                   f"secret {args.name!r} version {version} ({len(value)} bytes) unsealed "
+                   f"offline to {args.out}")
+    return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
@@ -315,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("name", metavar="NAME")
     sg.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
     sg.set_defaults(func=cmd_secret_get)
+    su = ssub.add_parser("unseal", parents=[common], help="open a cached PCR-bound secret offline",
+                         description="Open the cached copy of a --bind-pcrs secret (kept by "
+                                     "`secret get`) with the TPM alone, e.g. at boot: it opens "
+                                     "only while the PCRs are in a state the operator approved. "
+                                     "Nothing is extended into a PCR.")
+    su.add_argument("name", metavar="NAME")
+    su.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
+    su.set_defaults(func=cmd_secret_unseal)
 
     ev = sub.add_parser("eventlog", parents=[common], help="show the measured-boot event log",
                         description="Parse the TCG event log, replay its PCRs and, with a TPM, "

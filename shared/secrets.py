@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from shared.codec import Fields, pack, unpack_map
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import Random
+from shared.secret_policy import authorize_policy, policy_ref
 from shared.tpm.credential import wrap_sealed_data
+from shared.tpm.structures import name_of
 from shared.vault import Vault
 
 MAX_SECRET: Final = 64 * 1024  # bytes of one secret value
@@ -66,35 +68,68 @@ class SecretRecord:
     created_at: float
     updated_at: float
     sealed: bytes  # Vault.seal(value, device id + name + version)
+    # --bind-pcrs (shared.secret_policy): the bound selection, the policy key's
+    # TPM2B_PUBLIC and one (approvedPolicy, signature) per approved PCR state.
+    selection: str = ""
+    policy_public: bytes = b""
+    policies: tuple[tuple[bytes, bytes], ...] = ()
 
     def to_bytes(self) -> bytes:
         return pack({"name": self.name, "version": self.version, "size": self.size,
                      "created_at": self.created_at, "updated_at": self.updated_at,
-                     "sealed": self.sealed})
+                     "sealed": self.sealed, "selection": self.selection,
+                     "policy_public": self.policy_public,
+                     "policies": [list(p) for p in self.policies]})
 
     @staticmethod
     def from_bytes(raw: bytes) -> SecretRecord:
-        f = Fields(unpack_map(raw, max_size=MAX_RECORD))
+        m = unpack_map(raw, max_size=MAX_RECORD)
+        f = Fields(m)
         return SecretRecord(
             name=f.text("name", 64), version=f.integer("version", 1, 2**62),
             size=f.integer("size", 1, MAX_SECRET), created_at=f.number("created_at"),
-            updated_at=f.number("updated_at"), sealed=f.blob("sealed", MAX_RECORD))
+            updated_at=f.number("updated_at"), sealed=f.blob("sealed", MAX_RECORD),
+            selection=f.text("selection", 128, optional=True) or "",
+            policy_public=f.blob("policy_public", MAX_TPM_BLOB, optional=True),
+            policies=parse_policies(m.get("policies")))
 
     def view(self) -> dict[str, Any]:
         """Everything but the value."""
         return {"name": self.name, "version": self.version, "size": self.size,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+                "created_at": self.created_at, "updated_at": self.updated_at,
+                "bind_pcrs": self.selection, "policies": len(self.policies)}
+
+
+MAX_POLICIES: Final = 64  # signed PCR states kept per bound secret (oldest dropped)
+
+
+def parse_policies(value: Any) -> tuple[tuple[bytes, bytes], ...]:
+    """A list of [approvedPolicy (32 B), TPMT_SIGNATURE (<= 256 B)]; BAD_REQUEST if not."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_POLICIES:
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "policies")
+    out = []
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 2
+                or not all(isinstance(x, bytes) for x in item)
+                or len(item[0]) != 32 or not 1 <= len(item[1]) <= 256):
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "policy entry")
+        out.append((bytes(item[0]), bytes(item[1])))
+    return tuple(out)
 
 
 def seal_record(vault: Vault, device_id: str, name: str, value: bytes, now: float,
                 rng: Random, previous: SecretRecord | None = None) -> SecretRecord:
-    """A new record (version 1), or the next version of ``previous``."""
+    """A new record (version 1), or the next version of ``previous`` (same binding)."""
     check_name(name)
     value = check_value(value)
     version = previous.version + 1 if previous is not None else 1
     created = previous.created_at if previous is not None else now
     sealed = vault.seal(value, _context(device_id, name, version), rng)
-    return SecretRecord(name, version, len(value), created, now, sealed)
+    if previous is None:
+        return SecretRecord(name, version, len(value), created, now, sealed)
+    return replace(previous, version=version, size=len(value), updated_at=now, sealed=sealed)
 
 
 def open_record(vault: Vault, device_id: str, record: SecretRecord) -> bytes:
@@ -119,11 +154,16 @@ class Part:
     seed: bytes
     nonce: bytes
     ciphertext: bytes
+    selection: str = ""  # set: the key object is PCR-bound (PolicyAuthorize)
+    policy_public: bytes = b""
+    policies: tuple[tuple[bytes, bytes], ...] = ()
 
     def to_body(self) -> dict[str, Any]:
         return {"version": self.version, "offset": self.offset, "total": self.total,
                 "public": self.public, "duplicate": self.duplicate, "seed": self.seed,
-                "nonce": self.nonce, "ciphertext": self.ciphertext}
+                "nonce": self.nonce, "ciphertext": self.ciphertext,
+                "selection": self.selection, "policy_public": self.policy_public,
+                "policies": [list(p) for p in self.policies]}
 
     @staticmethod
     def from_body(body: Any) -> Part:
@@ -136,7 +176,12 @@ class Part:
             duplicate=f.blob("duplicate", MAX_TPM_BLOB, min_len=1),
             seed=f.blob("seed", MAX_TPM_BLOB, min_len=1),
             nonce=f.blob("nonce", NONCE_LEN, min_len=NONCE_LEN),
-            ciphertext=f.blob("ciphertext", PART_LEN + 16, min_len=17))
+            ciphertext=f.blob("ciphertext", PART_LEN + 16, min_len=17),
+            selection=f.text("selection", 128, optional=True) or "",
+            policy_public=f.blob("policy_public", MAX_TPM_BLOB, optional=True),
+            policies=parse_policies(body.get("policies") if isinstance(body, dict) else None))
+        if bool(part.selection) != bool(part.policy_public):
+            raise AttestgateError(ErrorCode.BAD_REQUEST, "secret part binding")
         if part.offset % PART_LEN or part.offset >= part.total:
             raise AttestgateError(ErrorCode.BAD_REQUEST, "secret part offset")
         if len(part.ciphertext) - 16 != min(PART_LEN, part.total - part.offset):
@@ -159,8 +204,13 @@ def release_part(srk_public: bytes, device_id: str, record: SecretRecord, value:
     if offset < 0 or offset % PART_LEN or offset >= len(value):
         raise AttestgateError(ErrorCode.BAD_REQUEST, "secret part offset")
     key, nonce = rng(KEY_LEN), rng(NONCE_LEN)
-    public, duplicate, seed = wrap_sealed_data(srk_public, key, rng)
+    auth_policy = b""
+    if record.selection:
+        auth_policy = authorize_policy(name_of(record.policy_public, code=ErrorCode.INTERNAL),
+                                       policy_ref(device_id))
+    public, duplicate, seed = wrap_sealed_data(srk_public, key, rng, auth_policy)
     chunk = value[offset:offset + PART_LEN]
     aad = part_aad(device_id, record.name, record.version, offset, len(value))
     ciphertext = AESGCM(key).encrypt(nonce, chunk, aad)
-    return Part(record.version, offset, len(value), public, duplicate, seed, nonce, ciphertext)
+    return Part(record.version, offset, len(value), public, duplicate, seed, nonce, ciphertext,
+                record.selection, record.policy_public, record.policies)

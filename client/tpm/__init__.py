@@ -219,6 +219,16 @@ class Tpm:
         """
         return secrets.unwrap(self._objs, public, duplicate, seed)
 
+    def unwrap_bound_secret_key(self, public: bytes, duplicate: bytes, seed: bytes, *,
+                                selection: str, policy_public: bytes, policy_ref: bytes,
+                                policies: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """:meth:`unwrap_secret_key` for a PCR-bound object (PolicyAuthorize): unseals
+        only while the PCRs in ``selection`` match a state whose PolicyPCR digest the
+        server signed (``policies``: (approvedPolicy, TPMT_SIGNATURE) pairs).
+        PCR_MISMATCH when none matches."""
+        return secrets.unwrap_bound(self._objs, public, duplicate, seed, selection,
+                                    policy_public, policy_ref, policies)
+
     # -- sealing ----------------------------------------------------------------------------
 
     def seal(self, secret: bytes, pcr_selection: str | None = None) -> KeyBlob:

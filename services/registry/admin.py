@@ -183,6 +183,9 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> Outcome:
         archived = _new_audit_key(ctx)
     try:
         created = init_server_home(home, usage, ctx.rng)
+        from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+        created = (*created, *admin_secrets.init_policy_key(ctx))
         fpr = fingerprint(server_static(home).public)
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
@@ -254,7 +257,10 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
     detail = {**adopted, "baselines": len(new.baselines), "from": old.status.value,
               "status": new.status.value}
     ctx.store.append_audit("approved", new.device_id, detail, ctx.now)
-    doc = {"device_id": new.device_id, "name": new.name, **detail}
+    from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+    signed = admin_secrets.after_approve(ctx, new)  # PCR-bound secrets: sign the new state
+    doc = {"device_id": new.device_id, "name": new.name, **detail, "secrets_signed": signed}
     text = (f"approved the last refused PCR state of {_label(new)} as baseline "
             f"{len(new.baselines)} ({adopted['selection']}); failures reset to 0; "
             f"status {old.status.value} -> {new.status.value}")

@@ -9,6 +9,7 @@ version, size).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,16 @@ from services.registry.admin import (
 )
 from shared.errors import AttestgateError, ErrorCode
 from shared.records import Device, DeviceStatus
-from shared.secrets import MAX_SECRET, NAME_RE, SecretRecord, seal_record
+from shared.secret_policy import (
+    POLICY_KEY_FILE,
+    ensure_policy_key,
+    load_policy_key,
+    pcr_policy,
+    policy_public,
+    policy_ref,
+    sign_policy,
+)
+from shared.secrets import MAX_POLICIES, MAX_SECRET, NAME_RE, SecretRecord, seal_record
 from shared.vault import ServerKeyError, Vault
 
 
@@ -88,7 +98,76 @@ def _targets(ctx: Context, device: str | None) -> list[Device]:
 
 def _row(d: Device, r: SecretRecord) -> dict[str, Any]:
     return {"device_id": d.device_id, "device": d.name, "name": r.name, "version": r.version,
-            "size": r.size, "created": out.iso(r.created_at), "updated": out.iso(r.updated_at)}
+            "size": r.size, "created": out.iso(r.created_at), "updated": out.iso(r.updated_at),
+            "bind_pcrs": r.selection, "policies": len(r.policies)}
+
+
+# -- PCR binding (shared.secret_policy) ----------------------------------------------------------
+
+
+def _bound_count(ctx: Context) -> int:
+    return sum(1 for d in ctx.store.list_devices()
+               for raw in ctx.store.list_secrets(d.device_id).values()
+               if SecretRecord.from_bytes(raw).selection)
+
+
+def init_policy_key(ctx: Context) -> tuple[str, ...]:
+    """Create the secret-policy key if missing and nothing depends on it (``init``);
+    returns the file created, if any."""
+    try:
+        created = ensure_policy_key(ctx.config.server_home, lambda: _bound_count(ctx),
+                                    ctx.rng)
+        return (POLICY_KEY_FILE,) if created else ()
+    except ServerKeyError as exc:
+        raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
+
+
+def _signed_policies(ctx: Context, d: Device, selection: str,
+                     known: tuple[tuple[bytes, bytes], ...] = ()
+                     ) -> tuple[tuple[bytes, bytes], ...]:
+    """``known`` plus a signed PolicyPCR for every approved baseline of ``d`` not in it."""
+    try:
+        key = load_policy_key(ctx.config.server_home)
+    except ServerKeyError as exc:
+        raise AdminError(EXIT_REFUSED, "no_policy_key", exc.message) from None
+    ref = policy_ref(d.device_id)
+    have = {digest for digest, _ in known}
+    policies = list(known)
+    for b in d.baselines:
+        if b.selection != selection:
+            continue
+        digest = pcr_policy(b.selection, b.as_dict())
+        if digest not in have:
+            have.add(digest)
+            policies.append((digest, sign_policy(key, digest, ref)))
+    return tuple(policies[-MAX_POLICIES:])
+
+
+def _bind(ctx: Context, d: Device, record: SecretRecord) -> SecretRecord:
+    selection = d.baselines[-1].selection
+    key = load_policy_key(ctx.config.server_home)
+    return dataclasses.replace(record, selection=selection,
+                               policy_public=policy_public(key),
+                               policies=_signed_policies(ctx, d, selection))
+
+
+def after_approve(ctx: Context, d: Device) -> list[str]:
+    """Sign the device's newly approved PCR state for each of its bound secrets (``approve``);
+    returns their names. Nothing is re-wrapped: the device fetches the new signed policy
+    with its next ``secret get``."""
+    names = []
+    for name, raw in sorted(ctx.store.list_secrets(d.device_id).items()):
+        record = SecretRecord.from_bytes(raw)
+        if not record.selection:
+            continue
+        policies = _signed_policies(ctx, d, record.selection, record.policies)
+        if policies != record.policies:
+            ctx.store.put_secret(d.device_id, name,
+                                 dataclasses.replace(record, policies=policies).to_bytes())
+            ctx.store.append_audit("secret_policy_signed", d.device_id,
+                                   {"name": name, "policies": len(policies)}, ctx.now)
+            names.append(name)
+    return names
 
 
 def _change(args: argparse.Namespace, ctx: Context, rotate: bool) -> Outcome:
@@ -96,6 +175,9 @@ def _change(args: argparse.Namespace, ctx: Context, rotate: bool) -> Outcome:
     device_ref, name, source = _split(args)
     vault = _vault(ctx)
     value = _read_value(source)
+    bind = bool(getattr(args, "bind_pcrs", False))
+    if bind:
+        init_policy_key(ctx)
     targets = _targets(ctx, device_ref)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -115,10 +197,12 @@ def _change(args: argparse.Namespace, ctx: Context, rotate: bool) -> Outcome:
             record = seal_record(vault, d.device_id, name, value, ctx.now, ctx.rng, previous)
         except AttestgateError as exc:
             raise AdminError(EXIT_USAGE, exc.code.value, exc.detail) from None
+        if bind:
+            record = _bind(ctx, d, record)
         ctx.store.put_secret(d.device_id, name, record.to_bytes())
         ctx.store.append_audit("secret_rotated" if rotate else "secret_put", d.device_id,
-                               {"name": name, "version": record.version, "size": record.size},
-                               ctx.now)
+                               {"name": name, "version": record.version, "size": record.size,
+                                "bind_pcrs": record.selection}, ctx.now)
         rows.append(_row(d, record))
     verb = "rotated" if rotate else "stored"
     text = "\n".join(f"{verb} secret {r['name']!r} for {r['device']} ({r['device_id']}): "
@@ -146,9 +230,9 @@ def cmd_list(args: argparse.Namespace, ctx: Context) -> Outcome:
     for d in devices:
         records = ctx.store.list_secrets(d.device_id)
         rows += [_row(d, SecretRecord.from_bytes(records[n])) for n in sorted(records)]
-    text = out.table(("DEVICE", "NAME", "VERSION", "SIZE", "UPDATED (UTC)"),
-                     [(r["device"], r["name"], r["version"], r["size"], r["updated"])
-                      for r in rows]) if rows else "no secrets"
+    text = out.table(("DEVICE", "NAME", "VERSION", "SIZE", "BOUND TO", "UPDATED (UTC)"),
+                     [(r["device"], r["name"], r["version"], r["size"], r["bind_pcrs"] or "-",
+                       r["updated"]) for r in rows]) if rows else "no secrets"
     return Outcome({"secrets": rows}, text)
 
 
@@ -192,6 +276,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("--all", action="store_true", help="every ACTIVE device")
         p.add_argument("--file", metavar="FILE", help="read the value from FILE")
         p.set_defaults(handler=handler)
+        if action == "put":
+            p.add_argument("--bind-pcrs", action="store_true",
+                           help="the device's TPM unseals it only in a PCR state the operator "
+                                "approved (signed with " + POLICY_KEY_FILE + "; `approve` "
+                                "signs new states)")
     lst = ssub.add_parser("list", parents=[common], help="list secrets (never values)",
                           description="List secrets: device, name, version, size, times. "
                                       "Never shows a value. Read-only.")

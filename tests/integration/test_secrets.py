@@ -31,6 +31,7 @@ from client.channel import NetworkError, Refused
 from client.cli import EXIT_OK, EXIT_REFUSED, main
 from client.tpm import Tpm
 from services.registry.admin import run as admin_run
+from shared.codec import pack, unpack_map
 from shared.errors import AttestgateError, ErrorCode
 from shared.secrets import MAX_SECRET, Part
 from shared.store.redis_store import RedisStore
@@ -309,3 +310,131 @@ def test_sealed_data_wrap_matches_tpm2_pytss_and_imports(swtpm: SwtpmProcess) ->
     ours, ref = parse_public(public), parse_public(bytes(ref_pub.marshal()))
     assert (ours.type, ours.name_alg, ours.attributes, ours.parameters) == (
         ref.type, ref.name_alg, ref.attributes, ref.parameters)
+
+
+# -- --bind-pcrs: PolicyAuthorize, approve, offline unseal ----------------------------------------
+
+BOUND_SELECTION = "sha256:0,7,16"  # the attestation selection of this stack, PCR 16 included
+
+
+@pytest.fixture
+def bound_world(tmp_path: Path, swtpm: SwtpmProcess) -> Iterator[World]:
+    settings = {"ATTESTGATE_PCR_SELECTION": BOUND_SELECTION}
+    with Stack.start(tmp_path / "stack", settings=settings) as stack:
+        home = tmp_path / "home"
+        with Tpm(swtpm.tcti) as tpm:
+            state = flows.enroll(tpm, home, stack.server, "alpha", None,
+                                 flows.ServerPin(None, True), False, _quiet)
+        assert state.selection == BOUND_SELECTION
+        yield World(stack, swtpm, home, state, tmp_path)
+
+
+def _cli_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    rc = main([*argv, "--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_bind_pcrs_changed_pcr_cannot_unseal_until_approved(
+        bound_world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = bound_world
+    secret = os.urandom(48 * 1024 + 5)  # two parts, each its own PCR-bound key object
+    src = w.tmp / "value"
+    src.write_bytes(secret)
+    rc, doc, err = w.admin("secret", "put", "alpha", "disk-key", "--file", str(src),
+                           "--bind-pcrs")
+    src.unlink()
+    assert rc == 0, (doc, err)
+    assert doc["secrets"][0]["bind_pcrs"] == BOUND_SELECTION
+    assert doc["secrets"][0]["policies"] == 1
+    tpm_args = ["--tpm", w.tpm.tcti, "--home", str(w.home)]
+    out = w.tmp / "out"
+    assert w.get("disk-key", out) == EXIT_OK
+    assert out.read_bytes() == secret
+    out.unlink()
+    # The cache opens offline (no server involved) while the state is approved.
+    w.stack.stop()
+    rc, got = _cli_json(["secret", "unseal", "disk-key", "--out", str(out), *tpm_args], capsys)
+    assert rc == EXIT_OK, got
+    assert out.read_bytes() == secret
+    out.unlink()
+    cache = _tree(w.home)
+    for form in _forms(secret):
+        assert form not in cache
+    # A changed PCR 16: the cached blob no longer opens.
+    with Tpm(w.tpm.tcti) as tpm:
+        tpm.extend_pcr(16, b"an unapproved update")
+    rc, got = _cli_json(["secret", "unseal", "disk-key", "--out", str(out), *tpm_args], capsys)
+    assert (rc, got["error"]) == (EXIT_REFUSED, "pcr_mismatch")
+    assert not out.exists()
+
+
+def test_bind_pcrs_approve_signs_the_new_state(
+        bound_world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = bound_world
+    secret = os.urandom(90)
+    src = w.tmp / "value"
+    src.write_bytes(secret)
+    rc, doc, err = w.admin("secret", "put", "alpha", "vpn", "--file", str(src), "--bind-pcrs")
+    assert rc == 0, (doc, err)
+    tpm_args = ["--tpm", w.tpm.tcti, "--home", str(w.home)]
+    out = w.tmp / "out"
+    assert w.get("vpn", out) == EXIT_OK
+    out.unlink()
+    with Tpm(w.tpm.tcti) as tpm:
+        tpm.extend_pcr(16, b"a kernel update")
+    # The server refuses the changed state: no session, no secret; the cache stays shut.
+    assert w.get("vpn", out) == EXIT_REFUSED
+    rc, got = _cli_json(["secret", "unseal", "vpn", "--out", str(out), *tpm_args], capsys)
+    assert (rc, got["error"]) == (EXIT_REFUSED, "pcr_mismatch")
+    # The operator approves the new state: a new signed policy, nothing re-wrapped.
+    rc, doc, err = w.admin("approve", "alpha")
+    assert rc == 0, (doc, err)
+    assert doc["secrets_signed"] == ["vpn"]
+    assert ("secret_policy_signed", {"name": "vpn", "policies": 2}) in w.audit()
+    assert w.get("vpn", out) == EXIT_OK  # fetches the current signed policies
+    assert out.read_bytes() == secret
+    out.unlink()
+    rc, got = _cli_json(["secret", "unseal", "vpn", "--out", str(out), *tpm_args], capsys)
+    assert rc == EXIT_OK, got
+    assert out.read_bytes() == secret
+
+
+def test_tampered_cached_blob_fails_with_our_error_code(
+        bound_world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = bound_world
+    src = w.tmp / "value"
+    src.write_bytes(os.urandom(40))
+    rc, doc, err = w.admin("secret", "put", "alpha", "k", "--file", str(src), "--bind-pcrs")
+    assert rc == 0, (doc, err)
+    assert w.get("k", w.tmp / "first") == EXIT_OK
+    cache = w.home / "secrets" / "k.blob"
+    original = cache.read_bytes()
+    tpm_args = ["--tpm", w.tpm.tcti, "--home", str(w.home)]
+    def rewrite(change: Any) -> None:
+        data = unpack_map(original, max_size=1 << 20)
+        change(data["parts"][0])
+        cache.write_bytes(pack(data))
+
+    cases = {
+        "ciphertext": (lambda p: p.update(ciphertext=bytes([p["ciphertext"][0] ^ 1])
+                                          + p["ciphertext"][1:]), "credential_failed"),
+        "duplicate": (lambda p: p.update(duplicate=p["duplicate"][:40]
+                                         + bytes([p["duplicate"][40] ^ 1])
+                                         + p["duplicate"][41:]), "credential_failed"),
+        "signature": (lambda p: p.update(policies=[[p["policies"][0][0],
+                                                    p["policies"][0][1][:-1]
+                                                    + bytes([p["policies"][0][1][-1] ^ 1])]]),
+                      "credential_failed"),
+        "policy": (lambda p: p.update(policies=[[os.urandom(32), p["policies"][0][1]]]),
+                   "pcr_mismatch"),
+    }
+    for what, (change, code) in cases.items():
+        rewrite(change)
+        out = w.tmp / f"out-{what}"
+        rc, got = _cli_json(["secret", "unseal", "k", "--out", str(out), *tpm_args], capsys)
+        assert (rc, got["error"]) == (EXIT_REFUSED, code), what
+        assert not out.exists()
+    cache.write_bytes(b"\x81\xa1x\xc4\x01y")  # valid msgpack, not a cache
+    rc, got = _cli_json(["secret", "unseal", "k", "--out", str(w.tmp / "o"), *tpm_args], capsys)
+    assert got["error"] == "bad_request"
