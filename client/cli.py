@@ -370,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code is ErrorCode.PCR_MISMATCH:
             msg = ("this machine's PCR state changed since enrollment, so its channel key "
                    "(bound with --bind-pcrs) cannot be unsealed; run `attestgate check`")
+            if args.command == "secret":
+                msg = ("this machine's PCRs are in no state the operator approved for this "
+                       "secret (--bind-pcrs); ask for `attestgate-admin approve`, then run "
+                       "`attestgate secret get` again")
             return _fail(out, EXIT_REFUSED, exc.code, msg, {})
         usage = {ErrorCode.BAD_REQUEST, ErrorCode.INVALID_TEXT, ErrorCode.BAD_TOKEN,
                  ErrorCode.UNKNOWN_DEVICE, ErrorCode.ALREADY_ENROLLED, ErrorCode.VERSION}
