@@ -1,7 +1,7 @@
 """Secret records, release parts and the registry's secret_get, without a TPM.
 
 That only the device's TPM opens a part is proved against swtpm in
-tests/integration/test_secrets.py; here: sealing at rest, sizes, parsing, refusals
+tests/integration/test_secret_release_stack.py; here: sealing at rest, sizes, parsing, refusals
 and their audit entries.
 """
 
