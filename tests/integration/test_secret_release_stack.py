@@ -150,7 +150,8 @@ def test_right_device_gets_exactly_the_bytes(world: World, size: int) -> None:
     parts = 1 if size <= 48 * 1024 else 2
     assert [d["offset"] for d in released] == [i * 48 * 1024 for i in range(parts)]
     assert all(d["name"] == "disk-key" and d["version"] == 1 for d in released)
-    assert ("secret_put", {"name": "disk-key", "version": 1, "size": size}) in events
+    assert ("secret_put", {"name": "disk-key", "version": 1, "size": size,
+                           "bind_pcrs": ""}) in events
 
 
 def test_secret_never_in_clear_in_redis_logs_or_client_home(world: World) -> None:
