@@ -8,7 +8,8 @@ failure is an :class:`~shared.errors.AttestgateError`:
 * ``TPM_UNAVAILABLE`` - no TCTI configured, or the TPM cannot be reached;
 * ``BAD_REQUEST`` - an argument is malformed (bad PCR selection, oversized
   data, a blob that does not parse); nothing was sent to the TPM;
-* ``CREDENTIAL_FAILED`` - a credential was not made for this TPM's EK and AK;
+* ``CREDENTIAL_FAILED`` - a credential was not made for this TPM's EK and AK, or a
+  wrapped secret key was made for another SRK or altered;
 * ``PCR_MISMATCH`` - a PCR-bound secret cannot be unsealed because the PCRs
   differ from their values at sealing time ("the machine state changed");
 * ``TPM_ERROR`` - anything else the TPM refused; ``detail`` has the rc.

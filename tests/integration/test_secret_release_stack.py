@@ -439,3 +439,18 @@ def test_tampered_cached_blob_fails_with_our_error_code(
     cache.write_bytes(b"\x81\xa1x\xc4\x01y")  # valid msgpack, not a cache
     rc, got = _cli_json(["secret", "unseal", "k", "--out", str(w.tmp / "o"), *tpm_args], capsys)
     assert got["error"] == "bad_request"
+
+
+def test_put_all_covers_every_active_device_once(world: World) -> None:
+    src = world.tmp / "v"
+    src.write_bytes(b"fleet-wide value")
+    rc, doc, err = world.admin("secret", "put", "--all", "fleet", "--file", str(src))
+    assert rc == 0, (doc, err)
+    assert [(r["device"], r["version"]) for r in doc["secrets"]] == [("alpha", 1)]
+    rc, doc, _ = world.admin("secret", "put", "--all", "fleet", "--file", str(src))
+    assert rc == 0 and doc["secrets"] == [] and doc["skipped"] == ["alpha"]
+    rc, doc, _ = world.admin("secret", "rotate", "--all", "fleet", "--file", str(src))
+    assert rc == 0 and [r["version"] for r in doc["secrets"]] == [2]
+    out = world.tmp / "fleet.out"
+    assert world.get("fleet", out) == EXIT_OK
+    assert out.read_bytes() == b"fleet-wide value"
