@@ -33,7 +33,7 @@ def open_part(tpm: Tpm, device_id: str, name: str, part: Part) -> bytes:
     if part.selection:
         key = tpm.unwrap_bound_secret_key(
             part.public, part.duplicate, part.seed, selection=part.selection,
-            policy_public=part.policy_public, policy_ref=policy_ref(device_id),
+            policy_public=part.policy_public, policy_ref=policy_ref(device_id, name, part.version),
             policies=part.policies)
     else:
         key = tpm.unwrap_secret_key(part.public, part.duplicate, part.seed)

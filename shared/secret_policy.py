@@ -2,14 +2,15 @@
 
 A ``--bind-pcrs`` secret's wrapped key object has authPolicy =
 PolicyAuthorize(name of the policy key, policyRef), with policyRef =
-SHA-256(LABEL || device id), so a policy signed for one device is useless for
-another. The operator's tools sign, for every approved PCR state (baseline) of the
-device, aHash = SHA-256(approvedPolicy || policyRef) where approvedPolicy is the
-PolicyPCR digest of that state (TPM 2.0 Part 3, TPM2_PolicyAuthorize). Approving a
-new state adds a signed policy; nothing is re-wrapped. The device runs PolicyPCR
-(current PCRs), looks up the signed policy for the digest it got, has its TPM verify
-the signature (TPM2_VerifySignature with the key loaded as an external public key,
-owner hierarchy, for a real ticket), then PolicyAuthorize, then Unseal.
+SHA-256(LABEL || device id || name || version), so a policy signed for one device's
+secret is useless for another device, another secret, or another version of it.
+The operator's tools sign, for every approved PCR state (baseline) of the device,
+aHash = SHA-256(approvedPolicy || policyRef), where approvedPolicy is the PolicyPCR
+digest of that state (TPM 2.0 Part 3, TPM2_PolicyAuthorize). Approving a new state
+adds a signed policy; nothing is re-wrapped. The device runs PolicyPCR (current
+PCRs), looks up the signed policy for the digest it got, has its TPM verify the
+signature (TPM2_VerifySignature with the key loaded as an external public key, owner
+hierarchy, for a real ticket), then PolicyAuthorize, then Unseal.
 
 The private key lives only in the server home (``secret-policy.key``, 0600) and is
 used only by ``attestgate-admin``; the workers see its public part, kept in each
@@ -105,8 +106,12 @@ def policy_public(key: ec.EllipticCurvePrivateKey) -> bytes:
                                         nums.y.to_bytes(32, "big"))).marshal()
 
 
-def policy_ref(device_id: str) -> bytes:
-    return hashlib.sha256(LABEL_POLICY_REF + device_id.encode()).digest()
+def policy_ref(device_id: str, name: str, version: int) -> bytes:
+    """policyRef of one version of one device's secret: a signed policy is good for that
+    version only, so after ``rotate`` no newly signed state opens an older blob."""
+    d, n = device_id.encode(), name.encode()
+    return hashlib.sha256(LABEL_POLICY_REF + u16(len(d)) + d + u16(len(n)) + n
+                          + version.to_bytes(8, "big")).digest()
 
 
 def authorize_policy(key_name: bytes, ref: bytes) -> bytes:

@@ -207,7 +207,7 @@ def release_part(srk_public: bytes, device_id: str, record: SecretRecord, value:
     auth_policy = b""
     if record.selection:
         auth_policy = authorize_policy(name_of(record.policy_public, code=ErrorCode.INTERNAL),
-                                       policy_ref(device_id))
+                                       policy_ref(device_id, record.name, record.version))
     public, duplicate, seed = wrap_sealed_data(srk_public, key, rng, auth_policy)
     chunk = value[offset:offset + PART_LEN]
     aad = part_aad(device_id, record.name, record.version, offset, len(value))

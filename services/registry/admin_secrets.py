@@ -122,15 +122,16 @@ def init_policy_key(ctx: Context) -> tuple[str, ...]:
         raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
 
 
-def _signed_policies(ctx: Context, d: Device, selection: str,
+def _signed_policies(ctx: Context, d: Device, record: SecretRecord, selection: str,
                      known: tuple[tuple[bytes, bytes], ...] = ()
                      ) -> tuple[tuple[bytes, bytes], ...]:
-    """``known`` plus a signed PolicyPCR for every approved baseline of ``d`` not in it."""
+    """``known`` plus a signed PolicyPCR for every approved baseline of ``d`` not in it,
+    for this version of the secret."""
     try:
         key = load_policy_key(ctx.config.server_home)
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "no_policy_key", exc.message) from None
-    ref = policy_ref(d.device_id)
+    ref = policy_ref(d.device_id, record.name, record.version)
     have = {digest for digest, _ in known}
     policies = list(known)
     for b in d.baselines:
@@ -143,12 +144,13 @@ def _signed_policies(ctx: Context, d: Device, selection: str,
     return tuple(policies[-MAX_POLICIES:])
 
 
-def _bind(ctx: Context, d: Device, record: SecretRecord) -> SecretRecord:
-    selection = d.baselines[-1].selection
+def _bind(ctx: Context, d: Device, record: SecretRecord, selection: str) -> SecretRecord:
+    """``record`` bound to ``selection``, signed for every approved state of this version
+    (a rotated bound secret is signed afresh: older signatures name the old version)."""
     key = load_policy_key(ctx.config.server_home)
     return dataclasses.replace(record, selection=selection,
                                policy_public=policy_public(key),
-                               policies=_signed_policies(ctx, d, selection))
+                               policies=_signed_policies(ctx, d, record, selection))
 
 
 def after_approve(ctx: Context, d: Device) -> list[str]:
@@ -160,7 +162,7 @@ def after_approve(ctx: Context, d: Device) -> list[str]:
         record = SecretRecord.from_bytes(raw)
         if not record.selection:
             continue
-        policies = _signed_policies(ctx, d, record.selection, record.policies)
+        policies = _signed_policies(ctx, d, record, record.selection, record.policies)
         if policies != record.policies:
             ctx.store.put_secret(d.device_id, name,
                                  dataclasses.replace(record, policies=policies).to_bytes())
@@ -198,7 +200,9 @@ def _change(args: argparse.Namespace, ctx: Context, rotate: bool) -> Outcome:
         except AttestgateError as exc:
             raise AdminError(EXIT_USAGE, exc.code.value, exc.detail) from None
         if bind:
-            record = _bind(ctx, d, record)
+            record = _bind(ctx, d, record, d.baselines[-1].selection)
+        elif record.selection:  # rotating a bound secret
+            record = _bind(ctx, d, record, record.selection)
         ctx.store.put_secret(d.device_id, name, record.to_bytes())
         ctx.store.append_audit("secret_rotated" if rotate else "secret_put", d.device_id,
                                {"name": name, "version": record.version, "size": record.size,

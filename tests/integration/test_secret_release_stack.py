@@ -454,3 +454,41 @@ def test_put_all_covers_every_active_device_once(world: World) -> None:
     out = world.tmp / "fleet.out"
     assert world.get("fleet", out) == EXIT_OK
     assert out.read_bytes() == b"fleet-wide value"
+
+
+def test_rotate_leaves_old_cached_blobs_without_any_newly_signed_state(
+        bound_world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """Signed policies name the secret's version (policyRef): after rotate, a state the
+    operator approves is signed for the new version only, so an old cached blob, even fed
+    the new signatures, does not open in it."""
+    w = bound_world
+    old, new = os.urandom(40), os.urandom(41)
+    src = w.tmp / "value"
+    src.write_bytes(old)
+    assert w.admin("secret", "put", "alpha", "disk", "--file", str(src), "--bind-pcrs")[0] == 0
+    assert w.get("disk", w.tmp / "o1") == EXIT_OK
+    cache = w.home / "secrets" / "disk.blob"
+    old_cache = cache.read_bytes()
+    src.write_bytes(new)
+    rc, doc, _ = w.admin("secret", "rotate", "alpha", "disk", "--file", str(src))
+    assert rc == 0 and doc["secrets"][0]["version"] == 2 and doc["secrets"][0]["policies"] == 1
+    with Tpm(w.tpm.tcti) as tpm:
+        tpm.extend_pcr(16, b"new state")
+    assert w.get("disk", w.tmp / "o2") == EXIT_REFUSED  # state not approved yet
+    assert w.admin("approve", "alpha")[1]["secrets_signed"] == ["disk"]
+    assert w.get("disk", w.tmp / "o3") == EXIT_OK
+    assert (w.tmp / "o3").read_bytes() == new
+    fresh = unpack_map(cache.read_bytes(), max_size=1 << 20)
+    tpm_args = ["--tpm", w.tpm.tcti, "--home", str(w.home)]
+    stale = unpack_map(old_cache, max_size=1 << 20)
+    spliced = unpack_map(old_cache, max_size=1 << 20)
+    spliced["parts"][0]["policies"] = fresh["parts"][0]["policies"]
+    relabelled = unpack_map(pack(spliced), max_size=1 << 20)
+    relabelled["parts"][0]["version"] = 2
+    for what, doc_ in (("old", stale), ("spliced", spliced), ("relabelled", relabelled)):
+        cache.write_bytes(pack(doc_))
+        out = w.tmp / f"out-{what}"
+        rc, got = _cli_json(["secret", "unseal", "disk", "--out", str(out), *tpm_args], capsys)
+        assert rc == EXIT_REFUSED, (what, got)
+        assert got["error"] in ("pcr_mismatch", "credential_failed"), (what, got)
+        assert not out.exists()
