@@ -441,6 +441,17 @@ def test_tampered_cached_blob_fails_with_our_error_code(
     assert got["error"] == "bad_request"
 
 
+def test_put_reads_the_value_from_stdin(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    value = os.urandom(200)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(value)))
+    rc, doc, err = world.admin("secret", "put", "alpha", "piped", "-")
+    assert rc == 0, (doc, err)
+    assert doc["secrets"][0]["size"] == 200
+    out = world.tmp / "piped.out"
+    assert world.get("piped", out) == EXIT_OK
+    assert out.read_bytes() == value
+
+
 def test_put_all_covers_every_active_device_once(world: World) -> None:
     src = world.tmp / "v"
     src.write_bytes(b"fleet-wide value")
