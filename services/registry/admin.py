@@ -185,7 +185,7 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> Outcome:
         created = init_server_home(home, usage, ctx.rng)
         from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
 
-        created = (*created, *admin_secrets.init_policy_key(ctx))
+        created = (*created, *admin_secrets.init_policy_key(ctx, store_optional=True))
         fpr = fingerprint(server_static(home).public)
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None

@@ -111,15 +111,22 @@ def _bound_count(ctx: Context) -> int:
                if SecretRecord.from_bytes(raw).selection)
 
 
-def init_policy_key(ctx: Context) -> tuple[str, ...]:
-    """Create the secret-policy key if missing and nothing depends on it (``init``);
-    returns the file created, if any."""
+def init_policy_key(ctx: Context, *, store_optional: bool = False) -> tuple[str, ...]:
+    """Create the secret-policy key if missing and nothing depends on it; returns the file
+    created, if any. With ``store_optional`` (``init``), a store that cannot be asked only
+    postpones it (to the first ``secret put --bind-pcrs``) with a warning."""
     try:
         created = ensure_policy_key(ctx.config.server_home, lambda: _bound_count(ctx),
                                     ctx.rng)
         return (POLICY_KEY_FILE,) if created else ()
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
+    except AttestgateError as exc:
+        if not store_optional or exc.code is not ErrorCode.STORE_UNAVAILABLE:
+            raise
+        ctx.warn(f"{POLICY_KEY_FILE} not created: the store cannot say whether PCR-bound "
+                 "secrets depend on an old one; the first `secret put --bind-pcrs` creates it")
+        return ()
 
 
 def _signed_policies(ctx: Context, d: Device, record: SecretRecord, selection: str,
