@@ -263,6 +263,27 @@ def cmd_eventlog(args: argparse.Namespace, out: Out) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+def _add_secret_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``attestgate secret get|unseal`` (docs/secrets.md)."""
+    sec = sub.add_parser("secret", help="secrets the server releases only to this TPM")
+    ssub = sec.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
+    sg = ssub.add_parser("get", parents=parents, help="fetch a secret in an attested session",
+                         description="Connect (a fresh quote bound to the channel), ask for "
+                                     "secret NAME, unwrap its key in this TPM and decrypt it. "
+                                     "The value goes to --out FILE (0600) or stdout.")
+    sg.add_argument("name", metavar="NAME")
+    sg.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
+    sg.set_defaults(func=cmd_secret_get)
+    su = ssub.add_parser("unseal", parents=parents, help="open a cached PCR-bound secret offline",
+                         description="Open the cached copy of a --bind-pcrs secret (kept by "
+                                     "`secret get`) with the TPM alone, e.g. at boot: it opens "
+                                     "only while the PCRs are in a state the operator approved. "
+                                     "Nothing is extended into a PCR.")
+    su.add_argument("name", metavar="NAME")
+    su.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
+    su.set_defaults(func=cmd_secret_unseal)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -323,23 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--selection", default="sha256:0,1,2,3,4,5,6,7", help="PCRs to show")
     t.set_defaults(func=cmd_tpm_info)
 
-    sec = sub.add_parser("secret", help="secrets the server releases only to this TPM")
-    ssub = sec.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
-    sg = ssub.add_parser("get", parents=[common], help="fetch a secret in an attested session",
-                         description="Connect (a fresh quote bound to the channel), ask for "
-                                     "secret NAME, unwrap its key in this TPM and decrypt it. "
-                                     "The value goes to --out FILE (0600) or stdout.")
-    sg.add_argument("name", metavar="NAME")
-    sg.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
-    sg.set_defaults(func=cmd_secret_get)
-    su = ssub.add_parser("unseal", parents=[common], help="open a cached PCR-bound secret offline",
-                         description="Open the cached copy of a --bind-pcrs secret (kept by "
-                                     "`secret get`) with the TPM alone, e.g. at boot: it opens "
-                                     "only while the PCRs are in a state the operator approved. "
-                                     "Nothing is extended into a PCR.")
-    su.add_argument("name", metavar="NAME")
-    su.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
-    su.set_defaults(func=cmd_secret_unseal)
+    _add_secret_parser(sub, [common])
 
     ev = sub.add_parser("eventlog", parents=[common], help="show the measured-boot event log",
                         description="Parse the TCG event log, replay its PCRs and, with a TPM, "

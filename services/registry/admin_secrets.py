@@ -132,23 +132,22 @@ def init_policy_key(ctx: Context, *, store_optional: bool = False) -> tuple[str,
 def _signed_policies(ctx: Context, d: Device, record: SecretRecord, selection: str,
                      known: tuple[tuple[bytes, bytes], ...] = ()
                      ) -> tuple[tuple[bytes, bytes], ...]:
-    """``known`` plus a signed PolicyPCR for every approved baseline of ``d`` not in it,
-    for this version of the secret."""
+    """One signed PolicyPCR per approved baseline of ``d`` now, for this version of the
+    secret: signatures in ``known`` are reused, states no longer approved are dropped (a
+    device that cached one keeps it: a signature cannot be withdrawn offline)."""
     try:
         key = load_policy_key(ctx.config.server_home)
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "no_policy_key", exc.message) from None
     ref = policy_ref(d.device_id, record.name, record.version)
-    have = {digest for digest, _ in known}
-    policies = list(known)
+    signed = dict(known)
+    policies: dict[bytes, bytes] = {}
     for b in d.baselines:
         if b.selection != selection:
             continue
         digest = pcr_policy(b.selection, b.as_dict())
-        if digest not in have:
-            have.add(digest)
-            policies.append((digest, sign_policy(key, digest, ref)))
-    return tuple(policies[-MAX_POLICIES:])
+        policies[digest] = signed.get(digest) or sign_policy(key, digest, ref)
+    return tuple(policies.items())[-MAX_POLICIES:]
 
 
 def _bind(ctx: Context, d: Device, record: SecretRecord, selection: str) -> SecretRecord:
