@@ -11,15 +11,18 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client import state as st
 from client.channel import Channel
-from client.tpm import Tpm
 from shared.codec import pack, unpack_map
 from shared.errors import AttestgateError, ErrorCode
 from shared.secret_policy import policy_ref
 from shared.secrets import MAX_SECRET, PART_LEN, Part, check_name
 from shared.wire import Command
+
+if TYPE_CHECKING:  # the CLI imports this module even where tpm2-pytss is not installed
+    from client.tpm import Tpm
 
 CACHE_DIR = "secrets"
 CACHE_FORMAT = "attestgate-secret-cache/1"
