@@ -37,6 +37,7 @@ from shared.wire import MAX_POST_BYTES, MAX_READ_LIMIT, NAME_PATTERN, Command, P
 
 try:  # the TPM client is an extra: a server install has no tpm2-pytss
     from client import flows
+    from client import secrets as client_secrets
     from client.tpm import KeyBlob, Tpm
     CLIENT_EXTRA_MISSING = ""
 except ImportError as _exc:
@@ -251,6 +252,41 @@ def _iso_if_time(key: str, value: object) -> object:
         return datetime.datetime.fromtimestamp(value, datetime.UTC).isoformat(
             timespec="seconds")
     return value
+
+
+def cmd_secret_get(args: argparse.Namespace, out: Out) -> int:
+    if args.json and args.out in (None, "-"):
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "--json needs --out FILE (the value "
+                                                     "would go to stdout)")
+
+    def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        value, version = client_secrets.get(tpm, state, ch, args.name,
+                                            st.home_dir(args.home))
+        client_secrets.write_out(value, args.out)
+        if args.out not in (None, "-"):
+            out.result({"name": args.name, "version": version, "size": len(value),
+                        "out": args.out},
+                       f"secret {args.name!r} version {version} ({len(value)} bytes) "
+                       f"written to {args.out}")
+        return EXIT_OK
+
+    return _with_session(args, out, run)
+
+
+def cmd_secret_unseal(args: argparse.Namespace, out: Out) -> int:
+    if args.json and args.out in (None, "-"):
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "--json needs --out FILE")
+    home = st.home_dir(args.home)
+    state = st.load(home)
+    with _tpm(args) as tpm:
+        value, version = client_secrets.unseal_cached(tpm, home, state, args.name)
+    client_secrets.write_out(value, args.out)
+    if args.out not in (None, "-"):
+        out.result({"name": args.name, "version": version, "size": len(value),
+                    "out": args.out},
+                   f"secret {args.name!r} version {version} ({len(value)} bytes) unsealed "
+                   f"offline to {args.out}")
+    return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
@@ -477,6 +513,28 @@ def cmd_completion(args: argparse.Namespace, out: Out) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------------
+def _add_secret_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``attestgate secret get|unseal`` (docs/secrets.md)."""
+    sec = sub.add_parser("secret", help="secrets the server releases only to this TPM")
+    ssub = sec.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
+    sg = ssub.add_parser("get", parents=parents, help="fetch a secret in an attested session",
+                         description="Connect (a fresh quote bound to the channel), ask for "
+                                     "secret NAME, unwrap its key in this TPM and decrypt it. "
+                                     "The value goes to --out FILE (0600) or stdout.")
+    sg.add_argument("name", metavar="NAME")
+    sg.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
+    _add_event_log(sg)
+    sg.set_defaults(func=cmd_secret_get)
+    su = ssub.add_parser("unseal", parents=parents, help="open a cached PCR-bound secret offline",
+                         description="Open the cached copy of a --bind-pcrs secret (kept by "
+                                     "`secret get`) with the TPM alone, e.g. at boot: it opens "
+                                     "only while the PCRs are in a state the operator approved. "
+                                     "Nothing is extended into a PCR.")
+    su.add_argument("name", metavar="NAME")
+    su.add_argument("--out", metavar="FILE", help="write the value here (0600), not stdout")
+    su.set_defaults(func=cmd_secret_unseal)
+
+
 GLOBAL_OPTIONS: list[conv.GlobalOption] = [
     (("--json",), {"action": "store_true", "help": "print one JSON document on stdout"}),
     (("-T", "--tcti", "--tpm"), {
@@ -586,6 +644,8 @@ def build_parser() -> conv.Parser:
                    help="PCRs to show (tpm2-tools notation)")
     t.set_defaults(func=cmd_tpm_info)
 
+    _add_secret_parser(sub, [])
+
     ev = sub.add_parser("eventlog", help="show the measured-boot event log",
                         description="Parse the TCG event log, replay its PCRs and, with a TPM, "
                                     "compare them with the TPM's sha256 PCRs.",
@@ -638,6 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code in _TPM_CODES:
             return _fail(out, EXIT_TPM, exc.code, f"TPM: {exc.detail or exc.code.value}", {})
         if exc.code is ErrorCode.PCR_MISMATCH:
+            if args.command == "secret":
+                msg = ("this machine's PCRs are in no state the operator approved for this "
+                       "secret (--bind-pcrs); ask for `attestgate-admin approve`, then run "
+                       "`attestgate secret get` again")
+                return _fail(out, EXIT_REFUSED, exc.code, msg, {})
             return _fail(out, EXIT_REFUSED, exc.code, _advice(args).unsealed_failed(), {})
         usage = {ErrorCode.BAD_REQUEST, ErrorCode.INVALID_TEXT, ErrorCode.BAD_TOKEN,
                  ErrorCode.UNKNOWN_DEVICE, ErrorCode.ALREADY_ENROLLED, ErrorCode.VERSION}

@@ -100,6 +100,7 @@ class Command(StrEnum):
     UNFOLLOW = "unfollow"
     STATUS = "status"
     PING = "ping"
+    SECRET_GET = "secret_get"  # noqa: S105 - a command: one part of a secret, wrapped to the TPM
     # enrollment (inside the XXpsk3 channel)
     ENROLL = "enroll"
     ACTIVATE = "activate"

@@ -8,7 +8,8 @@ failure is an :class:`~shared.errors.AttestgateError`:
 * ``TPM_UNAVAILABLE`` - no TCTI configured, or the TPM cannot be reached;
 * ``BAD_REQUEST`` - an argument is malformed (bad PCR selection, oversized
   data, a blob that does not parse); nothing was sent to the TPM;
-* ``CREDENTIAL_FAILED`` - a credential was not made for this TPM's EK and AK;
+* ``CREDENTIAL_FAILED`` - a credential was not made for this TPM's EK and AK, or a
+  wrapped secret key was made for another SRK or altered;
 * ``PCR_MISMATCH`` - a PCR-bound secret cannot be unsealed because the PCRs
   differ from their values at sealing time ("the machine state changed");
 * ``TPM_ERROR`` - anything else the TPM refused; ``detail`` has the rc.
@@ -22,7 +23,8 @@ The package is split by responsibility:
   most three at a time, least recently used flushed first) until :meth:`Tpm.release`
   or :meth:`Tpm.close`, which flush them;
 * :mod:`client.tpm.evidence` - EK, PCRs, quotes, certifications, credential activation;
-* :mod:`client.tpm.keys` - HMAC key import and use, post key, sealing.
+* :mod:`client.tpm.keys` - HMAC key import and use, post key, sealing;
+* :mod:`client.tpm.secrets` - unwrapping the key of a released secret.
 
 The SRK and AK are primaries, so they come out the same every time; the post key,
 HMAC key and sealed secrets are :class:`KeyBlob` s that the caller stores and hands
@@ -39,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Self
 
-from client.tpm import evidence, keys
+from client.tpm import evidence, keys, secrets
 from client.tpm.common import (
     DEFAULT_EK_KINDS,
     MAX_HMAC_BUFFER,
@@ -208,6 +210,25 @@ class Tpm:
     def hmac(self, key: KeyBlob, data: bytes) -> bytes:
         """HMAC-SHA256 of ``data`` with the TPM-resident ``key`` (any length)."""
         return keys.hmac(self._objs, key, data)
+
+    def unwrap_secret_key(self, public: bytes, duplicate: bytes, seed: bytes) -> bytes:
+        """Import a sealed-data object the server wrapped to this TPM's SRK and unseal it.
+
+        Same inputs as :meth:`import_hmac_key`; returns the object's data (a released
+        secret's AES key). CREDENTIAL_FAILED when the blob was made for another TPM or
+        altered; the imported object is flushed at once.
+        """
+        return secrets.unwrap(self._objs, public, duplicate, seed)
+
+    def unwrap_bound_secret_key(self, public: bytes, duplicate: bytes, seed: bytes, *,
+                                selection: str, policy_public: bytes, policy_ref: bytes,
+                                policies: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """:meth:`unwrap_secret_key` for a PCR-bound object (PolicyAuthorize): unseals
+        only while the PCRs in ``selection`` match a state whose PolicyPCR digest the
+        server signed (``policies``: (approvedPolicy, TPMT_SIGNATURE) pairs).
+        PCR_MISMATCH when none matches."""
+        return secrets.unwrap_bound(self._objs, public, duplicate, seed, selection,
+                                    policy_public, policy_ref, policies)
 
     # -- sealing ----------------------------------------------------------------------------
 

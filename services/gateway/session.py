@@ -144,6 +144,11 @@ class Session:
         elif msg.cmd is Command.STATUS:
             reply = await call(self.bus, Service.REGISTRY, "status",
                                {"device_id": ident.device_id}, rid=self._rid(), timeout=timeout)
+        elif msg.cmd is Command.SECRET_GET:
+            reply = await call(self.bus, Service.REGISTRY, "secret_get",
+                               {"device_id": ident.device_id, "name": msg.body.get("name"),
+                                "offset": msg.body.get("offset")},
+                               rid=self._rid(), timeout=timeout, idempotent=False)
         elif msg.cmd in (Command.FOLLOW, Command.UNFOLLOW):
             self.following = msg.cmd is Command.FOLLOW
             return encode_reply(msg.id, following=self.following)

@@ -52,7 +52,7 @@ from shared.ops_settings import OpsSettings
 from shared.post_display import format_post
 from shared.posts import Problem, check_post, post_view
 from shared.records import AuditEntry, Baseline, Device, DeviceStatus, Token
-from shared.store.interface import forget_unreferenced_logs
+from shared.store.interface import forget_unreferenced_logs, referenced_logs
 from shared.store.redis_store import RedisStore
 from shared.timing import PUBLISH_CONNECT_TIMEOUT, TOKEN_DEFAULT_TTL
 from shared.vault import (
@@ -189,6 +189,9 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> Outcome:
         archived = _new_audit_key(ctx)
     try:
         created = init_server_home(home, usage, ctx.rng)
+        from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+        created = (*created, *admin_secrets.init_policy_key(ctx, store_optional=True))
         fpr = fingerprint(server_static(home).public)
     except ServerKeyError as exc:
         raise AdminError(EXIT_REFUSED, "keys_lost", exc.message) from None
@@ -276,7 +279,10 @@ def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:
               "status": new.status.value, "mode": mode, "superseded": superseded,
               "grace": 0.0 if keep else grace}
     ctx.store.append_audit("approved", new.device_id, detail, ctx.now)
-    doc = {"device_id": new.device_id, "name": new.name, **detail}
+    from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+    signed = admin_secrets.after_approve(ctx, new)  # PCR-bound secrets: sign the new state
+    doc = {"device_id": new.device_id, "name": new.name, **detail, "secrets_signed": signed}
     if keep:
         kept = f"kept beside the {len(new.baselines) - 1} other baseline(s)"
     elif superseded and grace > 0:
@@ -326,6 +332,9 @@ def cmd_baseline_remove(args: argparse.Namespace, ctx: Context) -> Outcome:
 
     new = ctx.store.update_device(device.device_id, change)
     forget_unreferenced_logs(ctx.store, before[0], new)
+    from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+    admin_secrets.after_approve(ctx, new)  # PCR-bound secrets: only the remaining states
     removed = sorted(wanted)
     ctx.store.append_audit("baseline_removed", new.device_id,
                            {"removed": removed, "baselines": len(new.baselines)}, ctx.now)
@@ -347,9 +356,15 @@ def cmd_delete(args: argparse.Namespace, ctx: Context) -> Outcome:
     if gone is None:
         raise AdminError(EXIT_REFUSED, ErrorCode.UNKNOWN_DEVICE.value,
                          f"device {_label(device)} was deleted meanwhile")
+    # What only this record referred to goes with it: its secrets and its event logs.
+    secrets = sorted(ctx.store.list_secrets(gone.device_id))
+    for name in secrets:
+        ctx.store.delete_secret(gone.device_id, name)
+    for digest in sorted(referenced_logs(gone)):
+        ctx.store.delete_event_log(gone.device_id, digest)
     ctx.store.append_audit("deleted", gone.device_id,
                            {"name": gone.name, "ek": gone.ek_fingerprint,
-                            "status": gone.status.value}, ctx.now)
+                            "status": gone.status.value, "secrets": secrets}, ctx.now)
     reached = _publish(ctx, BusEvent(Event.DEVICE_REVOKED.value, {"device_id": gone.device_id}))
     doc = {"device_id": gone.device_id, "name": gone.name, "was": gone.status.value,
            "gateways_notified": reached, "gateways": len(ctx.config.events_endpoints)}
@@ -942,6 +957,9 @@ def build_parser() -> conv.Parser:
     trevoke.add_argument("token_id", metavar="TOKEN_ID", help="the token id (before the dot)")
     trevoke.set_defaults(handler=cmd_token_revoke)
     conv.add_completion_command(sub, PROG).set_defaults(handler=cmd_completion)
+    from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
+
+    admin_secrets.add_parser(sub, common)
     return p
 
 

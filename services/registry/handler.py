@@ -9,22 +9,25 @@
   is burned (deleted, audited ``token_burned``) and refuses even the right secret;
 * ``register``  — store a device whose enrollment the attestor has verified;
 * ``status``    — a device's own view of its record;
-* ``list_devices``, ``show_device`` — read-only operator views (the web console).
+* ``list_devices``, ``show_device`` — read-only operator views (the web console);
+* ``secret_get`` — one part of a secret, wrapped to the device's TPM (``secrets``).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Final
 
 from services.registry import admin_output
+from services.registry.secrets import secret_get
 from shared.bus.interface import BusEvent, Reply, Request
 from shared.codec import Fields, fill
 from shared.errors import AttestgateError, ErrorCode
 from shared.handlers import Op, dispatch
-from shared.keys import device_id_for, enroll_psk, session_psk
+from shared.keys import Random, device_id_for, enroll_psk, session_psk
 from shared.records import Device, DeviceStatus, status_view
 from shared.store.interface import PENDING_ENROLLED, Store
 from shared.store.serialize import device_from_bytes
@@ -43,6 +46,7 @@ class RegistryDeps:
     vault: Vault
     open_enrollment: bool
     token_max_failures: int = TOKEN_MAX_FAILURES
+    rng: Random = os.urandom
 
 
 def _token_psk(req: Request, deps: RegistryDeps, now: float) -> Reply:
@@ -172,6 +176,7 @@ _OPS: dict[str, Op[RegistryDeps]] = {
     "status": _status,
     "list_devices": _list_devices,
     "show_device": _show_device,
+    "secret_get": lambda req, deps, now: secret_get(req, deps.store, deps.vault, deps.rng, now),
 }
 
 

@@ -114,6 +114,19 @@ class Store(Protocol):
         """Forget a log no record refers to any more; nothing happens if it is gone."""
         ...
 
+    # -- secrets (values sealed by shared.secrets; the store sees only records) ----------
+    def put_secret(self, device_id: str, name: str, record: bytes) -> None: ...
+
+    def get_secret(self, device_id: str, name: str) -> bytes | None: ...
+
+    def list_secrets(self, device_id: str) -> Mapping[str, bytes]:
+        """Every secret record of one device, by name."""
+        ...
+
+    def delete_secret(self, device_id: str, name: str) -> bool:
+        """False if there was none."""
+        ...
+
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

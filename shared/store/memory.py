@@ -26,6 +26,7 @@ class MemoryStore:
         self.token_failures: dict[str, int] = {}
         self.pending: dict[str, bytes] = {}
         self.event_logs: dict[tuple[str, str], bytes] = {}
+        self.secrets: dict[str, dict[str, bytes]] = {}
         self.connect_ts: dict[str, int] = {}
         self.posts: list[tuple[str, dict[bytes, bytes]]] = []
         self.dedupe: dict[bytes, tuple[str, float]] = {}  # key -> (post id, expires at)
@@ -124,6 +125,18 @@ class MemoryStore:
 
     def delete_event_log(self, device_id: str, digest: str) -> None:
         self.event_logs.pop((device_id, digest), None)
+
+    def put_secret(self, device_id: str, name: str, record: bytes) -> None:
+        self.secrets.setdefault(device_id, {})[name] = bytes(record)
+
+    def get_secret(self, device_id: str, name: str) -> bytes | None:
+        return self.secrets.get(device_id, {}).get(name)
+
+    def list_secrets(self, device_id: str) -> Mapping[str, bytes]:
+        return dict(self.secrets.get(device_id, {}))
+
+    def delete_secret(self, device_id: str, name: str) -> bool:
+        return self.secrets.get(device_id, {}).pop(name, None) is not None
 
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

@@ -9,6 +9,7 @@ Key layout (hash tags keep keys that change together in one Cluster slot):
     ag:{reg}:ts:<id>           last reconnect timestamp (replay guard)
     ag:{reg}:pending:<key>     enrollment in progress (TTL)
     ag:{reg}:evlog:<id>:<sha>  a device's measured-boot event log, zlib (content-addressed)
+    ag:{reg}:secret:<id>       hash: secret name -> record, value sealed (shared.secrets)
     ag:{board}:posts           stream of posts
     ag:{board}:dedupe:<key>    idempotency key -> post id, expires after the quota's key_ttl
     ag:{board}:rate:<id>       a device's post token bucket (hash t, u), expires when full
@@ -403,6 +404,25 @@ class RedisStore:
     def delete_event_log(self, device_id: str, digest: str) -> None:
         with _mapped():
             self._r.delete(REG + f"evlog:{device_id}:{digest}")
+
+    # -- secrets ---------------------------------------------------------------------------
+    def put_secret(self, device_id: str, name: str, record: bytes) -> None:
+        with _mapped():
+            self._r.hset(REG + "secret:" + device_id, name, record)
+
+    def get_secret(self, device_id: str, name: str) -> bytes | None:
+        with _mapped():
+            raw = self._r.hget(REG + "secret:" + device_id, name)
+        return bytes(raw) if raw is not None else None
+
+    def list_secrets(self, device_id: str) -> Mapping[str, bytes]:
+        with _mapped():
+            raw = self._r.hgetall(REG + "secret:" + device_id)
+        return {k.decode(): bytes(v) for k, v in raw.items()}
+
+    def delete_secret(self, device_id: str, name: str) -> bool:
+        with _mapped():
+            return bool(self._r.hdel(REG + "secret:" + device_id, name))
 
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,

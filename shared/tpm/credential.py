@@ -90,3 +90,35 @@ def wrap_hmac_key(srk_public: bytes, key: bytes, rng: RandomBytes) -> tuple[byte
     seed, encrypted_seed = encrypt_seed(srk, b"DUPLICATE\x00", rng)
     duplicate = tpm2b(protect(srk, seed, public.name, sensitive))
     return public.marshal(), duplicate, encrypted_seed
+
+
+# A sealed-data object carries at most this much (TPM-NOTES: 128 B on swtpm).
+MAX_SEALED_DATA = 128
+
+
+def wrap_sealed_data(srk_public: bytes, data: bytes, rng: RandomBytes,
+                     auth_policy: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """Wrap ``data`` (1..128 B) in a sealed-data keyedhash object for TPM2_Import under
+    ``srk_public``, exactly as :func:`wrap_hmac_key` wraps the device PSK.
+
+    The object has no sign/decrypt attribute and a NULL scheme, so the TPM only lets
+    TPM2_Unseal read it. Without ``auth_policy`` it has userWithAuth and an empty
+    authValue (the holder of this TPM and the blob can unseal it); with one, only
+    that policy (userWithAuth clear). Returns ``(public, duplicate, seed)``.
+    """
+    check_size(srk_public, "srk public")
+    if not 1 <= len(data) <= MAX_SEALED_DATA:
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "sealed data size")
+    if auth_policy and len(auth_policy) != 32:
+        raise AttestgateError(ErrorCode.BAD_REQUEST, "auth policy is not a SHA-256 digest")
+    srk = _decrypt_parent(srk_public, "srk")
+    obfuscation = rng(32)
+    attrs = 0 if auth_policy else ObjectAttr.USERWITHAUTH
+    public = build_public(
+        Alg.KEYEDHASH, Alg.SHA256, attrs, auth_policy,
+        parameters=KeyedHashParms(Scheme(Alg.NULL)),
+        unique=hashlib.sha256(obfuscation + data).digest())
+    sensitive = tpm2b(u16(Alg.KEYEDHASH) + tpm2b(b"") + tpm2b(obfuscation) + tpm2b(bytes(data)))
+    seed, encrypted_seed = encrypt_seed(srk, b"DUPLICATE\x00", rng)
+    duplicate = tpm2b(protect(srk, seed, public.name, sensitive))
+    return public.marshal(), duplicate, encrypted_seed

@@ -26,6 +26,7 @@ import pytest
 from shared.audit_anchor import CHECKPOINT_FILE
 from shared.keys import device_id_for
 from shared.records import Baseline, Device, DeviceStatus
+from shared.secret_policy import POLICY_KEY_FILE
 from shared.store.redis_store import RedisStore
 from shared.vault import (
     AUDIT_KEY_FILE,
@@ -311,7 +312,8 @@ def test_admin_init_creates_the_keys_on_an_empty_store(tmp_path: Path,
     run = _admin(env, "init")
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
-    assert sorted(doc["created"]) == sorted(KEY_FILES)
+    # The secret-policy key (--bind-pcrs secrets) is the operator's alone: init makes it too.
+    assert sorted(doc["created"]) == sorted((*KEY_FILES, POLICY_KEY_FILE))
     key = _admin(env, "server-key")
     assert key.returncode == 0 and json.loads(key.stdout)["fingerprint"] == doc["fingerprint"]
     again = _admin(env, "init")
