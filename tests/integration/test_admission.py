@@ -26,7 +26,6 @@ from client import flows
 from client import state as st
 from client.channel import Refused
 from client.cli import EXIT_NETWORK, EXIT_OK, EXIT_REFUSED
-from client.cli import main as client_main
 from client.tpm import Tpm
 from services.registry import admin
 from shared.errors import ErrorCode
@@ -36,6 +35,7 @@ from shared.keys import StaticKey, enroll_psk
 from shared.noise_session import NoiseSession
 from shared.store.redis_store import RedisStore
 from shared.wire import PROTOCOL_VERSION
+from tests.support.clis import cli
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm
 
@@ -51,13 +51,6 @@ def _quiet(_: str) -> None:
     pass
 
 
-def cli(*argv: str) -> tuple[int, dict[str, Any]]:
-    """Run ``attestgate`` in-process with --json; (exit code, its JSON document)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = client_main([*argv, "--json"])
-    text = out.getvalue().strip()
-    return rc, (json.loads(text.splitlines()[-1]) if text else {})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -31,9 +30,7 @@ import pytest
 from client import flows
 from client import state as st
 from client.channel import NetworkError, Refused, open_connect
-from client.cli import main as client_main
 from client.tpm import KeyBlob, Tpm
-from services.registry import admin
 from shared.binding import quote_nonce
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
@@ -46,6 +43,7 @@ from shared.records import Device, DeviceStatus
 from shared.store.redis_store import RedisStore
 from shared.timing import CONNECT_TS_AHEAD
 from shared.wire import PREAMBLE_LEN, PROTOCOL_VERSION, Command
+from tests.support.clis import admin_cli, cli, quiet
 from tests.support.mitm_proxy import RewritingProxy
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm, clear_owner
@@ -104,25 +102,10 @@ def store(module_store: RedisStore) -> RedisStore:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def quiet(_: str) -> None:
-    pass
 
 
-def cli(*argv: str) -> tuple[int, dict[str, Any]]:
-    """Run the ``attestgate`` CLI in-process with --json; (exit code, its JSON document)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = client_main([*argv, "--json"])
-    text = out.getvalue().strip()
-    return rc, (json.loads(text.splitlines()[-1]) if text else {})
 
 
-def admin_cli(stack: Stack, *argv: str) -> tuple[int, dict[str, Any]]:
-    """Run ``attestgate-admin`` in-process against the stack, with --json."""
-    out = io.StringIO()
-    rc = admin.run([*argv, "--json"], env=stack.env, stdout=out, stderr=io.StringIO(),
-                   clock=time.time, rng=os.urandom)
-    return rc, (json.loads(out.getvalue()) if out.getvalue().strip() else {})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -27,9 +26,7 @@ import pytest
 from client import flows
 from client import state as st
 from client.channel import Channel, NetworkError, Refused, open_connect, open_enroll
-from client.cli import main as client_main
 from client.tpm import KeyBlob, Tpm
-from services.registry import admin
 from shared.audit_anchor import CHECKPOINT_FILE
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
@@ -38,6 +35,7 @@ from shared.posts import post_digest
 from shared.records import Device, DeviceStatus
 from shared.store.redis_store import AUDIT_LOG, RedisStore
 from shared.wire import Command
+from tests.support.clis import admin_cli, cli, quiet
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm, change_endorsement_seed, clear_owner
 from tests.support.swtpm_fixtures import SwtpmFactory
@@ -88,25 +86,10 @@ def store(stack: Stack, module_store: RedisStore) -> RedisStore:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def quiet(_: str) -> None:
-    pass
 
 
-def cli(*argv: str) -> tuple[int, dict[str, Any]]:
-    """Run the ``attestgate`` CLI in-process with --json; (exit code, its JSON document)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = client_main([*argv, "--json"])
-    text = out.getvalue().strip()
-    return rc, (json.loads(text.splitlines()[-1]) if text else {})
 
 
-def admin_cli(stack: Stack, *argv: str) -> tuple[int, dict[str, Any]]:
-    """Run ``attestgate-admin`` in-process against the stack, with --json."""
-    out = io.StringIO()
-    rc = admin.run([*argv, "--json"], env=stack.env, stdout=out, stderr=io.StringIO(),
-                   clock=time.time, rng=os.urandom)
-    return rc, (json.loads(out.getvalue()) if out.getvalue().strip() else {})
 
 
 @dataclasses.dataclass(frozen=True)

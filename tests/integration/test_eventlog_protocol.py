@@ -26,7 +26,6 @@ from client.channel import Channel, Refused, open_connect
 from client.cli import main as client_main
 from client.tpm import KeyBlob, Tpm
 from deploy.boot_log import BANKS, boot_tpm, demo_boot
-from services.registry import admin
 from shared.audit_anchor import CHECKPOINT_FILE
 from shared.binding import quote_nonce
 from shared.config import parse_host_port
@@ -40,6 +39,7 @@ from shared.hint import HintReason, parse_hint
 from shared.keys import Psk, session_psk_message
 from shared.store.redis_store import RedisStore
 from shared.wire import LOG_CHUNK, MAGIC, MAX_LOG_BUS, PROTOCOL_VERSION, Command
+from tests.support.clis import admin_cli, cli
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm
 from tests.support.swtpm_fixtures import SwtpmFactory
@@ -68,12 +68,6 @@ def clean(stack: Stack) -> Iterator[RedisStore]:
     store.close()
 
 
-def cli(*argv: str) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = client_main([*argv, "--json"])
-    text = out.getvalue().strip()
-    return rc, (json.loads(text.splitlines()[-1]) if text else {})
 
 
 def cli_text(*argv: str) -> tuple[int, str]:
@@ -84,11 +78,6 @@ def cli_text(*argv: str) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-def admin_cli(stack: Stack, *argv: str) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    rc = admin.run([*argv, "--json"], env=stack.env, stdout=out, stderr=io.StringIO(),
-                   clock=time.time, rng=os.urandom)
-    return rc, (json.loads(out.getvalue()) if out.getvalue().strip() else {})
 
 
 def kernel_update(log: bytes) -> bytes:

@@ -37,11 +37,10 @@ from tests.integration.test_attestation import (
     MAX_FAILURES,
     SETTINGS,
     Machine,
-    admin_cli,
-    cli,
     enrolled,
     machine,
 )
+from tests.support.clis import admin_cli, cli
 from tests.support.stack import Stack
 from tests.support.swtpm import SwtpmProcess, TemplateTpm
 from tests.support.swtpm_fixtures import SwtpmFactory

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import os
 import re
@@ -29,12 +28,11 @@ from typing import Any
 
 import pytest
 
-from client.cli import main as client_main
 from client.tpm import Tpm
-from services.registry import admin
 from shared.store.redis_store import RedisStore
 from shared.vault import KEY_FILES, Vault
 from shared.webhook import SIGNATURE_HEADER, verify_signature
+from tests.support.clis import admin_cli, cli
 from tests.support.plugins import register_example
 from tests.support.ports import free_port
 from tests.support.stack import REPO, Stack
@@ -97,19 +95,8 @@ def receiver() -> Iterator[Receiver]:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def cli(*argv: str) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = client_main([*argv, "--json"])
-    text = out.getvalue().strip()
-    return rc, (json.loads(text.splitlines()[-1]) if text else {})
 
 
-def admin_cli(stack: Stack, *argv: str) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    rc = admin.run([*argv, "--json"], env=stack.env, stdout=out, stderr=io.StringIO(),
-                   clock=time.time, rng=os.urandom)
-    return rc, (json.loads(out.getvalue()) if out.getvalue().strip() else {})
 
 
 def until(check: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
