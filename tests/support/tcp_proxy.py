@@ -1,8 +1,11 @@
-"""A tiny recording TCP proxy for integration tests (replay and "no connection made" checks).
+"""TCP proxies for integration tests: a relay base and a recording proxy.
 
-``RecordingProxy.start(host, port)`` listens on a free loopback port and relays
-each accepted connection to ``host:port`` in both directions, keeping every
-byte the client sent (one ``bytearray`` per connection, in accept order).
+``RelayProxy`` listens on a free loopback port and relays each accepted connection
+to a target, one thread per direction; a subclass says how each direction is relayed
+(``_directions``). ``RecordingProxy.start(host, port)`` keeps every byte the client
+sent (one ``bytearray`` per connection, in accept order), for replay and "no
+connection made" checks. ``tests/support/mitm_proxy.py`` and ``cut_proxy.py`` are the
+other two kinds.
 """
 
 from __future__ import annotations
@@ -10,39 +13,67 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import Self
+from collections.abc import Callable, Sequence
+from typing import Any, Self
 
 _HOST = "127.0.0.1"
-_CHUNK = 65536
+CHUNK = 65536
+# -- timing (one commented block) -------------------------------------------------------
+# Upstream connect on loopback takes microseconds; these only bound a wedged target.
+CONNECT_TIMEOUT_S = 5.0
+JOIN_TIMEOUT_S = 5.0
+
+Direction = tuple[Callable[..., None], tuple[Any, ...]]
 
 
-class RecordingProxy:
-    def __init__(self, listener: socket.socket, target: tuple[str, int]) -> None:
-        self._listener = listener
+def pump(src: socket.socket, dst: socket.socket, record: bytearray | None = None) -> None:
+    """Relay ``src`` to ``dst`` until EOF or an error (keeping the bytes in ``record``),
+    then half-close ``dst``."""
+    try:
+        while data := src.recv(CHUNK):
+            if record is not None:
+                record += data
+            dst.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((_HOST, 0))
+    listener.listen(16)
+    return listener
+
+
+class RelayProxy:
+    """The plumbing every proxy here shares: listener, accept loop, threads, close."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._listener = _listener()
         self._target = target
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
-        self.client_bytes: list[bytearray] = []  # client -> server, per connection
         self._closed = False
+        self.accepted = 0
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
         self._acceptor.start()
 
-    @classmethod
-    def start(cls, host: str, port: int) -> Self:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind((_HOST, 0))
-        listener.listen(16)
-        return cls(listener, (host, port))
-
     @property
     def address(self) -> str:
-        return f"{_HOST}:{self._listener.getsockname()[1]}"
+        return f"{_HOST}:{self.port}"
 
     @property
-    def accepted(self) -> int:
-        with self._lock:
-            return len(self.client_bytes)
+    def port(self) -> int:
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    def _directions(self, client: socket.socket, upstream: socket.socket
+                    ) -> Sequence[Direction]:
+        """How to relay one connection: (function, args) per thread. Called under the lock."""
+        return ((pump, (client, upstream)), (pump, (upstream, client)))
 
     def _accept_loop(self) -> None:
         while True:
@@ -51,35 +82,22 @@ class RecordingProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self._target, timeout=5)
+                upstream = socket.create_connection(self._target, timeout=CONNECT_TIMEOUT_S)
             except OSError:
                 client.close()
                 continue
             upstream.settimeout(None)
-            record = bytearray()
             with self._lock:
                 if self._closed:
                     client.close()
                     upstream.close()
                     return
-                self.client_bytes.append(record)
+                self.accepted += 1
                 self._sockets += [client, upstream]
-                for src, dst, rec in ((client, upstream, record), (upstream, client, None)):
-                    t = threading.Thread(target=self._pump, args=(src, dst, rec), daemon=True)
+                for target, args in self._directions(client, upstream):
+                    t = threading.Thread(target=target, args=args, daemon=True)
                     self._threads.append(t)
                     t.start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
-        try:
-            while data := src.recv(_CHUNK):
-                if record is not None:
-                    record += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         with self._lock:
@@ -93,7 +111,7 @@ class RecordingProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
         for t in [self._acceptor, *self._threads]:
-            t.join(5)
+            t.join(JOIN_TIMEOUT_S)
         for s in sockets:
             s.close()
 
@@ -102,3 +120,19 @@ class RecordingProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RecordingProxy(RelayProxy):
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.client_bytes: list[bytearray] = []  # client -> server, per connection
+        super().__init__(target)
+
+    @classmethod
+    def start(cls, host: str, port: int) -> Self:
+        return cls((host, port))
+
+    def _directions(self, client: socket.socket, upstream: socket.socket
+                    ) -> Sequence[Direction]:
+        record = bytearray()
+        self.client_bytes.append(record)
+        return ((pump, (client, upstream, record)), (pump, (upstream, client)))
