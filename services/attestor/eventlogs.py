@@ -9,7 +9,7 @@ tie), so that after an approval the diff is against the state the device left.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,14 +52,26 @@ def check_sent(blob: bytes, selection: str, pcrs: Mapping[int, bytes]) -> SentLo
 def compare(store: Store, device: Device, current: MachineState,
             pcrs: Mapping[int, bytes]) -> StateDiff | None:
     """The diff against the closest baseline that has a usable stored log; None if none."""
-    with_log = [b for b in device.baselines if b.log][-MAX_COMPARED:]
-    for _, _, b in sorted(((d, n, b) for d, n, b in _ranked(with_log, pcrs)),
+    for b, old in reference_states(store, device, pcrs):
+        return with_undescribed(diff_states(old, current), old, current, b, pcrs)
+    return None
+
+
+def reference_states(store: Store, device: Device, pcrs: Mapping[int, bytes],
+                     now: float | None = None) -> Iterator[tuple[Baseline, MachineState]]:
+    """The device's baselines with a usable stored log and their states, closest to ``pcrs``
+    first (fewest differing PCRs; the newest on a tie); with ``now``, live ones only."""
+    with_log = [b for b in device.baselines if b.log and (now is None or b.live(now))]
+    for _, _, b in sorted(_ranked(with_log[-MAX_COMPARED:], pcrs),
                           key=lambda t: (t[0], -t[1])):
         old = _baseline_state(store, device.device_id, b)
         if old is not None:
-            return _with_undescribed(diff_states(old, current), old, current,
-                                     [c.index for c in pcr_diff(b.as_dict(), pcrs)])
-    return None
+            yield b, old
+
+
+def with_undescribed(diff: StateDiff, old: MachineState, new: MachineState, baseline: Baseline,
+                     pcrs: Mapping[int, bytes]) -> StateDiff:
+    return _with_undescribed(diff, old, new, [c.index for c in pcr_diff(baseline.as_dict(), pcrs)])
 
 
 def _with_undescribed(diff: StateDiff, old: MachineState, new: MachineState,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from services.attestor import enroll, plugins
+from services.attestor import enroll, plugins, rules
 from services.attestor.eventlogs import SentLog, capped, check_sent, compare, forget_refused_log
 from services.attestor.policy import (
     AttestPolicy,
@@ -150,30 +150,45 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
             if exc.code is not ErrorCode.LOG_INCONSISTENT:
                 raise
             return _refuse(deps, device_id, exc.code, exc.detail, (), None, now)
+    by_rule: rules.RuleOutcome | None = None
     if matching_baseline(device, pcrs, now) is None:
         if log_size and sent is None:
             # Not counted, not audited: the same quote comes back with the log.
             return Reply(req.id, {"need_log": True})
-        return _mismatch(deps, device, selection_text, pcrs, sent, now)
+        by_rule = rules.decide(deps.store, device, sent.state, pcrs, now) if sent else None
+        if by_rule is None or not by_rule.accepted:
+            return _mismatch(deps, device, selection_text, pcrs, sent, now, by_rule)
     if deps.plugins.policies:
         refusal = _custom_policies(deps, device, pcrs, info, now, bool(server_nonce))
         if refusal is not None:
             return refusal
+    return _accept(req.id, deps, device, h, bool(server_nonce), info, by_rule, now)
+
+
+def _accept(req_id: str, deps: AttestorDeps, device: Device, h: bytes, reattest: bool,
+            info: QuoteInfo, by_rule: rules.RuleOutcome | None, now: float) -> Reply:
+    """Count an accepted attestation and audit it (with the rules, when by rule)."""
+    device_id = device.device_id
     new = deps.store.update_device(device_id,
                                    lambda d: accepted(d, now, info.reset_count, info.clock))
     forget_unreferenced_logs(deps.store, device, new)  # baselines past their grace
-    deps.store.append_audit("attest_ok", device_id,
-                            {"h": h.hex()[:16], "reattest": bool(server_nonce),
-                             "reset_count": info.reset_count}, now)
+    detail: dict[str, Any] = {"h": h.hex()[:16], "reattest": reattest,
+                              "reset_count": info.reset_count}
+    if by_rule is None:
+        deps.store.append_audit("attest_ok", device_id, detail, now)
+    else:  # not by an exact baseline: the entry names the policy and the rules that accepted
+        deps.store.append_audit("attest_ok_by_rule", device_id,
+                                {**detail, "rules": by_rule.as_dict()}, now)
     # The server's view for the client to keep (``attestgate check`` compares with it).
-    return Reply(req.id, {"device_id": device_id, "name": device.name,
+    return Reply(req_id, {"device_id": device_id, "name": device.name,
                           "status": new.status.value, "baselines": accepted_view(new, now)})
 
 
 def _mismatch(deps: AttestorDeps, device: Device, selection: str, pcrs: dict[int, bytes],
-              sent: SentLog | None, now: float) -> Reply:
+              sent: SentLog | None, now: float, by_rule: rules.RuleOutcome | None) -> Reply:
     """PCRs that match no baseline: refused with the PCR diff and, when both this log and a
-    baseline's are there, what changed in the event log's words."""
+    baseline's are there, what changed in the event log's words (and, under a rule policy,
+    why no rule accepted it)."""
     diff = pcr_diff(device.baselines[0].as_dict(), pcrs)
     evdiff = None
     if sent is not None:
@@ -181,7 +196,8 @@ def _mismatch(deps: AttestorDeps, device: Device, selection: str, pcrs: dict[int
         found = compare(deps.store, device, sent.state, pcrs)
         evdiff = capped(found) if found is not None else None
     return _refuse(deps, device.device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
-                   Baseline.of(selection, pcrs, sent.digest if sent else ""), now, evdiff)
+                   Baseline.of(selection, pcrs, sent.digest if sent else ""), now, evdiff,
+                   rule_doc=by_rule.as_dict() if by_rule is not None else None)
 
 
 def _confirmed(deps: AttestorDeps, device_id: str, connect_ts: int, now: float) -> None:
@@ -220,10 +236,14 @@ def accepted_view(device: Device, now: float) -> list[dict[str, bytes]]:
 
 def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
             diff: tuple[PcrChange, ...], state: Baseline | None, now: float,
-            evdiff: dict[str, Any] | None = None, ev: Evidence | None = None) -> Reply:
+            evdiff: dict[str, Any] | None = None, ev: Evidence | None = None,
+            rule_doc: dict[str, Any] | None = None) -> Reply:
     """Count and audit a refusal; ``evdiff`` (event-log diff, capped) rides along when
-    both logs were there: in the push, the audit entry and the device record. A
-    consequence plugin sees ``ev`` and may escalate."""
+    both logs were there: in the push, the audit entry and the device record; so does
+    ``rule_doc``, why the rule policy did not accept the state. A consequence plugin sees
+    ``ev`` and may escalate."""
+    extra = {**({"eventlog": evdiff} if evdiff else {}),
+             **({"rules": rule_doc} if rule_doc else {})}
     outcomes: list[Outcome] = []
     action = _plugin_action(deps, device_id, code, diff, ev, now)
 
@@ -231,7 +251,8 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
         out = plugins.escalate(refused(d, deps.policy, diff, state), action)
         if state is not None:  # a new refused state: its log diff (or none) replaces the old
             out = dataclasses.replace(out, device=dataclasses.replace(
-                out.device, last_eventlog=canonical(evdiff) if evdiff else ""))
+                out.device, last_eventlog=canonical({**evdiff, **({"rules": rule_doc} if rule_doc
+                                                                  else {})}) if evdiff else ""))
         outcomes.append(out)  # the last try is the one stored
         return outcomes[-1].device
 
@@ -243,8 +264,7 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
     changed = diff_view(diff)
     deps.store.append_audit("attest_refused", device_id,
                             {"code": code.value, "changed": changed,
-                             "failures": outcome.device.failures,
-                             **({"eventlog": evdiff} if evdiff else {})}, now)
+                             "failures": outcome.device.failures, **extra}, now)
     if outcome.consequence is not None:
         deps.store.append_audit(f"consequence_{outcome.consequence.value}", device_id,
                                 {"failures": outcome.device.failures,
@@ -254,7 +274,7 @@ def _refuse(deps: AttestorDeps, device_id: str, code: ErrorCode, detail: str,
                      outcome.device.status.value)
     body = {"changed": changed, "failures": outcome.device.failures,
             "max_failures": deps.policy.max_failures, "status": outcome.device.status.value,
-            **({"eventlog": evdiff} if evdiff else {})}
+            **extra}
     raise Refusal(code, detail, body, outcome.events)
 
 

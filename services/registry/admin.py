@@ -960,12 +960,15 @@ def build_parser() -> conv.Parser:
     from services.registry import admin_secrets  # noqa: PLC0415 - it imports this module
 
     admin_secrets.add_parser(sub, common)
+    from services.registry import admin_policy  # noqa: PLC0415 - it imports this module
+
+    admin_policy.add_policy_parser(sub, common)
     return p
 
 
 def _add_baseline_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     baseline = sub.add_parser("baseline", help="a device's approved PCR baselines",
-                              description="List or remove a device's approved PCR baselines.")
+                              description="List, add or remove a device's approved PCR baselines.")
     bsub = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
     blist = bsub.add_parser(
         "list", parents=[common], help="list a device's baselines with their ids",
@@ -984,6 +987,9 @@ def _add_baseline_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     bremove.add_argument("device", metavar="DEVICE", help="device name or device id")
     bremove.add_argument("ids", metavar="ID", nargs="+", help="baseline id(s)")
     bremove.set_defaults(handler=cmd_baseline_remove)
+    from services.registry import admin_policy  # noqa: PLC0415 - it imports this module
+
+    admin_policy.add_baseline_add_parser(bsub, common)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,21 @@ class Store(Protocol):
         """False if there was none."""
         ...
 
+    # -- rule policies (shared.eventlog.rules documents) ---------------------------------
+    def get_rule_policy(self, scope: str) -> bytes | None:
+        """A device's rule policy (``scope`` = its id) or the default for all (``scope`` = "")."""
+        ...
+
+    def put_rule_policy(self, scope: str, doc: bytes) -> None: ...
+
+    def delete_rule_policy(self, scope: str) -> bool:
+        """False if there was none. A device's policy also goes when the device does."""
+        ...
+
+    def list_rule_policies(self) -> Mapping[str, bytes]:
+        """Every rule policy by scope ("" = the default)."""
+        ...
+
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

@@ -27,6 +27,7 @@ class MemoryStore:
         self.pending: dict[str, bytes] = {}
         self.event_logs: dict[tuple[str, str], bytes] = {}
         self.secrets: dict[str, dict[str, bytes]] = {}
+        self.rule_policies: dict[str, bytes] = {}  # device id or "" (the default) -> JSON
         self.connect_ts: dict[str, int] = {}
         self.posts: list[tuple[str, dict[bytes, bytes]]] = []
         self.dedupe: dict[bytes, tuple[str, float]] = {}  # key -> (post id, expires at)
@@ -73,6 +74,7 @@ class MemoryStore:
 
     def delete_device(self, device_id: str) -> Device | None:
         self.connect_ts.pop(device_id, None)
+        self.rule_policies.pop(device_id, None)
         return self.devices.pop(device_id, None)
 
     def update_device(self, device_id: str, change: Callable[[Device], Device]) -> Device:
@@ -137,6 +139,18 @@ class MemoryStore:
 
     def delete_secret(self, device_id: str, name: str) -> bool:
         return self.secrets.get(device_id, {}).pop(name, None) is not None
+
+    def get_rule_policy(self, scope: str) -> bytes | None:
+        return self.rule_policies.get(scope)
+
+    def put_rule_policy(self, scope: str, doc: bytes) -> None:
+        self.rule_policies[scope] = bytes(doc)
+
+    def delete_rule_policy(self, scope: str) -> bool:
+        return self.rule_policies.pop(scope, None) is not None
+
+    def list_rule_policies(self) -> Mapping[str, bytes]:
+        return dict(self.rule_policies)
 
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
                  now: float, quota: PostQuota) -> tuple[str, bool]:

@@ -10,6 +10,7 @@ Key layout (hash tags keep keys that change together in one Cluster slot):
     ag:{reg}:pending:<key>     enrollment in progress (TTL)
     ag:{reg}:evlog:<id>:<sha>  a device's measured-boot event log, zlib (content-addressed)
     ag:{reg}:secret:<id>       hash: secret name -> record, value sealed (shared.secrets)
+    ag:{reg}:rules             hash: device id (or "*", the default) -> rule policy (JSON)
     ag:{board}:posts           stream of posts
     ag:{board}:dedupe:<key>    idempotency key -> post id, expires after the quota's key_ttl
     ag:{board}:rate:<id>       a device's post token bucket (hash t, u), expires when full
@@ -56,6 +57,7 @@ POSTS: Final = BOARD + "posts"
 AUDIT_LOG: Final = AUDIT + "log"
 AUDIT_HEAD: Final = AUDIT + "head"
 _RETRIES: Final = 50
+_DEFAULT_SCOPE: Final = "*"  # the rule policy for every device without its own
 # Device records last read, by id (raw and parsed): update_device's compare-and-set
 # starts from them, so an update right after a read (the attestor's get, check, update)
 # is one round trip and no second parse. Bounded; a stale one costs a retry.
@@ -291,6 +293,7 @@ class RedisStore:
         p.hdel(idx + "noise", d.noise_public.hex())
         p.hdel(idx + "name", name_key(d.name))
         p.hdel(idx + "ek", d.ek_fingerprint)
+        p.hdel(REG + "rules", d.device_id)
 
     def delete_device(self, device_id: str) -> Device | None:
         key = REG + "dev:" + device_id
@@ -423,6 +426,26 @@ class RedisStore:
     def delete_secret(self, device_id: str, name: str) -> bool:
         with _mapped():
             return bool(self._r.hdel(REG + "secret:" + device_id, name))
+
+    # -- rule policies ---------------------------------------------------------------------
+    def get_rule_policy(self, scope: str) -> bytes | None:
+        with _mapped():
+            raw = self._r.hget(REG + "rules", scope or _DEFAULT_SCOPE)
+        return bytes(raw) if raw is not None else None
+
+    def put_rule_policy(self, scope: str, doc: bytes) -> None:
+        with _mapped():
+            self._r.hset(REG + "rules", scope or _DEFAULT_SCOPE, doc)
+
+    def delete_rule_policy(self, scope: str) -> bool:
+        with _mapped():
+            return bool(self._r.hdel(REG + "rules", scope or _DEFAULT_SCOPE))
+
+    def list_rule_policies(self) -> Mapping[str, bytes]:
+        with _mapped():
+            raw = self._r.hgetall(REG + "rules")
+        return {("" if k == _DEFAULT_SCOPE.encode() else k.decode()): bytes(v)
+                for k, v in raw.items()}
 
     # -- board -------------------------------------------------------------------------
     def add_post(self, key: bytes, fields: Mapping[str, bytes | str], *, device_id: str,
