@@ -69,6 +69,16 @@ def explain_unavailable(code: ErrorCode) -> str:
     return "the server could not answer now: " + _SIMPLE.get(code, code.value.replace("_", " "))
 
 
+def rule_lines(rules: object) -> list[str]:
+    """Why the server's rule policy did not accept the state (empty without one)."""
+    if not isinstance(rules, dict) or rules.get("accepted") is not False:
+        return []
+    reasons = [str(r) for r in rules.get("reasons") or []][:8]
+    head = (f"The {rules.get('policy', '?')} rule policy did not accept it "
+            f"(rule: {', '.join(map(str, rules.get('rules') or [])) or '?'}):")
+    return [head, *(f"  - {r}" for r in reasons)]
+
+
 def explain_refusal(code: ErrorCode, body: dict[str, Any], advice: Advice | None = None) -> str:
     """The refusal in plain words and, with ``advice``, the exact commands that lead out."""
     advice = advice or Advice(None)
@@ -85,6 +95,7 @@ def explain_refusal(code: ErrorCode, body: dict[str, Any], advice: Advice | None
     lines = []
     if isinstance(evlog, dict) and evlog.get("summary"):
         lines.append(f"refused: {evlog['summary']} (verdict: {evlog.get('verdict', '?')}).")
+    lines += rule_lines(body.get("rules"))
     lines.append(f"{'refused: t' if not lines else 'T'}his machine's measured state differs "
                  f"from its enrollment in {len(changed)} PCR(s):")
     for c in changed:

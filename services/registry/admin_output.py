@@ -248,6 +248,11 @@ def render_device(doc: Doc) -> str:
         parts.append(f"what changed (event log): {evlog.get('summary', '')}\n"
                      f"verdict: {evlog.get('verdict', '?')}\n"
                      + "\n".join(component_lines(evlog)))
+        rules = evlog.get("rules")
+        if isinstance(rules, dict) and rules.get("reasons"):
+            parts.append(f"not accepted by the {rules.get('policy', '?')} rule policy "
+                         f"(rule: {', '.join(rules.get('rules') or [])}):\n"
+                         + "\n".join(f"  - {r}" for r in rules["reasons"]))
     return "\n\n".join(parts)
 
 

@@ -3,7 +3,9 @@
 The swtpm "boots" from an event log: each event's SHA-256 digest is extended into its PCR
 (``deploy.boot_log.boot_tpm``). A device enrolls with that log; a second boot where one boot
 application (the kernel) was measured differently is refused with that component named and
-the verdict ``kernel_update``; after ``attestgate-admin approve`` it posts again.
+the verdict ``kernel_update``; after ``attestgate-admin approve`` it posts again. Under a rule
+policy the same kernel update passes by rule (audited with the rule), a firmware update does
+not, and a reference state added ahead (``baseline add --event-log``) is accepted.
 """
 
 from __future__ import annotations
@@ -182,6 +184,69 @@ def test_kernel_update_on_a_real_log_is_named_and_then_approved(
     assert [b.log for b in after.baselines] == [log_digest(second)]
     assert clean.get_event_log(record.device_id, log_digest(second)) is not None
     assert clean.get_event_log(record.device_id, log_digest(first)) is None
+
+
+# -- item 4: a policy that survives the update; a reference state added ahead ---------------
+
+
+def firmware_update(log: bytes) -> bytes:
+    """``log`` with another S-CRTM version string (PCR 0): a firmware update."""
+    parsed = parse_log(log)
+    i = next(i for i, e in enumerate(parsed.events) if e.type == t.EV_S_CRTM_VERSION)
+    new = measured_event(0, t.EV_S_CRTM_VERSION,
+                         "GCE Virtual Firmware v2".encode("utf-16-le") + b"\0\0", parsed.banks)
+    return encode_log(replace_event(parsed.events, i, new), parsed.banks)
+
+
+def test_a_kernel_update_passes_by_rule_and_a_firmware_update_needs_a_reference_state(
+        stack: Stack, clean: RedisStore, device: Device, tmp_path: Path) -> None:
+    first = real_log()
+    device.boot(first, reboot=False)
+    rc, doc = device.enroll("rhel8")
+    assert rc == EXIT_OK, doc
+    device_id = doc["device_id"]
+
+    # The operator starts from the template (the baseline's verified PCR 7 authorities: the
+    # db certificate that signed shim, and shim's own vendor certificate), sets it for all.
+    rc, tpl = admin_cli(stack, "policy", "template", "rhel8")
+    assert rc == 0 and len(tpl["policy"]["boot_authorities"]) == 2, tpl
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(tpl["policy"]))
+    rc, doc = admin_cli(stack, "policy", "set", "--default", str(policy))
+    assert rc == 0, doc
+
+    device.boot(kernel_update(first))
+    rc, doc = device.post("a new kernel, signed as before")
+    assert rc == EXIT_OK, doc
+    rc, audit = admin_cli(stack, "audit", "rhel8")
+    by_rule = [e["detail"] for e in audit["entries"] if e["event"] == "attest_ok_by_rule"]
+    assert len(by_rule) == 1, audit
+    rules = by_rule[0]["rules"]
+    assert rules["accepted"] and rules["rules"] == ["boot_authorities"], rules
+    assert rules["verdict"] == "kernel_update" and rules["policy"] == "default"
+    assert clean.get_device(device_id).failures == 0
+
+    # A firmware update is never accepted by rule: the user is told which rule and why.
+    third = firmware_update(first)
+    device.boot(third)
+    rc, doc = device.post("new firmware")
+    assert rc == EXIT_REFUSED and doc["rules"]["rules"] == ["firmware"], doc
+    assert doc["eventlog"]["verdict"] == "firmware_update"
+    rc, text = cli_text("post", "again", *device.args())
+    assert rc == EXIT_REFUSED
+    assert "The default rule policy did not accept it (rule: firmware):" in text
+    assert "firmware changes need an approval" in text
+
+    # The operator adds that state ahead from its log: accepted by exact baseline from then on.
+    reference = tmp_path / "firmware-v2.log"
+    reference.write_bytes(third)
+    rc, doc = admin_cli(stack, "baseline", "add", "rhel8", "--event-log", str(reference))
+    assert rc == 0 and doc["added"] and doc["event_log"] == log_digest(third), doc
+    rc, doc = device.post("firmware v2, approved ahead")
+    assert rc == EXIT_OK, doc
+    rc, audit = admin_cli(stack, "audit", "rhel8")
+    events = [e["event"] for e in audit["entries"]]
+    assert events[-1] == "attest_ok" and "baseline_added" in events
 
 
 # -- the log must replay; it travels in chunks ----------------------------------------------
