@@ -1,12 +1,13 @@
 """A simulated measured boot for a software TPM: a small realistic event log, and "booting" a
 TPM from a log (each event's SHA-256 digest extended into its PCR, in log order).
 
-    python -m deploy.boot_log write DIR           # writes DIR/boot-1.log and DIR/boot-2.log
+    python -m deploy.boot_log write DIR           # writes DIR/boot-1.log ... boot-3.log
     python -m deploy.boot_log boot TCTI LOGFILE   # extends the TPM's sha256 PCRs from LOGFILE
 
-``boot-2.log`` is ``boot-1.log`` after a kernel update: one boot application (the kernel,
-the third image the firmware loads: shim, grub, vmlinuz) measured with a new digest, and the
-kernel's name in grub's events changed to match (PCRs 8/9, outside the default selection).
+``boot-2.log`` is ``boot-1.log`` after a kernel update (``boot-3.log`` after the next one): one
+boot application (the kernel, the third image the firmware loads: shim, grub, vmlinuz)
+measured with a new digest, and the kernel's name in grub's events changed to match (PCRs 8/9,
+outside the default selection).
 Only ``shared.eventlog.build`` writes the logs; nothing here needs the handout data.
 
 The TPM must be fresh (PCRs as after a reset): a swtpm at locality 0 can extend PCRs 0-15,
@@ -93,13 +94,17 @@ def demo_boot(kernel: str = "6.1.0-28-amd64") -> list[Event]:
     ]
 
 
-def write_demo_logs(directory: Path) -> tuple[Path, Path]:
-    """boot-1.log (kernel 6.1.0-28) and boot-2.log (the same machine after updating to -31)."""
+DEMO_KERNELS = ("6.1.0-28-amd64", "6.1.0-31-amd64", "6.1.0-34-amd64")
+
+
+def write_demo_logs(directory: Path) -> tuple[Path, ...]:
+    """boot-1.log (kernel 6.1.0-28), boot-2.log and boot-3.log (the same machine after
+    updating to -31, then -34)."""
     directory.mkdir(parents=True, exist_ok=True)
-    first, second = directory / "boot-1.log", directory / "boot-2.log"
-    first.write_bytes(encode_log(demo_boot("6.1.0-28-amd64"), BANKS))
-    second.write_bytes(encode_log(demo_boot("6.1.0-31-amd64"), BANKS))
-    return first, second
+    paths = tuple(directory / f"boot-{n}.log" for n in range(1, len(DEMO_KERNELS) + 1))
+    for path, kernel in zip(paths, DEMO_KERNELS, strict=True):
+        path.write_bytes(encode_log(demo_boot(kernel), BANKS))
+    return paths
 
 
 def extend_args(log: bytes, bank: str = "sha256") -> list[str]:

@@ -4,7 +4,8 @@
 #   enroll (EK chain + credential activation), post, a PCR extended in the TPM,
 #   the refusal with its diff, the operator's approval, a successful post; then a kernel
 #   update: the TPM "reboots" from a measured-boot event log whose kernel changed, and the
-#   refusal says so in words (verdict kernel_update) before the operator approves it.
+#   refusal says so in words (verdict kernel_update) before the operator approves it; then a
+#   rule policy lets the next signed kernel through without an approval.
 # Everything lives in run/demo/ and on ports of its own (override with DEMO_PORT_BASE).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -96,18 +97,22 @@ step "9. the same machine, now approved, posts again"
 run attestgate post "approved new state, channel open again"
 run attestgate read --limit 5
 
+reboot_into() {  # power-cycle the swtpm and measure the boot log $1 into it
+    kill "$swtpm_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$swtpm_pid" 2>/dev/null || break; sleep 0.1; done
+    read -r tcti swtpm_pid < <(python -m deploy.demo_tpm reboot "$demo/swtpm")
+    pids+=("$swtpm_pid")
+    export ATTESTGATE_TPM=$tcti
+    python -m deploy.boot_log boot "$tcti" "$1"
+    cp "$1" "$demo/eventlogs/current.log"
+    # Step 6's measurement (approved in step 8) happens at every boot: say, an agent measuring
+    # its configuration. So only the boot log differs from the approved state.
+    TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend \
+        16:sha256=0000000000000000000000000000000000000000000000000000000000000001
+}
+
 step "10. a kernel update: the machine reboots into kernel 6.1.0-31 (one boot application changed)"
-kill "$swtpm_pid" 2>/dev/null || true
-for _ in $(seq 1 50); do kill -0 "$swtpm_pid" 2>/dev/null || break; sleep 0.1; done
-read -r tcti swtpm_pid < <(python -m deploy.demo_tpm reboot "$demo/swtpm")
-pids+=("$swtpm_pid")
-export ATTESTGATE_TPM=$tcti
-python -m deploy.boot_log boot "$tcti" "$demo/eventlogs/boot-2.log"
-cp "$demo/eventlogs/boot-2.log" "$demo/eventlogs/current.log"
-# Step 6's measurement (approved in step 8) happens at every boot: say, an agent measuring
-# its configuration. So only the kernel differs from the approved state.
-TPM2TOOLS_TCTI="$tcti" tpm2_pcrextend \
-    16:sha256=0000000000000000000000000000000000000000000000000000000000000001
+reboot_into "$demo/eventlogs/boot-2.log"
 
 step "11. the server asks for the event log and says what changed: the kernel, nothing else"
 run attestgate post "booted the new kernel" || echo "(exit code $? = refused)"
@@ -118,7 +123,24 @@ step "12. the operator approves the update; the machine posts again"
 run attestgate-admin approve demo-device
 run attestgate post "kernel 6.1.0-31 approved, channel open again"
 
-step "13. the audit log is HMAC-chained and checkpointed in the server home; verify and export it"
+step "13. a rule policy, so that the next signed kernel needs no approval"
+# The template allows the Secure Boot authorities the approved boot's verified log shows.
+printf '$ attestgate-admin policy template demo-device > policy.json\n'
+attestgate-admin policy template demo-device > "$demo/policy.json"
+# The demo selection quotes grub's PCRs 8-9 too: its files (kernel, initrd, grub.cfg) carry no
+# signature a log can show, so this fleet accepts them explicitly (boot_config: accept); the
+# kernel command line must still match the template's pattern.
+python -c 'import json,sys; p=json.load(open(sys.argv[1])); p["boot_config"]="accept"; json.dump(p, open(sys.argv[1], "w"), indent=2)' "$demo/policy.json"
+cat "$demo/policy.json"; echo
+run attestgate-admin policy set --default "$demo/policy.json"
+
+step "14. kernel 6.1.0-34, signed by the same authority: accepted by rule, audited with the rule"
+reboot_into "$demo/eventlogs/boot-3.log"
+run attestgate post "kernel 6.1.0-34, accepted by the policy"
+printf '$ attestgate-admin audit demo-device   (the last entries)\n'
+attestgate-admin audit demo-device | grep attest_ok_by_rule | tail -1
+
+step "15. the audit log is HMAC-chained and checkpointed in the server home; verify and export it"
 run attestgate-admin audit --verify
 run attestgate-admin audit export --output "$demo/audit-export.json"
 

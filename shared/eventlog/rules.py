@@ -356,4 +356,10 @@ _VERSION = re.compile(r"(?<=vmlinuz-)\S+")
 def _versionless(cmdline: str) -> str:
     """``cmdline`` as a pattern where the kernel file's version is free (no whitespace)."""
     parts = _VERSION.split(cmdline)
-    return r"\S+".join(re.escape(p) for p in parts)
+    return r"\S+".join(_escape(p) for p in parts)
+
+
+def _escape(text: str) -> str:
+    """``re.escape`` without escaping "-" and " " (plain outside a character class; the
+    pattern is never compiled VERBOSE): readable when an operator reviews it."""
+    return re.escape(text).replace("\\-", "-").replace("\\ ", " ")
