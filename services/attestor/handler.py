@@ -162,11 +162,12 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         refusal = _custom_policies(deps, device, pcrs, info, now, bool(server_nonce))
         if refusal is not None:
             return refusal
-    return _accept(req.id, deps, device, h, bool(server_nonce), info, by_rule, now)
+    return _accept(req.id, deps, device, h, bool(server_nonce), info, by_rule, pcrs, now)
 
 
 def _accept(req_id: str, deps: AttestorDeps, device: Device, h: bytes, reattest: bool,
-            info: QuoteInfo, by_rule: rules.RuleOutcome | None, now: float) -> Reply:
+            info: QuoteInfo, by_rule: rules.RuleOutcome | None, pcrs: dict[int, bytes],
+            now: float) -> Reply:
     """Count an accepted attestation and audit it (with the rules, when by rule)."""
     device_id = device.device_id
     new = deps.store.update_device(device_id,
@@ -179,9 +180,13 @@ def _accept(req_id: str, deps: AttestorDeps, device: Device, h: bytes, reattest:
     else:  # not by an exact baseline: the entry names the policy and the rules that accepted
         deps.store.append_audit("attest_ok_by_rule", device_id,
                                 {**detail, "rules": by_rule.as_dict()}, now)
-    # The server's view for the client to keep (``attestgate check`` compares with it).
+    # The server's view for the client to keep (``attestgate check`` compares with it); a
+    # state accepted by rule is one the device is accepted in, too.
+    view = accepted_view(new, now)
+    if by_rule is not None:
+        view = [{str(i): v for i, v in sorted(pcrs.items())}, *view][:SERVER_VIEW_BASELINES]
     return Reply(req_id, {"device_id": device_id, "name": device.name,
-                          "status": new.status.value, "baselines": accepted_view(new, now)})
+                          "status": new.status.value, "baselines": view})
 
 
 def _mismatch(deps: AttestorDeps, device: Device, selection: str, pcrs: dict[int, bytes],

@@ -50,6 +50,8 @@ def test_a_signed_kernel_update_is_accepted_by_rule_and_audited_with_it(
     assert asked.body == {"need_log": True}  # the rules need the log, as a refusal would
     reply = attest(store, quote(dev, pcrs_of(new), log_size=len(new), log_z=compress(new)))
     assert reply.ok and reply.body["status"] == "active", reply
+    # `attestgate check` learns that this state is accepted (by rule) besides the baselines.
+    assert reply.body["baselines"][0] == {str(i): v for i, v in pcrs_of(new).items()}
     [(event, detail)] = _audit(store)
     assert event == "attest_ok_by_rule"
     rules = detail["rules"]
