@@ -237,8 +237,14 @@ def cmd_devices(args: argparse.Namespace, ctx: Context) -> Outcome:
 
 
 def cmd_show(args: argparse.Namespace, ctx: Context) -> Outcome:
-    doc = out.device_detail(_device(ctx, args.device))
-    return Outcome(doc, out.render_device(doc))
+    from services.registry import admin_policy  # noqa: PLC0415 - it imports this module
+
+    device = _device(ctx, args.device)
+    doc = {**out.device_detail(device),
+           "rule_policy": admin_policy.applying(ctx, device.device_id)}
+    text = out.render_device(doc) + "\n\nrule policy: " + admin_policy.applying_text(
+        doc["rule_policy"])
+    return Outcome(doc, text)
 
 
 def cmd_approve(args: argparse.Namespace, ctx: Context) -> Outcome:

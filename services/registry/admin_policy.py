@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -253,6 +254,20 @@ def cmd_policy_show(args: argparse.Namespace, ctx: Context) -> Outcome:
     text = [f"{'default' if not r['device_id'] else r['device_id']}: rule policy "
             f"{r['digest'] or '(unreadable)'}" for r in rows] or ["no rule policies"]
     return Outcome({"policies": rows}, "\n".join(text))
+
+
+def applying(ctx: Context, device_id: str) -> dict[str, str]:
+    """Which rule policy applies to a device (for ``show``): scope and digest."""
+    found = policy_for(ctx.store, device_id)
+    if found is None:
+        return {"applies": "none", "digest": ""}
+    return {"applies": found[0], "digest": _digest(found[1]) or "unreadable"}
+
+
+def applying_text(view: Mapping[str, str]) -> str:
+    if view["applies"] == "none":
+        return "none (accepted by exact baselines only)"
+    return f"the {view['applies']} policy {view['digest']} (attestgate-admin policy show)"
 
 
 def _lines(raw: bytes) -> list[str]:

@@ -171,6 +171,8 @@ def test_policies_default_and_per_device_each_change_audited(
     assert stored is not None and json.loads(stored)["boot_authorities"] == [DB_AUTHORITY]
     shown = admin("policy", "show", "alpha").doc
     assert shown["applies"] == "default" and shown["policy"]["dbx"] == "grow"
+    detail = admin("show", "alpha").doc["rule_policy"]
+    assert detail == {"applies": "default", "digest": run.doc["digest"]}
     own = _policy_file(tmp_path, {"kernel_cmdline": "root=\\S+ ro", "boot_config": "accept"},
                        "own.json")
     assert admin("policy", "set", "alpha", own).code == 0
