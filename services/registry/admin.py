@@ -165,6 +165,24 @@ def _label(d: Device) -> str:
     return f"{d.name} ({d.device_id})"
 
 
+def read_source(source: str, limit: int, what: str) -> bytes:
+    """At most ``limit`` bytes from a file or ``-`` (stdin); AdminError (exit 2) beyond it or
+    when the file cannot be read."""
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(source, "rb") as fh:
+                data = fh.read(limit + 1)
+    except OSError as exc:
+        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
+                         f"cannot read {source}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise AdminError(EXIT_USAGE, ErrorCode.TOO_LARGE.value,
+                         f"the {what} is larger than {limit} bytes")
+    return data
+
+
 # -- commands ------------------------------------------------------------------------------
 
 

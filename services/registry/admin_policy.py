@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 from services.attestor.eventlogs import bank_of
@@ -33,6 +31,7 @@ from services.registry.admin import (
     Outcome,
     _device,
     _label,
+    read_source,
 )
 from shared.errors import AttestgateError, ErrorCode
 from shared.eventlog import parse_log, replay, verify
@@ -44,22 +43,6 @@ from shared.tpm.pcrs import PcrSelection
 from shared.wire import MAX_LOG_TRANSFER
 
 MAX_BASELINES: Final = 32  # a device's baselines (each is compared on a refusal)
-
-
-def _read(source: str, limit: int, what: str) -> bytes:
-    try:
-        if source == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with Path(source).open("rb") as fh:
-                data = fh.read(limit + 1)
-    except OSError as exc:
-        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
-                         f"cannot read {what} {source}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise AdminError(EXIT_USAGE, ErrorCode.TOO_LARGE.value,
-                         f"the {what} is larger than {limit} bytes")
-    return data
 
 
 # -- baseline add ---------------------------------------------------------------------------
@@ -111,7 +94,7 @@ def cmd_baseline_add(args: argparse.Namespace, ctx: Context) -> Outcome:
         raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
                          "give the reference state: --event-log FILE (and --pcr N=HEX for "
                          "PCRs it does not describe), or --pcr N=HEX for every selected PCR")
-    log = _read(args.event_log, MAX_LOG_TRANSFER, "event log") if args.event_log else b""
+    log = read_source(args.event_log, MAX_LOG_TRANSFER, "event log") if args.event_log else b""
     replayed = _from_log(log, bank) if log else {}
     for i, value in given.items():
         if i in replayed and replayed[i] != value:
@@ -201,7 +184,7 @@ def _describe(policy: RulePolicy) -> list[str]:
 def cmd_policy_set(args: argparse.Namespace, ctx: Context) -> Outcome:
     ctx.audit_key()  # refuse before changing anything if no entry can be written
     scope, label, device = _scope(args, ctx)
-    policy = parse_policy(_read(args.file, MAX_POLICY_BYTES, "policy"))
+    policy = parse_policy(read_source(args.file, MAX_POLICY_BYTES, "policy"))
     old = ctx.store.get_rule_policy(scope)
     ctx.store.put_rule_policy(scope, policy.to_bytes())
     detail = {"scope": "default" if not scope else "device", "digest": policy.digest,

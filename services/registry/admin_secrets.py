@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from pathlib import Path
 from typing import Any
 
 from services.registry import admin_output as out
@@ -23,6 +21,7 @@ from services.registry.admin import (
     Outcome,
     _device,
     _label,
+    read_source,
 )
 from shared.errors import AttestgateError, ErrorCode
 from shared.records import Device, DeviceStatus
@@ -58,18 +57,7 @@ def _read_value(source: str | None) -> bytes:
     if source is None:
         raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
                          "give the value with --file FILE or - (stdin)")
-    try:
-        if source == "-":
-            data = sys.stdin.buffer.read(MAX_SECRET + 1)
-        else:
-            with Path(source).open("rb") as fh:
-                data = fh.read(MAX_SECRET + 1)
-    except OSError as exc:
-        raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value,
-                         f"cannot read {source}: {exc.strerror}") from None
-    if len(data) > MAX_SECRET:
-        raise AdminError(EXIT_USAGE, ErrorCode.TOO_LARGE.value,
-                         f"the secret is larger than {MAX_SECRET} bytes")
+    data = read_source(source, MAX_SECRET, "secret")
     if not data:
         raise AdminError(EXIT_USAGE, ErrorCode.BAD_REQUEST.value, "the secret is empty")
     return data
