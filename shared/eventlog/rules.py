@@ -225,7 +225,9 @@ def evaluate(policy: RulePolicy, reference: MachineState, current: MachineState,
 def _judge(policy: RulePolicy, change: Change, reference: MachineState, current: MachineState,
            quoted: Collection[int]) -> Judgement:
     kind = change.kind
-    if kind in ("boot_application", "secureboot_authority"):
+    # Each rule judges its component only in the PCR the spec puts it in: the event type is
+    # covered by no digest, so a kind seen elsewhere is not what it claims to be.
+    if (kind, change.pcr) in (("boot_application", 4), ("secureboot_authority", 7)):
         why = _authorities_refusal(policy, current, quoted)
         what = "boot application" if kind == "boot_application" else "Secure Boot authority"
         if why is None:
@@ -234,14 +236,16 @@ def _judge(policy: RulePolicy, change: Change, reference: MachineState, current:
                          f"a changed {what} in PCR {change.pcr}: {why}")
     if kind == "secureboot_dbx":
         return _dbx(policy, change, reference, current)
-    if kind == "kernel_cmdline" or (kind == "boot_command" and _kernel_command(change)):
+    if change.pcr == 8 and (kind == "kernel_cmdline" or (kind == "boot_command"
+                                                          and _kernel_command(change))):
         return _cmdline(policy, change)
     if kind in _BOOT_CONFIG_KINDS and change.pcr in _BOOT_CONFIG_PCRS:
         ok = policy.boot_config == "accept"
         return Judgement(Rule.BOOT_CONFIG, ok, "" if ok else
                          f"a boot loader command or file changed (PCR {change.pcr}, "
                          f"{change.name or kind}) and the policy's boot_config is 'approval'")
-    if kind in _FIRMWARE_KINDS:
+    if kind in _FIRMWARE_KINDS or kind == "firmware_driver" or (
+            kind == "boot_application" and change.pcr < 4):
         return Judgement(Rule.FIRMWARE, False,
                          f"the firmware changed (PCR {change.pcr}, {kind.replace('_', ' ')}): "
                          "firmware changes need an approval")

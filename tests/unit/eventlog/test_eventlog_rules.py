@@ -1,4 +1,4 @@
-"""Rule policies over verified event logs: what a routine update gets through, what it never does."""
+"""Rule policies over verified event logs: what a routine update gets through, what never does."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from collections.abc import Collection
 
 import pytest
-from eventlog_helpers import BANKS, boot
+from eventlog_helpers import BANKS, boot, image_load, ipl
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.eventlog import MachineState, diff_states, parse_log, replay
@@ -75,6 +75,23 @@ def test_a_kernel_from_a_new_signer_is_refused() -> None:
     d = _decide(SIGNED, boot(kernel="6.1.0-31", db=b"\x31" * 40))
     assert not d.accepted
     assert Rule.BOOT_AUTHORITIES in d.rules or Rule.APPROVAL in d.rules  # db changed, too
+
+
+def test_a_boot_application_outside_pcr_4_is_not_the_boot_loader() -> None:
+    """An image measured into PCR 2 (an option ROM's) is firmware, whatever signed it."""
+    events = boot(kernel="6.1.0-31")
+    events.insert(-1, measured_event(2, t.EV_EFI_BOOT_SERVICES_APPLICATION,
+                                     image_load("\\EFI\\x.efi"), BANKS, b"option rom app"))
+    d = _decide(SIGNED, events)
+    assert not d.accepted and d.rules == (Rule.FIRMWARE,)
+
+
+def test_a_command_line_outside_pcr_8_is_not_judged_by_the_pattern() -> None:
+    lenient = RulePolicy(kernel_cmdline=".*", boot_config="accept")
+    data, measured = ipl("kernel_cmdline: ", "/boot/vmlinuz-x init=/bin/sh")
+    events = [*boot(), measured_event(5, t.EV_IPL, data, BANKS, measured)]
+    d = _decide(lenient, events)
+    assert not d.accepted and Rule.KERNEL_CMDLINE not in d.rules
 
 
 def test_with_secure_boot_off_no_signature_vouches_for_anything() -> None:
