@@ -20,6 +20,9 @@ def check_size(data: bytes, what: str) -> None:
         raise AttestgateError(ErrorCode.TOO_LARGE, f"{what}: {len(data)} B")
 
 
+_U8, _U16, _U32, _U64 = (struct.Struct(f) for f in (">B", ">H", ">I", ">Q"))
+
+
 class Reader:
     """Sequential reader over one marshalled structure.
 
@@ -44,26 +47,31 @@ class Reader:
         return self._pos
 
     def take(self, n: int) -> bytes:
-        if n < 0 or self._pos + n > len(self._data):
+        pos = self._pos
+        if n < 0 or pos + n > len(self._data):
             raise self.fail(f"truncated (wanted {n} B)")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
+        self._pos = pos + n
+        return self._data[pos : pos + n]
+
+    def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
+        """Several fixed-size fields at once (``fmt`` big-endian, integers only)."""
+        pos = self._pos
+        if pos + fmt.size > len(self._data):
+            raise self.fail(f"truncated (wanted {fmt.size} B)")
+        self._pos = pos + fmt.size
+        return fmt.unpack_from(self._data, pos)
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        return self.unpack(_U8)[0]
 
     def u16(self) -> int:
-        value: int = struct.unpack(">H", self.take(2))[0]
-        return value
+        return self.unpack(_U16)[0]
 
     def u32(self) -> int:
-        value: int = struct.unpack(">I", self.take(4))[0]
-        return value
+        return self.unpack(_U32)[0]
 
     def u64(self) -> int:
-        value: int = struct.unpack(">Q", self.take(8))[0]
-        return value
+        return self.unpack(_U64)[0]
 
     def tpm2b(self, max_size: int, field: str) -> bytes:
         """A TPM2B: 2-byte size then that many bytes, at most ``max_size``."""

@@ -8,6 +8,7 @@ keep the exact bytes they came from where a digest or signature covers them.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -347,6 +348,10 @@ class Attest:
     attested: Attested
 
 
+# TPMS_CLOCK_INFO (clock, resetCount, restartCount, safe) then firmwareVersion.
+_CLOCK_AND_FIRMWARE = struct.Struct(">QIIBQ")
+
+
 def parse_attest(data: bytes, *, code: ErrorCode = ErrorCode.QUOTE_INVALID) -> Attest:
     """Parse a TPMS_ATTEST of type QUOTE, CERTIFY or CREATION.
 
@@ -361,11 +366,10 @@ def parse_attest(data: bytes, *, code: ErrorCode = ErrorCode.QUOTE_INVALID) -> A
     typ = r.u16()
     signer = r.tpm2b(MAX_NAME, "qualifiedSigner")
     extra = r.tpm2b(MAX_DIGEST + 2, "extraData")  # TPM2B_DATA holds up to a TPMT_HA
-    clock, reset_count, restart_count, safe = r.u64(), r.u32(), r.u32(), r.u8()
+    clock, reset_count, restart_count, safe, firmware = r.unpack(_CLOCK_AND_FIRMWARE)
     if safe > 1:
         raise r.fail(f"clockInfo.safe {safe}")
     clock_info = ClockInfo(clock, reset_count, restart_count, safe == 1)
-    firmware = r.u64()
     attested: Attested
     if typ == St.ATTEST_QUOTE:
         attested = QuoteAttested(PcrSelection.read(r), r.tpm2b(MAX_DIGEST, "pcrDigest"))
