@@ -24,7 +24,6 @@ class Peer:
         self._reader = reader
         self._writer = writer
         self._decoder = FrameDecoder()
-        self._send_lock = asyncio.Lock()
         self.noise: NoiseSession | None = None
         peer = writer.get_extra_info("peername")
         self.address: str = str(peer[0]) if isinstance(peer, tuple) else "unix"
@@ -77,8 +76,7 @@ class Peer:
             self._decoder.feed(data)
 
     async def write_frame(self, message: bytes) -> None:
-        async with self._send_lock:
-            await self._write(encode_frame(message))
+        await self._write(encode_frame(message))
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -88,10 +86,29 @@ class Peer:
             raise PeerClosed("write") from exc
 
     async def send(self, plaintext: bytes) -> None:
-        """Encrypt and write one message; the lock keeps nonce order equal to wire order."""
+        """Encrypt and write one message, then wait while the socket's backlog is high."""
+        self.send_nowait(plaintext)
+        try:
+            await self._writer.drain()
+        except ConnectionError as exc:
+            raise PeerClosed("write") from exc
+
+    def send_nowait(self, plaintext: bytes) -> None:
+        """Encrypt and queue one message for the socket. No await between encrypt and
+        write: nonce order is wire order, whoever else writes."""
         noise = self._established()
-        async with self._send_lock:
-            await self._write(encode_frame(noise.encrypt(plaintext)))
+        if self._writer.is_closing():
+            raise PeerClosed("closing")
+        frame = encode_frame(noise.encrypt(plaintext))
+        try:
+            self._writer.write(frame)
+        except ConnectionError as exc:
+            raise PeerClosed("write") from exc
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self._writer.transport.get_write_buffer_size()
 
     async def recv(self) -> bytes:
         noise = self._established()

@@ -232,9 +232,10 @@ class Gateway:
             ticket = await self._slot(lane, addr, deadline)
             self.counters[f"admitted_{lane.name.lower()}"] += 1
             try:
-                return await asyncio.wait_for(
-                    self._run_handshake(peer, pre, message1, first, found, sid, deadline),
-                    deadline.left())
+                # A timeout scope, not wait_for: no extra task per handshake.
+                async with asyncio.timeout(deadline.left()):
+                    return await self._run_handshake(peer, pre, message1, first, found,
+                                                     sid, deadline)
             finally:
                 self._release(ticket)
         finally:
