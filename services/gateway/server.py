@@ -196,7 +196,13 @@ class Gateway:
         if ident is not None:
             peer.set_receive_buffer(SESSION_RCVBUF)
             try:
-                await self._run_session(peer, ident, sid)
+                # Run here, not in a coroutine of its own (memory per idle session).
+                session = self._open_session(peer, ident, sid)
+                reason = "gateway error"
+                try:
+                    reason = await session.run()
+                finally:
+                    self._closed_session(session, reason)
             finally:
                 self.device_sessions.release(ident.device_id)
 
@@ -335,15 +341,16 @@ class Gateway:
         return await handshake.connect(peer, first, found, self.bus, sid, deadline, timeout,
                                        self.device_sessions, self.known)
 
-    async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
+    def _open_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> Session:
         session = Session(peer, ident, self.bus, self.limits, sid)
         self.sessions[ident.device_id].add(session)
         self.counters["sessions"] += 1
         log.info("session open sid=%s device=%s name=%s", sid, ident.device_id, ident.name)
-        try:
-            reason = await session.run()
-        finally:
-            self.sessions[ident.device_id].discard(session)
-            if not self.sessions[ident.device_id]:
-                del self.sessions[ident.device_id]
-        log.info("session closed sid=%s device=%s reason=%s", sid, ident.device_id, reason)
+        return session
+
+    def _closed_session(self, session: Session, reason: str) -> None:
+        device_id = session.ident.device_id
+        self.sessions[device_id].discard(session)
+        if not self.sessions[device_id]:
+            del self.sessions[device_id]
+        log.info("session closed sid=%s device=%s reason=%s", session.sid, device_id, reason)

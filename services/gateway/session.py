@@ -45,7 +45,7 @@ class Session:
         self.following = False
         self._inflight = 0
         self._slot: asyncio.Future[None] | None = None  # the reader waits here at the cap
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None  # made at the first request
         self._closed: tuple[ErrorCode, str] | None = None
         self._task: asyncio.Task[Any] | None = None
         self._reattest_nonce: bytes | None = None
@@ -84,8 +84,21 @@ class Session:
         if self.limits.reattest_interval > 0:
             self._reattest_timer = loop.call_later(self.limits.reattest_interval,
                                                    self._reattest_due)
+        idle = self.limits.idle_timeout
         try:
-            await self._read_loop()
+            # The read loop lives here, not in a coroutine of its own: every frame of the
+            # chain below the connection's task is memory an idle session holds.
+            async with asyncio.timeout(idle) as timer:
+                while self._closed is None:
+                    raw = await self.peer.recv()
+                    timer.reschedule(loop.time() + idle)
+                    await self._start(raw, loop)
+        except TimeoutError:
+            self.close(ErrorCode.PROTOCOL, "idle timeout")
+        except PeerClosed:
+            self.close(ErrorCode.PROTOCOL, "peer closed")
+        except AttestgateError as exc:
+            self.close(exc.code, f"channel error {exc.code}")
         except asyncio.CancelledError:
             if self._closed is None:
                 raise  # cancelled from outside, not by close()
@@ -94,9 +107,9 @@ class Session:
             self._task = None
             if self._reattest_timer is not None:
                 self._reattest_timer.cancel()
-            for t in self._tasks:
-                t.cancel()
             if self._tasks:
+                for t in self._tasks:
+                    t.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         assert self._closed is not None
         code, reason = self._closed
@@ -106,33 +119,23 @@ class Session:
                     await self.peer.send(encode_push(Push.CLOSING, code=code.value))
         return reason
 
-    async def _read_loop(self) -> None:
-        idle = self.limits.idle_timeout
-        loop = asyncio.get_running_loop()
+    async def _start(self, raw: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Decode one request and start its task (waiting while the session is at its cap)."""
         try:
-            async with asyncio.timeout(idle) as timer:
-                while self._closed is None:
-                    raw = await self.peer.recv()
-                    timer.reschedule(loop.time() + idle)
-                    try:
-                        msg = decode_request(raw)
-                    except AttestgateError as exc:
-                        # Authenticated peer: tell it the code; request id is unknown.
-                        await self.peer.send(encode_error(0, exc.code))
-                        continue
-                    while self._inflight >= self.limits.max_inflight_per_session:
-                        self._slot = loop.create_future()
-                        await self._slot
-                    self._inflight += 1
-                    task = loop.create_task(self._serve(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-        except TimeoutError:
-            self.close(ErrorCode.PROTOCOL, "idle timeout")
-        except PeerClosed:
-            self.close(ErrorCode.PROTOCOL, "peer closed")
+            msg = decode_request(raw)
         except AttestgateError as exc:
-            self.close(exc.code, f"channel error {exc.code}")
+            # Authenticated peer: tell it the code; request id is unknown.
+            await self.peer.send(encode_error(0, exc.code))
+            return
+        while self._inflight >= self.limits.max_inflight_per_session:
+            self._slot = loop.create_future()
+            await self._slot
+        self._inflight += 1
+        if self._tasks is None:
+            self._tasks = set()
+        task = loop.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _reattest_due(self) -> None:
         self._reattest_nonce = os.urandom(32)
