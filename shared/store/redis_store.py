@@ -83,6 +83,29 @@ redis.call('SET', KEYS[1], ts)
 return 1
 """
 
+# _BY_INDEX and the device's replay-guard timestamp (registry connect: one round trip).
+# KEYS: index. ARGV: index key, device key prefix, ts key prefix.
+_BY_INDEX_TS: Final = """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+return {id, redis.call('GET', ARGV[2] .. id), redis.call('GET', ARGV[3] .. id)}
+"""
+
+# A device record, and _ADVANCE_TS when it exists (attestor: one round trip). KEYS: device
+# key, ts key. ARGV: ts ('' = only read the device).
+_CONFIRM_CONNECT: Final = """
+local dev = redis.call('GET', KEYS[1])
+if not dev then return false end
+local ts = ARGV[1]
+if ts ~= '' then
+  local last = redis.call('GET', KEYS[2])
+  if not (last and (#last > #ts or (#last == #ts and last >= ts))) then
+    redis.call('SET', KEYS[2], ts)
+  end
+end
+return dev
+"""
+
 # Compare-and-set of a device record. KEYS: device key. ARGV: expected bytes, new bytes.
 # Returns {0} unknown device, {1, current} changed meanwhile, {2} stored.
 _CAS_DEVICE: Final = """
@@ -161,6 +184,8 @@ class RedisStore:
         self._add_post = self._r.register_script(_ADD_POST)
         self._by_index_script = self._r.register_script(_BY_INDEX)
         self._advance_ts = self._r.register_script(_ADVANCE_TS)
+        self._by_index_ts = self._r.register_script(_BY_INDEX_TS)
+        self._confirm_connect = self._r.register_script(_CONFIRM_CONNECT)
         self._cas_device = self._r.register_script(_CAS_DEVICE)
         self._append_audit = self._r.register_script(_APPEND_AUDIT)
         self._seen: OrderedDict[str, tuple[bytes, Device]] = OrderedDict()  # id -> record
@@ -352,6 +377,24 @@ class RedisStore:
             return False
         with _mapped():
             return bool(self._advance_ts(keys=[REG + "ts:" + device_id], args=[str(int(ts))]))
+
+    def connect_lookup(self, noise_public: bytes) -> tuple[Device, int] | None:
+        with _mapped():
+            found = self._by_index_ts(keys=[REG + "idx:noise"],
+                                      args=[noise_public.hex(), REG + "dev:", REG + "ts:"])
+        if not found:
+            return None
+        device = self._remember(found[0].decode(), found[1])
+        if device is None:
+            return None
+        last = found[2] if len(found) > 2 else None
+        return device, -1 if last is None else int(last)
+
+    def confirm_connect(self, device_id: str, ts: int) -> Device | None:
+        with _mapped():
+            raw = self._confirm_connect(keys=[REG + "dev:" + device_id, REG + "ts:" + device_id],
+                                        args=[str(int(ts)) if ts >= 0 else ""])
+        return self._remember(device_id, raw)
 
     # -- enrollment ------------------------------------------------------------------
     def put_token(self, token: Token) -> None:

@@ -78,6 +78,38 @@ def test_device_lookup_by_noise_key(stores: tuple[Store, Store]) -> None:
     assert b.device_by_noise(b"\1" * 32) is None
 
 
+def test_connect_lookup_gives_the_device_and_its_replay_guard(stores: tuple[Store, Store]
+                                                              ) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    assert b.connect_lookup(dev.noise_public) == (dev, -1)  # never confirmed
+    ts = 1_700_000_000_123_456_789
+    a.advance_connect_ts(dev.device_id, ts)
+    assert b.connect_lookup(dev.noise_public) == (dev, ts)  # exact, beyond a double
+    assert b.connect_lookup(b"\1" * 32) is None
+
+
+def test_confirm_connect_reads_the_device_and_advances_only_its_guard(
+    stores: tuple[Store, Store]
+) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    ts = 1_700_000_000_123_456_789
+    assert b.confirm_connect(dev.device_id, ts) == dev
+    assert a.last_connect_ts(dev.device_id) == ts
+    assert a.confirm_connect(dev.device_id, ts - 1) == dev  # older: read, guard kept
+    assert b.last_connect_ts(dev.device_id) == ts
+    assert a.confirm_connect(dev.device_id, -1) == dev  # re-attestation: only the read
+    assert b.last_connect_ts(dev.device_id) == ts
+    assert b.confirm_connect(dev.device_id, ts + 1) == dev
+    assert a.last_connect_ts(dev.device_id) == ts + 1
+    # An unknown device: nothing to read, nothing recorded.
+    assert a.confirm_connect("no-such-device", ts) is None
+    assert b.last_connect_ts("no-such-device") == -1
+
+
 def test_updates_from_two_workers_lose_nothing(stores: tuple[Store, Store]) -> None:
     a, b = stores
     dev = make_device()
