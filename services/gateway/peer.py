@@ -138,4 +138,5 @@ class Peer:
             return
         self._writer.close()
         with contextlib.suppress(ConnectionError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):  # a scope, not wait_for: no task per close
+                await self._writer.wait_closed()
