@@ -119,10 +119,12 @@ class Gateway:
 
     def deliver(self, event: BusEvent) -> None:
         if event.topic == Event.NEW_POST.value:
-            message = encode_push(Push.POST, **event.body)
+            message: bytes | None = None  # encoded for the first follower, if any
             for sessions in self.sessions.values():
                 for s in sessions:
                     if s.following:
+                        if message is None:
+                            message = encode_push(Push.POST, **event.body)
                         s.push(message)
         elif event.topic in (Event.DEVICE_REVOKED.value, Event.DEVICE_LOCKED.value):
             device_id = str(event.body["device_id"])

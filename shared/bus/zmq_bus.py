@@ -58,7 +58,6 @@ from types import TracebackType
 from typing import Any, Final, cast
 
 import zmq
-import zmq.asyncio
 from zmq.auth.thread import ThreadAuthenticator
 
 from shared.bus import codec
@@ -242,7 +241,7 @@ class ZmqBus:
         self._interval = heartbeat_interval
         self._liveness = liveness
         self._curve = curve
-        self._ctx = zmq.asyncio.Context()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._auth: ThreadAuthenticator | None = None
         if curve is not None and curve.allowed_clients is not None:
             # The ZAP handler must run before the first bind, or early peers go unchecked.
@@ -254,7 +253,7 @@ class ZmqBus:
         # its FD, drained until EAGAIN): zmq.asyncio's future, poller bookkeeping and flag
         # enums per send and per receive were a large part of the gateway's CPU per request.
         self._router: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.ROUTER)
-        self._sub: zmq.asyncio.Socket = self._ctx.socket(zmq.SUB)
+        self._sub: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.SUB)  # read like the ROUTER
         try:
             for sock in (self._router, self._sub):
                 sock.setsockopt(zmq.LINGER, 0)
@@ -291,9 +290,10 @@ class ZmqBus:
             return
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._router.FD, self._on_router_readable)
+        self._loop.add_reader(self._sub.FD, self._on_events_readable)
         self._schedule_read()  # whatever arrived before
+        self._loop.call_soon(self._on_events_readable)
         self._tasks = [
-            asyncio.create_task(self._events_loop(), name="bus-events"),
             asyncio.create_task(self._heartbeat_loop(), name="bus-heartbeat"),
         ]
         log.info("bus bound bus=%s events=%s", self.bus_endpoint, self.events_endpoint)
@@ -320,6 +320,7 @@ class ZmqBus:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._loop is not None:
             self._loop.remove_reader(self._router.FD)
+            self._loop.remove_reader(self._sub.FD)
         for pending in list(self._pending.values()):
             self._answer(pending, Reply.failure(pending.request.id, ErrorCode.SERVICE_UNAVAILABLE))
         for worker in list(self._workers.values()):
@@ -600,16 +601,21 @@ class ZmqBus:
             for name in touched:
                 self._dispatch(self._service(name))
 
-    async def _events_loop(self) -> None:
-        while True:
+    def _on_events_readable(self) -> None:
+        """Read the events that arrived, up to _DRAIN_MAX per turn of the loop."""
+        if self._closed:
+            return
+        for _ in range(_DRAIN_MAX):
             try:
-                first = await self._sub.recv_multipart()
+                frames = self._sub.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
             except zmq.ZMQError as exc:
                 log.error("events receive failed errno=%s", exc.errno)
-                await asyncio.sleep(self._interval)
-                continue
-            for frames in _drained(self._sub, first):
-                self._on_event(frames)
+                return
+            self._on_event(frames)
+        assert self._loop is not None
+        self._loop.call_soon(self._on_events_readable)
 
     def _on_event(self, frames: list[bytes]) -> None:
         if len(frames) != 1:
@@ -624,29 +630,6 @@ class ZmqBus:
             self._drop_frame(b"", f"unexpected {type(message).__name__} on events")
             return
         self._fanout.publish(message)
-
-
-def _drained(sock: zmq.asyncio.Socket, first: list[bytes]) -> list[list[bytes]]:
-    """``first`` and the messages already waiting on ``sock`` (at most ``_DRAIN_MAX``).
-
-    With NOBLOCK, pyzmq's asyncio socket receives at once and returns a finished
-    future (raising ``zmq.Again`` when nothing is there).
-    """
-    batch = [first]
-    for _ in range(_DRAIN_MAX):
-        received = cast("asyncio.Future[list[bytes]]",
-                        sock.recv_multipart(flags=zmq.NOBLOCK))
-        if not received.done():  # not expected with NOBLOCK; leave it to the next wake-up
-            received.cancel()
-            break
-        try:
-            batch.append(received.result())
-        except zmq.Again:
-            break
-        except zmq.ZMQError as exc:
-            log.error("bus receive failed errno=%s", exc.errno)
-            break
-    return batch
 
 
 # -- publisher (outside a worker) ---------------------------------------------------------
