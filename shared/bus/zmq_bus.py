@@ -750,7 +750,7 @@ class WorkerConnection:
         if sock is None:
             return False
         try:
-            sock.send(frame, flags=zmq.DONTWAIT)
+            sock.send(frame, flags=_NOBLOCK)
         except zmq.ZMQError as exc:
             log.debug("send failed gateway=%s errno=%s", self.bus_endpoints[link], exc.errno)
             return False
@@ -771,7 +771,7 @@ class WorkerConnection:
                 continue
             for _ in range(_DRAIN_MAX):
                 try:
-                    parts = sock.recv_multipart(flags=zmq.DONTWAIT)
+                    parts = sock.recv_multipart(flags=_NOBLOCK)
                 except zmq.Again:
                     break
                 if len(parts) == 1:
@@ -787,13 +787,13 @@ class WorkerConnection:
         # (Re)subscriptions of restarted gateways; nothing to do but not let them pile up.
         for _ in range(_DRAIN_MAX):
             try:
-                self._pub.recv(flags=zmq.DONTWAIT)
+                self._pub.recv(flags=_NOBLOCK)
             except zmq.Again:
                 return
 
     def publish(self, frame: bytes) -> None:
         try:
-            self._pub.send(frame, flags=zmq.DONTWAIT)
+            self._pub.send(frame, flags=_NOBLOCK)
         except zmq.ZMQError as exc:
             log.error("event not sent errno=%s", exc.errno)
 
