@@ -83,6 +83,7 @@ _DRAIN_MAX: Final = 256  # messages read per socket per poll round / per wake-up
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
+_RCVMORE: Final = int(zmq.RCVMORE)
 # Requests one worker may hold. One (plain Majordomo) left the worker idle for a
 # whole gateway round trip between requests: 5,770 req/s at 32 in flight, against
 # 41,000 for raw pyzmq. A window keeps its socket fed; a worker's death then costs
@@ -506,11 +507,11 @@ class ZmqBus:
             return
         for _ in range(_DRAIN_MAX):
             try:
-                frames = self._router.recv_multipart(_NOBLOCK)
-            except zmq.Again:
-                return
+                frames = _waiting(self._router)
             except zmq.ZMQError as exc:
                 log.error("bus receive failed errno=%s", exc.errno)
+                return
+            if frames is None:
                 return
             try:
                 self._on_worker_message(frames)
@@ -607,11 +608,11 @@ class ZmqBus:
             return
         for _ in range(_DRAIN_MAX):
             try:
-                frames = self._sub.recv_multipart(_NOBLOCK)
-            except zmq.Again:
-                return
+                frames = _waiting(self._sub)
             except zmq.ZMQError as exc:
                 log.error("events receive failed errno=%s", exc.errno)
+                return
+            if frames is None:
                 return
             self._on_event(frames)
         assert self._loop is not None
@@ -630,6 +631,18 @@ class ZmqBus:
             self._drop_frame(b"", f"unexpected {type(message).__name__} on events")
             return
         self._fanout.publish(message)
+
+
+def _waiting(sock: zmq.Socket[bytes]) -> list[bytes] | None:
+    """The next message waiting on ``sock`` (its parts), or None: asking EVENTS first
+    spares the zmq.Again exception that ended every drain (a tenth of the gateway's bus
+    CPU per request)."""
+    if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+        return None
+    parts = [sock.recv(_NOBLOCK)]
+    while sock.getsockopt(_RCVMORE):
+        parts.append(sock.recv(_NOBLOCK))
+    return parts
 
 
 # -- publisher (outside a worker) ---------------------------------------------------------
@@ -770,9 +783,8 @@ class WorkerConnection:
             if sock is None or sock not in ready:
                 continue
             for _ in range(_DRAIN_MAX):
-                try:
-                    parts = sock.recv_multipart(flags=_NOBLOCK)
-                except zmq.Again:
+                parts = _waiting(sock)
+                if parts is None:
                     break
                 if len(parts) == 1:
                     out.append((link, parts[0]))
