@@ -140,10 +140,20 @@ class WorkerMetrics:
                                     "the store could not be reached", ["service"],
                                     registry=self.registry)
         self.store_errors.labels(service)  # present (0) from the start
+        # Labelled children, looked up once (``labels()`` costs a lock and a dict per call).
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def record(self, op: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(self.service, op, outcome).inc()
-        self.seconds.labels(self.service, op).observe(seconds)
+        counted = self._counted.get((op, outcome))
+        if counted is None:
+            counted = self._counted[op, outcome] = self.requests.labels(self.service, op,
+                                                                        outcome)
+        counted.inc()
+        timed = self._timed.get(op)
+        if timed is None:
+            timed = self._timed[op] = self.seconds.labels(self.service, op)
+        timed.observe(seconds)
         if outcome == ErrorCode.STORE_UNAVAILABLE.value:
             self.store_errors.labels(self.service).inc()
 

@@ -24,11 +24,13 @@ needed. A session refuses to go past ``max_messages`` in either direction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from enum import Enum, auto
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
@@ -164,7 +166,9 @@ class NoiseSession:
             conn.set_as_initiator()
         else:
             conn.set_as_responder()
-        conn.set_keypair_from_private_bytes(Keypair.STATIC, static.private)
+        # The same static key for every session of a process: one parsed keypair object
+        # (noiseprotocol would rebuild it and derive its public key per session).
+        conn.noise_protocol.keypairs["s"] = _static_keypair(static.private)
         if remote_static is not None:
             conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
         conn.set_prologue(prologue)
@@ -174,6 +178,7 @@ class NoiseSession:
         # noiseprotocol drops its handshake state when the handshake completes; keep it
         # to read the remote static key and ephemerals afterwards.
         self._hs: Any = conn.noise_protocol.handshake_state
+        self._ephemerals: tuple[bytes, bytes] | None = None  # (local, remote), once established
 
     # -- construction --------------------------------------------------------------
     @staticmethod
@@ -266,6 +271,11 @@ class NoiseSession:
             hs.e = self._conn.noise_protocol.dh_fn.generate_keypair()
         if nxt is State.ESTABLISHED:
             self._hash = bytes(self._conn.get_handshake_hash())
+            # Keep the public values, drop the handshake state (its keys and hashes): an
+            # idle session holds only its two cipher states.
+            self._ephemerals = (bytes(hs.e.public_bytes) if _has_key(hs.e) else b"",
+                                bytes(hs.re.public_bytes) if _has_key(hs.re) else b"")
+            self._hs = None
         self.state = nxt
 
     # -- what the caller may learn -------------------------------------------------
@@ -276,14 +286,18 @@ class NoiseSession:
 
     @property
     def local_ephemeral(self) -> bytes:
-        e = self._hs.e
+        if self._ephemerals is not None and self._ephemerals[0]:
+            return self._ephemerals[0]
+        e: Any = None if self._hs is None else self._hs.e
         if not _has_key(e):
             raise AttestgateError(ErrorCode.PROTOCOL, "no local ephemeral yet")
         return bytes(e.public_bytes)
 
     @property
     def remote_ephemeral(self) -> bytes:
-        re = self._hs.re
+        if self._ephemerals is not None and self._ephemerals[1]:
+            return self._ephemerals[1]
+        re: Any = None if self._hs is None else self._hs.re
         if not _has_key(re):
             raise AttestgateError(ErrorCode.PROTOCOL, "no remote ephemeral yet")
         return bytes(re.public_bytes)
@@ -337,6 +351,11 @@ class NoiseSession:
     def _require_established(self) -> None:
         if self.state is not State.ESTABLISHED:
             raise AttestgateError(ErrorCode.PROTOCOL, f"not established ({self.state.name})")
+
+
+@functools.lru_cache(maxsize=8)
+def _static_keypair(private: bytes) -> KeyPair25519:
+    return KeyPair25519.from_private_bytes(private)
 
 
 def _has_key(keypair: object) -> bool:

@@ -120,11 +120,9 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     # (log_z) only after this op answered need_log for a quote that matches no baseline.
     log_size = f.integer("log_size", 0, MAX_LOG_TRANSFER, default=0)
     log_z = f.blob("log_z", MAX_LOG_BUS, optional=True)
-    device = deps.store.get_device(device_id)
+    device = _confirmed(deps, device_id, connect_ts, now)
     if device is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, device_id)
-    if connect_ts >= 0:
-        _confirmed(deps, device_id, connect_ts, now)
     code = refusal_for(device.status)
     if code is not None:
         raise AttestgateError(code, device_id)
@@ -205,13 +203,16 @@ def _mismatch(deps: AttestorDeps, device: Device, selection: str, pcrs: dict[int
                    rule_doc=by_rule.as_dict() if by_rule is not None else None)
 
 
-def _confirmed(deps: AttestorDeps, device_id: str, connect_ts: int, now: float) -> None:
-    """The gateway sends message 1's timestamp with the first transport message, which
-    decrypted: the device's TPM computed the session PSK. Only now does the replay guard
-    advance (never past the clock + CONNECT_TS_AHEAD); concurrent sessions of one device
-    may confirm out of order, so an older timestamp is not an error here."""
+def _confirmed(deps: AttestorDeps, device_id: str, connect_ts: int, now: float
+               ) -> Device | None:
+    """The device (None: unknown). The gateway sends message 1's timestamp (< 0: none,
+    a re-attestation) with the first transport message, which decrypted: the device's TPM
+    computed the session PSK. Only now does the replay guard advance (never past the clock
+    + CONNECT_TS_AHEAD), in the same store round trip as the device's read; concurrent
+    sessions of one device may confirm out of order, so an older timestamp is not an error
+    here."""
     ceiling = int((now + CONNECT_TS_AHEAD) * 1e9)
-    deps.store.advance_connect_ts(device_id, min(connect_ts, ceiling))
+    return deps.store.confirm_connect(device_id, min(connect_ts, ceiling))
 
 
 def _custom_policies(deps: AttestorDeps, device: Device, pcrs: dict[int, bytes], info: QuoteInfo,

@@ -98,7 +98,7 @@ def read_connect_message1(pre: Preamble, static: StaticKey, message1: bytes) -> 
     return Message1(noise, client_key, ts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identity:
     device_id: str
     name: str

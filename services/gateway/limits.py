@@ -30,7 +30,8 @@ MAX_KNOWN_KEYS = 65_536  # static keys remembered as accepted (LRU), for the PRI
 MAX_SESSIONS_PER_DEVICE = 8  # live sessions of one device (ATTESTGATE_MAX_SESSIONS_PER_DEVICE)
 MAX_INFLIGHT_PER_SESSION = 16  # requests of one session waiting for a service
 MAX_SESSIONS = 10_000
-MAX_FOLLOW_QUEUE = 1024  # pushes buffered for a slow follower before it is disconnected
+MAX_FOLLOW_BACKLOG = 1024 * 1024  # bytes of pushes/replies waiting in a slow follower's socket
+#                                  buffer before it is disconnected
 READER_LIMIT = 8192  # asyncio StreamReader buffer limit: it stops reading a socket at 2x this
 PREAUTH_RCVBUF = 8192  # SO_RCVBUF until the session is established. With READER_LIMIT, a
 #                        peer not yet authenticated makes us buffer ~32 KiB at most (measured:
@@ -53,4 +54,4 @@ class GatewayLimits:
     max_priority_per_key: int = MAX_PRIORITY_PER_KEY
     max_inflight_per_session: int = MAX_INFLIGHT_PER_SESSION
     max_sessions: int = MAX_SESSIONS
-    max_follow_queue: int = MAX_FOLLOW_QUEUE
+    max_follow_backlog: int = MAX_FOLLOW_BACKLOG

@@ -205,6 +205,9 @@ class MeteredBus:
         self.metrics = metrics
         self.notify = notify
         self._clock = clock
+        # Labelled children, looked up once (``labels()`` costs a lock and a dict per call).
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     async def request(self, service: str, op: str, body: Body, *, request_id: str,
                       timeout: float, idempotent: bool = True) -> Reply:
@@ -214,8 +217,15 @@ class MeteredBus:
         seconds = self._clock() - start
         outcome = reply.error.value if reply.error is not None else "ok"
         m = self.metrics
-        m.bus_requests.labels(service, op, outcome).inc()
-        m.bus_seconds.labels(service, op).observe(seconds)
+        counted = self._counted.get((service, op, outcome))
+        if counted is None:
+            counted = self._counted[service, op, outcome] = m.bus_requests.labels(
+                service, op, outcome)
+        counted.inc()
+        timed = self._timed.get((service, op))
+        if timed is None:
+            timed = self._timed[service, op] = m.bus_seconds.labels(service, op)
+        timed.observe(seconds)
         if (service, op) == ("attestor", "attest"):
             m.attestation.observe(seconds)
         if reply.error in _OUTAGES:

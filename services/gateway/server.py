@@ -119,10 +119,12 @@ class Gateway:
 
     def deliver(self, event: BusEvent) -> None:
         if event.topic == Event.NEW_POST.value:
-            message = encode_push(Push.POST, **event.body)
+            message: bytes | None = None  # encoded for the first follower, if any
             for sessions in self.sessions.values():
                 for s in sessions:
                     if s.following:
+                        if message is None:
+                            message = encode_push(Push.POST, **event.body)
                         s.push(message)
         elif event.topic in (Event.DEVICE_REVOKED.value, Event.DEVICE_LOCKED.value):
             device_id = str(event.body["device_id"])
@@ -196,7 +198,13 @@ class Gateway:
         if ident is not None:
             peer.set_receive_buffer(SESSION_RCVBUF)
             try:
-                await self._run_session(peer, ident, sid)
+                # Run here, not in a coroutine of its own (memory per idle session).
+                session = self._open_session(peer, ident, sid)
+                reason = "gateway error"
+                try:
+                    reason = await session.run()
+                finally:
+                    self._closed_session(session, reason)
             finally:
                 self.device_sessions.release(ident.device_id)
 
@@ -232,9 +240,10 @@ class Gateway:
             ticket = await self._slot(lane, addr, deadline)
             self.counters[f"admitted_{lane.name.lower()}"] += 1
             try:
-                return await asyncio.wait_for(
-                    self._run_handshake(peer, pre, message1, first, found, sid, deadline),
-                    deadline.left())
+                # A timeout scope, not wait_for: no extra task per handshake.
+                async with asyncio.timeout(deadline.left()):
+                    return await self._run_handshake(peer, pre, message1, first, found,
+                                                     sid, deadline)
             finally:
                 self._release(ticket)
         finally:
@@ -334,15 +343,16 @@ class Gateway:
         return await handshake.connect(peer, first, found, self.bus, sid, deadline, timeout,
                                        self.device_sessions, self.known)
 
-    async def _run_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> None:
+    def _open_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> Session:
         session = Session(peer, ident, self.bus, self.limits, sid)
         self.sessions[ident.device_id].add(session)
         self.counters["sessions"] += 1
         log.info("session open sid=%s device=%s name=%s", sid, ident.device_id, ident.name)
-        try:
-            reason = await session.run()
-        finally:
-            self.sessions[ident.device_id].discard(session)
-            if not self.sessions[ident.device_id]:
-                del self.sessions[ident.device_id]
-        log.info("session closed sid=%s device=%s reason=%s", sid, ident.device_id, reason)
+        return session
+
+    def _closed_session(self, session: Session, reason: str) -> None:
+        device_id = session.ident.device_id
+        self.sessions[device_id].discard(session)
+        if not self.sessions[device_id]:
+            del self.sessions[device_id]
+        log.info("session closed sid=%s device=%s reason=%s", session.sid, device_id, reason)

@@ -82,15 +82,16 @@ def _connect(req: Request, deps: RegistryDeps, now: float) -> Reply:
     e_i = f.blob("e_i", DH_LEN, min_len=DH_LEN)
     e_r = f.blob("e_r", DH_LEN, min_len=DH_LEN)
     ts = f.integer("ts", 0, 2**63 - 1)
-    device = deps.store.device_by_noise(noise_public)
-    if device is None:
+    found = deps.store.connect_lookup(noise_public)
+    if found is None:
         raise AttestgateError(ErrorCode.UNKNOWN_DEVICE, noise_public.hex()[:16])
+    device, last_ts = found
     # Only checked here, never recorded: message 1 proves the Noise key, not the TPM, and
     # whoever stole the key can send it. The attestor records the timestamp once the first
     # transport message proved the TPM (key confirmation). So this lookup changes nothing
     # and a retry of it on another worker is safe; a message 1 replayed before its session
     # confirmed gets message 2, which only the device's TPM can answer.
-    if ts <= deps.store.last_connect_ts(device.device_id):
+    if ts <= last_ts:
         raise AttestgateError(ErrorCode.PROTOCOL, f"replayed message 1 device={device.device_id}")
     device_psk = deps.vault.unseal(device.psk_sealed, device.device_id)
     psk = session_psk(device_psk, e_i, e_r)

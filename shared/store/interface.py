@@ -81,6 +81,16 @@ class Store(Protocol):
         """Record a reconnect timestamp; False (nothing changed) if not newer than the last."""
         ...
 
+    def connect_lookup(self, noise_public: bytes) -> tuple[Device, int] | None:
+        """``device_by_noise`` and that device's ``last_connect_ts``, in one round trip."""
+        ...
+
+    def confirm_connect(self, device_id: str, ts: int) -> Device | None:
+        """``get_device``, and when the device exists and ``ts >= 0``,
+        ``advance_connect_ts(device_id, ts)``: one round trip. None (nothing recorded) for
+        an unknown device."""
+        ...
+
     # -- enrollment ------------------------------------------------------------------
     def put_token(self, token: Token) -> None: ...
 

@@ -97,6 +97,16 @@ class MemoryStore:
         self.connect_ts[device_id] = ts
         return True
 
+    def connect_lookup(self, noise_public: bytes) -> tuple[Device, int] | None:
+        device = self.device_by_noise(noise_public)
+        return None if device is None else (device, self.last_connect_ts(device.device_id))
+
+    def confirm_connect(self, device_id: str, ts: int) -> Device | None:
+        device = self.get_device(device_id)
+        if device is not None and ts >= 0:
+            self.advance_connect_ts(device_id, ts)
+        return device
+
     def put_token(self, token: Token) -> None:
         self.tokens[token.token_id] = token
 

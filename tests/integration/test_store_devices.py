@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from shared.audit import AuditKey, verify_chain
 from shared.errors import AttestgateError, ErrorCode
@@ -78,6 +79,38 @@ def test_device_lookup_by_noise_key(stores: tuple[Store, Store]) -> None:
     assert b.device_by_noise(b"\1" * 32) is None
 
 
+def test_connect_lookup_gives_the_device_and_its_replay_guard(stores: tuple[Store, Store]
+                                                              ) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    assert b.connect_lookup(dev.noise_public) == (dev, -1)  # never confirmed
+    ts = 1_700_000_000_123_456_789
+    a.advance_connect_ts(dev.device_id, ts)
+    assert b.connect_lookup(dev.noise_public) == (dev, ts)  # exact, beyond a double
+    assert b.connect_lookup(b"\1" * 32) is None
+
+
+def test_confirm_connect_reads_the_device_and_advances_only_its_guard(
+    stores: tuple[Store, Store]
+) -> None:
+    a, b = stores
+    dev = make_device()
+    a.create_device(dev, None)
+    ts = 1_700_000_000_123_456_789
+    assert b.confirm_connect(dev.device_id, ts) == dev
+    assert a.last_connect_ts(dev.device_id) == ts
+    assert a.confirm_connect(dev.device_id, ts - 1) == dev  # older: read, guard kept
+    assert b.last_connect_ts(dev.device_id) == ts
+    assert a.confirm_connect(dev.device_id, -1) == dev  # re-attestation: only the read
+    assert b.last_connect_ts(dev.device_id) == ts
+    assert b.confirm_connect(dev.device_id, ts + 1) == dev
+    assert a.last_connect_ts(dev.device_id) == ts + 1
+    # An unknown device: nothing to read, nothing recorded.
+    assert a.confirm_connect("no-such-device", ts) is None
+    assert b.last_connect_ts("no-such-device") == -1
+
+
 def test_updates_from_two_workers_lose_nothing(stores: tuple[Store, Store]) -> None:
     a, b = stores
     dev = make_device()
@@ -109,3 +142,28 @@ def test_interleaved_audit_appends_stay_one_chain(stores: tuple[Store, Store]) -
     entries = a.read_audit()
     assert [e.device_id for e in entries] == [f"d{i}" for i in range(20)]
     assert verify_chain(entries, b.audit_head(), KEY) == []
+
+
+def test_per_request_commands_survive_a_script_flush_and_a_dropped_connection(
+    redis_server: RedisServer
+) -> None:
+    """The commands of every connect and post run on a connection of their own: a Redis
+    that forgot its scripts (restart, SCRIPT FLUSH) or dropped that connection still
+    answers them (the script is loaded again, the connection reopened)."""
+    redis_server.flushall()
+    store = RedisStore(redis_server.url, audit_key=KEY)
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        dev = make_device()
+        store.create_device(dev, None)
+        assert store.confirm_connect(dev.device_id, 5) == dev
+        admin.script_flush()
+        assert store.confirm_connect(dev.device_id, 6) == dev
+        assert store.connect_lookup(dev.noise_public) == (dev, 6)
+        admin.client_kill_filter(_type="normal", skipme=True)
+        assert store.get_device(dev.device_id) == dev
+        entry = store.append_audit("attest_ok", dev.device_id, {"n": 1}, NOW)
+        assert [e.hash for e in store.read_audit(dev.device_id)] == [entry.hash]
+    finally:
+        store.close()
+        admin.close()
