@@ -7,6 +7,7 @@ print (control characters escaped) and bounded in length.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -37,9 +38,13 @@ _SIG_TYPES = {
 }
 
 
+@functools.lru_cache(maxsize=1024)  # a few GUIDs (vendors, signature types) fill every log
 def guid(raw: bytes) -> str:
     """A 16-byte little-endian EFI_GUID as its canonical lower-case text."""
-    return str(uuid.UUID(bytes_le=raw))
+    if len(raw) != 16:
+        return str(uuid.UUID(bytes_le=raw))  # raises ValueError, as it always did
+    return (f"{raw[3::-1].hex()}-{raw[5:3:-1].hex()}-{raw[7:5:-1].hex()}-"
+            f"{raw[8:10].hex()}-{raw[10:].hex()}")
 
 
 def safe_text(text: str) -> str:
@@ -96,11 +101,12 @@ def variable(raw: bytes, strict: bool = True) -> Variable:
     return Variable(vendor, name, data)
 
 
-def signature_lists(raw: bytes) -> list[tuple[str, str]]:
-    """EFI_SIGNATURE_LIST entries of db/dbx/KEK/PK as (type, entry id): the hex of a hash entry,
-    the SHA-256 of a certificate."""
+def signature_lists(raw: bytes) -> list[tuple[str, list[str]]]:
+    """EFI_SIGNATURE_LIST of db/dbx/KEK/PK: per list, its type and its entry ids (the hex of a
+    hash entry, the SHA-256 of a certificate)."""
     r = LeReader(raw, "EFI_SIGNATURE_LIST")
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, list[str]]] = []
+    total = 0
     while r.remaining:
         start = r.pos
         sig_type = _SIG_TYPES.get(guid(r.take(16)), "other")
@@ -110,14 +116,21 @@ def signature_lists(raw: bytes) -> list[tuple[str, str]]:
             raise r.fail(f"signature list sizes {list_size}/{header_size}/{sig_size}")
         if body % sig_size:
             raise r.fail("signature list not a whole number of entries")
-        r.take(header_size)
+        r.skip(header_size)
         entries = r.take(body)
-        if len(out) + body // sig_size > MAX_SIGNATURES:
+        total += body // sig_size
+        if total > MAX_SIGNATURES:
             raise r.fail("too many signatures")
         # Each entry: owner GUID, then the data. Hash entries (most of dbx) are shown as
-        # themselves, certificates by their SHA-256.
-        out += [(sig_type, e.hex() if len(e) <= 64 else hashlib.sha256(e).hexdigest())
-                for e in (entries[p + 16 : p + sig_size] for p in range(0, body, sig_size))]
+        # themselves (cut from one hex string of the list), certificates by their SHA-256.
+        if sig_size - 16 <= 64:
+            text = entries.hex()
+            ids = [text[p + 32 : p + 2 * sig_size] for p in range(0, 2 * body, 2 * sig_size)]
+        else:
+            sha256 = hashlib.sha256
+            ids = [sha256(entries[p + 16 : p + sig_size]).hexdigest()
+                   for p in range(0, body, sig_size)]
+        out.append((sig_type, ids))
     return out
 
 

@@ -47,6 +47,8 @@ IPL_PREFIXES = (
     ("kernel_cmdline: ", "kernel_cmdline"), ("grub_kernel_cmdline ", "kernel_cmdline"),
     ("module_cmdline: ", "module_cmdline"),
 )
+_IPL_PREFIXES_ENCODED = tuple((prefix.encode(), kind) for prefix, kind in IPL_PREFIXES)
+_IPL_PREFIX_BYTES = tuple(prefix for prefix, _ in _IPL_PREFIXES_ENCODED)
 # RHEL grub measures file contents with these descriptions (a hint: the digest is the file's).
 _IPL_FILE_LABELS = {"grub_linuxefi Kernel": "kernel", "grub_linuxefi Initrd": "initrd"}
 SIGNATURE_DATABASES = frozenset({"PK", "KEK", "db", "dbx", "dbt", "dbr", "MokList", "MokListX"})
@@ -137,9 +139,9 @@ def _variable(event_type: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, .
     if var.name == "SecureBoot" and var.vendor == efi.EFI_GLOBAL_VARIABLE:
         f["enabled"] = var.data == b"\x01"
     elif var.name in SIGNATURE_DATABASES and var.data:
-        sigs = efi.signature_lists(var.data)
-        f["signatures"] = len(sigs)
-        f["signature_sha256"] = sorted({h for _, h in sigs})
+        lists = efi.signature_lists(var.data)
+        f["signatures"] = sum(len(ids) for _, ids in lists)
+        f["signature_sha256"] = sorted(set().union(*(ids for _, ids in lists)))
     elif var.name == "BootOrder":
         f["order"] = [f"Boot{int.from_bytes(var.data[i : i + 2], 'little'):04X}"
                       for i in range(0, len(var.data) - 1, 2)]
@@ -156,18 +158,19 @@ def _ipl(data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:
     text = efi.text_of(data)
     f["text"] = text
     raw = data.rstrip(b"\x00")
-    forms: list[bytes] = [data, raw] if raw != data else [data]
-    for prefix, kind in IPL_PREFIXES:
-        if raw.startswith(prefix.encode()):
-            f["ipl"] = kind
-            f["command"] = text[len(prefix):]
-            return (raw[len(prefix):], data[len(prefix):], *forms)
+    forms = (data, raw) if raw != data else (data,)
+    if raw.startswith(_IPL_PREFIX_BYTES):
+        for prefix, kind in _IPL_PREFIXES_ENCODED:
+            if raw.startswith(prefix):
+                f["ipl"] = kind
+                f["command"] = text[len(prefix):]
+                return (raw[len(prefix):], data[len(prefix):], *forms)
     label = _IPL_FILE_LABELS.get(text)
     if label is not None or text.startswith(("/", "(", "\\")):
         # grub measures a file's contents with its path as the event data: a hint.
         f["ipl"] = "file"
         f["path_hint"] = label or text
-    return tuple(forms)
+    return forms
 
 
 def _handoff(event_type: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:

@@ -138,11 +138,27 @@ def parse_log(log: bytes) -> EventLog:
         algs = ((0x0004, "sha1", 20),)
         events.append(Event(0, pcr, etype, {"sha1": first_digest}, first_data))
     parse_one = _agile_event if agile else _sha1_event
-    layout = _AgileLayout(algs)
+    layout = _AgileLayout(algs, agile)
+    head, names, alg_ids = layout.head, layout.names, layout.alg_ids
+    head_size, first_digest_at = head.size, 4 if agile else 2
     pos, end = r.pos, len(data)
     while pos < end:
         if len(events) >= MAX_EVENTS:
             raise AttestgateError(ErrorCode.TOO_LARGE, f"event log: more than {MAX_EVENTS} events")
+        # Fast path: one unpack reads the header, every digest and the data size; it takes
+        # only an event that is whole and valid. Anything else goes to ``parse_one``, which
+        # reads field by field and raises the precise error.
+        if end - pos >= head_size:
+            f = head.unpack_from(data, pos)
+            start = pos + head_size
+            stop = start + f[-1]
+            if (f[0] <= MAX_PCR_INDEX and f[-1] <= MAX_EVENT_DATA and stop <= end
+                    and (not agile or (f[2] == len(names) and f[3:-1:2] == alg_ids))):
+                events.append(Event(len(events), f[0], f[1],
+                                    dict(zip(names, f[first_digest_at:-1:2], strict=True)),
+                                    data[start:stop]))
+                pos = stop
+                continue
         event, pos = parse_one(data, pos, len(events), layout)
         events.append(event)
     return EventLog(agile, tuple(name for _, name, _ in algs), tuple(events),
@@ -188,14 +204,16 @@ def _sha1_event(data: bytes, pos: int, index: int, layout: _AgileLayout) -> tupl
 
 
 class _AgileLayout:
-    """The digest block of an event that lists every bank once, in Spec ID order (the usual
-    case), read with one ``unpack_from``; any other order falls back to a field-by-field read."""
+    """The banks of a log, and ``head``: an event's fixed part (PCR, type, digests, data size)
+    as one struct. In a crypto-agile log that lists every bank once, in Spec ID order (the
+    usual case); ``_agile_event`` reads any other order field by field."""
 
-    def __init__(self, algs: tuple[tuple[int, str, int], ...]) -> None:
+    def __init__(self, algs: tuple[tuple[int, str, int], ...], agile: bool = True) -> None:
         self.by_alg = {alg: (name, size) for alg, name, size in algs}
         self.names = tuple(name for _, name, _ in algs)
         self.alg_ids = tuple(alg for alg, _, _ in algs)
         self.fast = struct.Struct("<I" + "".join(f"H{size}s" for _, _, size in algs))
+        self.head = struct.Struct("<II" + (self.fast.format[1:] if agile else "20s") + "I")
 
 
 def _agile_event(data: bytes, pos: int, index: int, layout: _AgileLayout) -> tuple[Event, int]:
