@@ -63,14 +63,20 @@ class Decoded:
 
 def decode(event_type: int, pcr: int, data: bytes) -> Decoded:
     """The parsed fields of one event's data and the byte strings its digest may cover."""
+    return Decoded(*decode_parts(event_type, pcr, data))
+
+
+def decode_parts(event_type: int, pcr: int, data: bytes
+                 ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+    """``decode`` as a (fields, measured) pair: the verifier's loop, without the record."""
     measured: tuple[bytes, ...] = (data,) if event_type in _DATA_DIGEST else ()
     fields: dict[str, Any] = {"data_size": len(data)}
     try:
         extra = _fields(event_type, pcr, data, fields)
     except AttestgateError as exc:
         fields["undecodable"] = exc.detail
-        return Decoded(fields, measured)
-    return Decoded(fields, measured + extra)
+        return fields, measured
+    return fields, measured + extra if extra else measured
 
 
 def _fields(event_type: int, pcr: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:

@@ -17,12 +17,12 @@ datum that does not match a digest that must cover it). Callers should refuse, n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from shared.eventlog import types as t
-from shared.eventlog.fields import decode
+from shared.eventlog.fields import decode_parts
 from shared.eventlog.parse import Event, EventLog, parse_log
 from shared.eventlog.replay import replay
 
@@ -125,25 +125,44 @@ def verify(log: bytes | EventLog,
                     ok = False
                     mismatched.append((bank, pcr))
             pcr_ok[pcr] = ok
-    hashers = [(b, t.HASH_BY_NAME[b]) for b in checked]
+    hashers = tuple((b, t.HASH_BY_NAME[b]) for b in checked)
+    locality_ok = pcr_ok.get(0, False) and quoted is not None
+    primary = "sha256" if "sha256" in parsed.banks else (checked or parsed.banks)[0]
     events: list[CheckedEvent] = []
+    components: list[Component] = []
     for ev in parsed.events:
-        dec = decode(ev.type, ev.pcr, ev.data)
-        data_ok = bool(dec.measured) and bool(hashers) and all(
-            any(h(form) == ev.digests[b] for form in dec.measured) for b, h in hashers)
+        fields, measured = decode_parts(ev.type, ev.pcr, ev.data)
+        data_ok = bool(measured) and bool(hashers) and _data_matches(measured, ev.digests, hashers)
         if ev.type == t.EV_NO_ACTION:
-            ok = "locality" in dec.fields and pcr_ok.get(0, False) and quoted is not None
+            ok = "locality" in fields and locality_ok
         else:
             ok = data_ok and pcr_ok.get(ev.pcr, False)
-        events.append(CheckedEvent(ev, dec.fields, data_ok, ok))
-    primary = "sha256" if "sha256" in parsed.banks else (checked or parsed.banks)[0]
-    components = tuple(c for c in (_component(ce, primary) for ce in events) if c is not None)
+        ce = CheckedEvent(ev, fields, data_ok, ok)
+        events.append(ce)
+        component = _component(ce, primary)
+        if component is not None:
+            components.append(component)
     return MachineState(
         banks=parsed.banks, checked_banks=checked, primary_bank=primary,
         pcrs_compared=quoted is not None, replayed=replayed,
-        mismatched=tuple(sorted(mismatched)), events=tuple(events), components=components,
+        mismatched=tuple(sorted(mismatched)), events=tuple(events),
+        components=tuple(components),
         secure_boot=_secure_boot(events), anomalies=tuple(_anomalies(events)),
     )
+
+
+def _data_matches(measured: tuple[bytes, ...], digests: Mapping[str, bytes],
+                  hashers: tuple[tuple[str, t.Hasher], ...]) -> bool:
+    """Some measured form hashes to the event's digest, in every checked bank. Each form is
+    hashed at most once per bank, and only until one matches."""
+    for bank, hasher in hashers:
+        want = digests[bank]
+        for form in measured:
+            if hasher(form) == want:
+                break
+        else:
+            return False
+    return True
 
 
 def _secure_boot(events: list[CheckedEvent]) -> bool | None:
@@ -166,28 +185,33 @@ def _anomalies(events: list[CheckedEvent]) -> list[str]:
     seen_vars: set[str] = set()
     for ce in events:
         ev, f = ce.event, ce.fields
-        where = f"event {ev.index} (PCR {ev.pcr}, {ev.type_name})"
-        if ev.pcr in BOOT_PCRS and (ev.type not in t.EVENT_NAMES or ev.type == t.EV_UNUSED):
-            out.append(f"{where}: unknown event type in a boot PCR")
-        if ev.pcr == 7 and ev.type not in _PCR7_TYPES:
-            out.append(f"{where}: unexpected event type in PCR 7")
-        if ev.type in _MUST_MATCH and ce.fields.get("undecodable"):
-            out.append(f"{where}: data does not decode")
-        elif ev.type in _MUST_MATCH and not ce.data_verified:
-            out.append(f"{where}: data does not match its digest")
-        if ev.type == t.EV_SEPARATOR and ev.pcr <= 7:
-            if ev.pcr in separated:
-                out.append(f"{where}: a second separator")
+        pcr, et = ev.pcr, ev.type
+        found: list[str] = []
+        if pcr in BOOT_PCRS and (et not in t.EVENT_NAMES or et == t.EV_UNUSED):
+            found.append("unknown event type in a boot PCR")
+        if pcr == 7 and et not in _PCR7_TYPES:
+            found.append("unexpected event type in PCR 7")
+        if et in _MUST_MATCH:
+            if f.get("undecodable"):
+                found.append("data does not decode")
+            elif not ce.data_verified:
+                found.append("data does not match its digest")
+        if et == t.EV_SEPARATOR and pcr <= 7:
+            if pcr in separated:
+                found.append("a second separator")
             if f.get("error"):
-                out.append(f"{where}: firmware error separator")
-            separated.add(ev.pcr)
-        if ev.pcr == 7 and ev.type == t.EV_EFI_VARIABLE_DRIVER_CONFIG:
+                found.append("firmware error separator")
+            separated.add(pcr)
+        if pcr == 7 and et == t.EV_EFI_VARIABLE_DRIVER_CONFIG:
             name = str(f.get("variable", ""))
             if 7 in separated:
-                out.append(f"{where}: Secure Boot variable {name!r} after the separator")
+                found.append(f"Secure Boot variable {name!r} after the separator")
             if name in seen_vars:
-                out.append(f"{where}: Secure Boot variable {name!r} measured twice")
+                found.append(f"Secure Boot variable {name!r} measured twice")
             seen_vars.add(name)
+        if found:  # the event's label is built only for the (rare) event that needs one
+            where = f"event {ev.index} (PCR {pcr}, {ev.type_name})"
+            out += [f"{where}: {what}" for what in found]
     return out
 
 
@@ -204,36 +228,51 @@ def _component(ce: CheckedEvent, bank: str) -> Component | None:
                      ev.index)
 
 
-def _describe(ev: Event, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+Description = tuple[str, str, str, bool]  # (kind, name, value, hint)
+
+
+def _describe(ev: Event, f: Mapping[str, Any]) -> Description:
     """(kind, name, value, hint) of a measured event."""
-    et, var = ev.type, str(f.get("variable", ""))
-    if et == t.EV_SEPARATOR:
-        return "separator", "separator", str(f.get("value", "")), False
-    if et == t.EV_S_CRTM_VERSION:
-        return "firmware_version", "S-CRTM version", str(f.get("text", "")), False
-    if et in _FIRMWARE_TYPES:
+    describe = _DESCRIBE.get(ev.type)
+    if describe is not None:
+        return describe(ev, f)
+    if ev.type in _FIRMWARE_TYPES:
         return "firmware_blob", ev.type_name, str(f.get("description", f.get("text", ""))), True
-    if et in (t.EV_EFI_BOOT_SERVICES_DRIVER, t.EV_EFI_RUNTIME_SERVICES_DRIVER):
-        return "firmware_driver", str(f.get("path_hint", "")), "", True
-    if et == t.EV_EFI_BOOT_SERVICES_APPLICATION:
-        return "boot_application", str(f.get("path_hint", "")), "", True
-    if et in (t.EV_EFI_VARIABLE_DRIVER_CONFIG, t.EV_EFI_VARIABLE_BOOT, t.EV_EFI_VARIABLE_BOOT2):
-        return _variable_kind(ev.pcr, var, f)
-    if et == t.EV_EFI_VARIABLE_AUTHORITY:
-        return "secureboot_authority", var, str(f.get("data_sha256", ""))[:16], False
-    if et in (t.EV_EFI_ACTION, t.EV_ACTION):
-        return "boot_action", str(f.get("text", "")), "", False
-    if et in (t.EV_EFI_GPT_EVENT, t.EV_EFI_GPT_EVENT2):
-        return "partition_table", str(f.get("disk_guid", "")), "", False
-    if et == t.EV_IPL:
-        return _ipl_kind(ev.pcr, f)
-    if et in (t.EV_EFI_HANDOFF_TABLES, t.EV_EFI_HANDOFF_TABLES2, t.EV_PLATFORM_CONFIG_FLAGS,
-              t.EV_TABLE_OF_DEVICES):
-        return "firmware_config", ev.type_name, "", True
     return "other", ev.type_name, str(f.get("text", "")), True
 
 
-def _variable_kind(pcr: int, var: str, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+def _text(f: Mapping[str, Any], key: str) -> str:
+    return str(f.get(key, ""))
+
+
+# One row per event type (the type sets above are disjoint from these keys).
+_DESCRIBE: dict[int, Callable[[Event, Mapping[str, Any]], Description]] = {
+    t.EV_SEPARATOR: lambda ev, f: ("separator", "separator", _text(f, "value"), False),
+    t.EV_S_CRTM_VERSION: lambda ev, f: ("firmware_version", "S-CRTM version", _text(f, "text"),
+                                        False),
+    t.EV_EFI_BOOT_SERVICES_DRIVER: lambda ev, f: ("firmware_driver", _text(f, "path_hint"), "",
+                                                  True),
+    t.EV_EFI_RUNTIME_SERVICES_DRIVER: lambda ev, f: ("firmware_driver", _text(f, "path_hint"),
+                                                     "", True),
+    t.EV_EFI_BOOT_SERVICES_APPLICATION: lambda ev, f: ("boot_application",
+                                                       _text(f, "path_hint"), "", True),
+    t.EV_EFI_VARIABLE_DRIVER_CONFIG: lambda ev, f: _variable_kind(ev.pcr, _text(f, "variable"), f),
+    t.EV_EFI_VARIABLE_BOOT: lambda ev, f: _variable_kind(ev.pcr, _text(f, "variable"), f),
+    t.EV_EFI_VARIABLE_BOOT2: lambda ev, f: _variable_kind(ev.pcr, _text(f, "variable"), f),
+    t.EV_EFI_VARIABLE_AUTHORITY: lambda ev, f: ("secureboot_authority", _text(f, "variable"),
+                                                _text(f, "data_sha256")[:16], False),
+    t.EV_EFI_ACTION: lambda ev, f: ("boot_action", _text(f, "text"), "", False),
+    t.EV_ACTION: lambda ev, f: ("boot_action", _text(f, "text"), "", False),
+    t.EV_EFI_GPT_EVENT: lambda ev, f: ("partition_table", _text(f, "disk_guid"), "", False),
+    t.EV_EFI_GPT_EVENT2: lambda ev, f: ("partition_table", _text(f, "disk_guid"), "", False),
+    t.EV_IPL: lambda ev, f: _ipl_kind(ev.pcr, f),
+    **dict.fromkeys((t.EV_EFI_HANDOFF_TABLES, t.EV_EFI_HANDOFF_TABLES2,
+                     t.EV_PLATFORM_CONFIG_FLAGS, t.EV_TABLE_OF_DEVICES),
+                    lambda ev, f: ("firmware_config", ev.type_name, "", True)),
+}
+
+
+def _variable_kind(pcr: int, var: str, f: Mapping[str, Any]) -> Description:
     if pcr == 7 and var == "SecureBoot":
         return "secureboot_state", var, "enabled" if f.get("enabled") else "disabled", False
     if pcr == 7 and var in _SECUREBOOT_KEYS:
@@ -249,7 +288,7 @@ def _variable_kind(pcr: int, var: str, f: Mapping[str, Any]) -> tuple[str, str, 
     return "firmware_config" if pcr <= 3 else "boot_variable", var, "", False
 
 
-def _ipl_kind(pcr: int, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+def _ipl_kind(pcr: int, f: Mapping[str, Any]) -> Description:
     ipl = f.get("ipl")
     if ipl == "kernel_cmdline":
         return "kernel_cmdline", "kernel command line", str(f.get("command", "")), False
