@@ -81,6 +81,8 @@ def decode_parts(event_type: int, pcr: int, data: bytes
 
 def _fields(event_type: int, pcr: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:
     """Fill ``f``; return extra measured forms beyond the whole data."""
+    if event_type == t.EV_IPL:  # first: most events of a real log are grub's
+        return _ipl(data, f)
     if event_type == t.EV_SEPARATOR:
         f["value"] = data.hex()
         f["error"] = data == b"\xff\xff\xff\xff"
@@ -93,8 +95,6 @@ def _fields(event_type: int, pcr: int, data: bytes, f: dict[str, Any]) -> tuple[
         f["device_path_hint"] = image.path_nodes
         f["image_length"] = image.length
         return ()
-    if event_type == t.EV_IPL:
-        return _ipl(data, f)
     if event_type in _STRING_TYPES:
         f["text"] = efi.text_of(data)
         return (data.rstrip(b"\x00"),) if data.endswith(b"\x00") else ()

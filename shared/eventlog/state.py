@@ -45,7 +45,7 @@ _SECUREBOOT_KEYS = frozenset({"PK", "KEK", "db", "dbt", "dbr"})
 BOOT_PCRS = range(10)  # PCRs a firmware / boot loader log describes (0-7 firmware, 8-9 grub)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class CheckedEvent:
     """An event with its decoded fields and what could be established about it."""
 
@@ -54,8 +54,15 @@ class CheckedEvent:
     data_verified: bool  # the data hashes to the event digest in every checked bank
     verified: bool  # data_verified, and the PCR replays to the quote in every checked bank
 
+    def __init__(self, event: Event, fields: Mapping[str, Any], data_verified: bool,
+                 verified: bool) -> None:
+        # One per event: each field stored once (see Event.__init__).
+        d = self.__dict__
+        d["event"], d["fields"], d["data_verified"], d["verified"] = (
+            event, fields, data_verified, verified)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Component:
     """One measured thing, for people and for diffs.
 
@@ -72,6 +79,14 @@ class Component:
     verified: bool
     hint: bool
     event_index: int
+
+    def __init__(self, pcr: int, kind: str, name: str, value: str, digest: str,
+                 verified: bool, hint: bool, event_index: int) -> None:
+        # One per event: each field stored once (see Event.__init__).
+        d = self.__dict__
+        d["pcr"], d["kind"], d["name"], d["value"] = pcr, kind, name, value
+        d["digest"], d["verified"], d["hint"], d["event_index"] = (
+            digest, verified, hint, event_index)
 
 
 @dataclass(frozen=True)
@@ -125,7 +140,7 @@ def verify(log: bytes | EventLog,
                     ok = False
                     mismatched.append((bank, pcr))
             pcr_ok[pcr] = ok
-    hashers = tuple((b, t.HASH_BY_NAME[b]) for b in checked)
+    hashers = tuple((b, t.NEW_HASH[b]) for b in checked)
     locality_ok = pcr_ok.get(0, False) and quoted is not None
     primary = "sha256" if "sha256" in parsed.banks else (checked or parsed.banks)[0]
     events: list[CheckedEvent] = []
@@ -137,11 +152,17 @@ def verify(log: bytes | EventLog,
             ok = "locality" in fields and locality_ok
         else:
             ok = data_ok and pcr_ok.get(ev.pcr, False)
-        ce = CheckedEvent(ev, fields, data_ok, ok)
-        events.append(ce)
-        component = _component(ce, primary)
-        if component is not None:
-            components.append(component)
+        events.append(CheckedEvent(ev, fields, data_ok, ok))
+        if ev.type != t.EV_NO_ACTION:
+            kind, name, value, hint = _DESCRIBE.get(ev.type, _describe_other)(ev, fields)
+        elif "locality" in fields:
+            kind, name, value, hint = ("startup_locality", "StartupLocality",
+                                       str(fields["locality"]), False)
+        else:
+            continue
+        components.append(Component(ev.pcr, kind, name, value,
+                                    ev.digests.get(primary, b"").hex(), ok, hint and not ok,
+                                    ev.index))
     return MachineState(
         banks=parsed.banks, checked_banks=checked, primary_bank=primary,
         pcrs_compared=quoted is not None, replayed=replayed,
@@ -152,13 +173,13 @@ def verify(log: bytes | EventLog,
 
 
 def _data_matches(measured: tuple[bytes, ...], digests: Mapping[str, bytes],
-                  hashers: tuple[tuple[str, t.Hasher], ...]) -> bool:
+                  hashers: tuple[tuple[str, Callable[[bytes], Any]], ...]) -> bool:
     """Some measured form hashes to the event's digest, in every checked bank. Each form is
     hashed at most once per bank, and only until one matches."""
-    for bank, hasher in hashers:
+    for bank, new_hash in hashers:
         want = digests[bank]
         for form in measured:
-            if hasher(form) == want:
+            if new_hash(form).digest() == want:
                 break
         else:
             return False
@@ -215,30 +236,48 @@ def _anomalies(events: list[CheckedEvent]) -> list[str]:
     return out
 
 
-def _component(ce: CheckedEvent, bank: str) -> Component | None:
-    ev, f = ce.event, ce.fields
-    if ev.type == t.EV_NO_ACTION:
-        if "locality" not in f:
-            return None
-        kind, name, value, hint = "startup_locality", "StartupLocality", str(f["locality"]), False
-    else:
-        kind, name, value, hint = _describe(ev, f)
-    digest = ev.digests.get(bank, b"").hex()
-    return Component(ev.pcr, kind, name, value, digest, ce.verified, hint and not ce.verified,
-                     ev.index)
-
-
 Description = tuple[str, str, str, bool]  # (kind, name, value, hint)
 
 
 def _describe(ev: Event, f: Mapping[str, Any]) -> Description:
     """(kind, name, value, hint) of a measured event."""
-    describe = _DESCRIBE.get(ev.type)
-    if describe is not None:
-        return describe(ev, f)
+    return _DESCRIBE.get(ev.type, _describe_other)(ev, f)
+
+
+def _describe_other(ev: Event, f: Mapping[str, Any]) -> Description:
     if ev.type in _FIRMWARE_TYPES:
         return "firmware_blob", ev.type_name, str(f.get("description", f.get("text", ""))), True
     return "other", ev.type_name, str(f.get("text", "")), True
+
+
+def _variable_kind(ev: Event, f: Mapping[str, Any]) -> Description:
+    pcr, var = ev.pcr, str(f.get("variable", ""))
+    if pcr == 7 and var == "SecureBoot":
+        return "secureboot_state", var, "enabled" if f.get("enabled") else "disabled", False
+    if pcr == 7 and var in _SECUREBOOT_KEYS:
+        return "secureboot_keys", var, f"{f.get('signatures', 0)} entries", False
+    if pcr == 7 and var == "dbx":
+        return "secureboot_dbx", var, f"{f.get('signatures', 0)} entries", False
+    if pcr == 7:
+        return "secureboot_config", var, str(f.get("data_sha256", ""))[:16], False
+    if var == "BootOrder":
+        return "boot_variable", var, " ".join(f.get("order", [])), False
+    if "description" in f:
+        return "boot_variable", var, f"{f['description']} {f.get('path_hint', '')}".strip(), False
+    return "firmware_config" if pcr <= 3 else "boot_variable", var, "", False
+
+
+def _ipl_kind(ev: Event, f: Mapping[str, Any]) -> Description:
+    ipl = f.get("ipl")
+    if ipl == "kernel_cmdline":
+        return "kernel_cmdline", "kernel command line", str(f.get("command", "")), False
+    if ipl in ("grub_cmd", "module_cmdline"):
+        return "boot_command", str(ipl), str(f.get("command", "")), False
+    if ipl == "file":
+        return "boot_file", str(f.get("path_hint", "")), "", True
+    if ev.pcr == 14:
+        return "shim_mok", str(f.get("text", "")), "", True
+    return "boot_command", "ipl", str(f.get("text", "")), False
 
 
 def _text(f: Mapping[str, Any], key: str) -> str:
@@ -256,46 +295,17 @@ _DESCRIBE: dict[int, Callable[[Event, Mapping[str, Any]], Description]] = {
                                                      "", True),
     t.EV_EFI_BOOT_SERVICES_APPLICATION: lambda ev, f: ("boot_application",
                                                        _text(f, "path_hint"), "", True),
-    t.EV_EFI_VARIABLE_DRIVER_CONFIG: lambda ev, f: _variable_kind(ev.pcr, _text(f, "variable"), f),
-    t.EV_EFI_VARIABLE_BOOT: lambda ev, f: _variable_kind(ev.pcr, _text(f, "variable"), f),
-    t.EV_EFI_VARIABLE_BOOT2: lambda ev, f: _variable_kind(ev.pcr, _text(f, "variable"), f),
+    t.EV_EFI_VARIABLE_DRIVER_CONFIG: _variable_kind,
+    t.EV_EFI_VARIABLE_BOOT: _variable_kind,
+    t.EV_EFI_VARIABLE_BOOT2: _variable_kind,
     t.EV_EFI_VARIABLE_AUTHORITY: lambda ev, f: ("secureboot_authority", _text(f, "variable"),
                                                 _text(f, "data_sha256")[:16], False),
     t.EV_EFI_ACTION: lambda ev, f: ("boot_action", _text(f, "text"), "", False),
     t.EV_ACTION: lambda ev, f: ("boot_action", _text(f, "text"), "", False),
     t.EV_EFI_GPT_EVENT: lambda ev, f: ("partition_table", _text(f, "disk_guid"), "", False),
     t.EV_EFI_GPT_EVENT2: lambda ev, f: ("partition_table", _text(f, "disk_guid"), "", False),
-    t.EV_IPL: lambda ev, f: _ipl_kind(ev.pcr, f),
+    t.EV_IPL: _ipl_kind,
     **dict.fromkeys((t.EV_EFI_HANDOFF_TABLES, t.EV_EFI_HANDOFF_TABLES2,
                      t.EV_PLATFORM_CONFIG_FLAGS, t.EV_TABLE_OF_DEVICES),
                     lambda ev, f: ("firmware_config", ev.type_name, "", True)),
 }
-
-
-def _variable_kind(pcr: int, var: str, f: Mapping[str, Any]) -> Description:
-    if pcr == 7 and var == "SecureBoot":
-        return "secureboot_state", var, "enabled" if f.get("enabled") else "disabled", False
-    if pcr == 7 and var in _SECUREBOOT_KEYS:
-        return "secureboot_keys", var, f"{f.get('signatures', 0)} entries", False
-    if pcr == 7 and var == "dbx":
-        return "secureboot_dbx", var, f"{f.get('signatures', 0)} entries", False
-    if pcr == 7:
-        return "secureboot_config", var, str(f.get("data_sha256", ""))[:16], False
-    if var == "BootOrder":
-        return "boot_variable", var, " ".join(f.get("order", [])), False
-    if "description" in f:
-        return "boot_variable", var, f"{f['description']} {f.get('path_hint', '')}".strip(), False
-    return "firmware_config" if pcr <= 3 else "boot_variable", var, "", False
-
-
-def _ipl_kind(pcr: int, f: Mapping[str, Any]) -> Description:
-    ipl = f.get("ipl")
-    if ipl == "kernel_cmdline":
-        return "kernel_cmdline", "kernel command line", str(f.get("command", "")), False
-    if ipl in ("grub_cmd", "module_cmdline"):
-        return "boot_command", str(ipl), str(f.get("command", "")), False
-    if ipl == "file":
-        return "boot_file", str(f.get("path_hint", "")), "", True
-    if pcr == 14:
-        return "shim_mok", str(f.get("text", "")), "", True
-    return "boot_command", "ipl", str(f.get("text", "")), False
