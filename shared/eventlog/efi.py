@@ -72,7 +72,7 @@ def _escape(match: re.Match[str]) -> str:
 
 def utf16(raw: bytes) -> str:
     """A UTF-16LE string, cut at the first NUL."""
-    text = raw[: len(raw) & ~1].decode("utf-16-le", errors="replace")
+    text = raw[: len(raw) & ~1].decode("utf-16-le", "replace")
     return safe_text(text.split("\x00", 1)[0])
 
 
@@ -80,7 +80,7 @@ def text_of(raw: bytes) -> str:
     """Event data that is a string: UTF-16LE when it looks so, else UTF-8; trailing NULs dropped."""
     if len(raw) >= 4 and len(raw) % 2 == 0 and raw[1] == 0 and raw[3] == 0:
         return utf16(raw)
-    return safe_text(raw.rstrip(b"\x00").decode("utf-8", errors="replace"))
+    return safe_text(raw.rstrip(b"\x00").decode("utf-8", "replace"))
 
 
 # -- UEFI_VARIABLE_DATA -------------------------------------------------------------------------

@@ -164,13 +164,15 @@ def _ipl(data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:
     text = efi.text_of(data)
     f["text"] = text
     raw = data.rstrip(b"\x00")
-    forms = (data, raw) if raw != data else (data,)
+    stripped = len(raw) != len(data)
     if raw.startswith(_IPL_PREFIX_BYTES):
         for prefix, kind in _IPL_PREFIXES_ENCODED:
             if raw.startswith(prefix):
+                n = len(prefix)
                 f["ipl"] = kind
-                f["command"] = text[len(prefix):]
-                return (raw[len(prefix):], data[len(prefix):], *forms)
+                f["command"] = text[n:]
+                return (raw[n:], data[n:], data, raw) if stripped else (raw[n:], data[n:], data)
+    forms = (data, raw) if stripped else (data,)
     label = _IPL_FILE_LABELS.get(text)
     if label is not None or text.startswith(("/", "(", "\\")):
         # grub measures a file's contents with its path as the event data: a hint.

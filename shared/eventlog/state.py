@@ -140,29 +140,10 @@ def verify(log: bytes | EventLog,
                     ok = False
                     mismatched.append((bank, pcr))
             pcr_ok[pcr] = ok
-    hashers = tuple((b, t.NEW_HASH[b]) for b in checked)
-    locality_ok = pcr_ok.get(0, False) and quoted is not None
     primary = "sha256" if "sha256" in parsed.banks else (checked or parsed.banks)[0]
-    events: list[CheckedEvent] = []
-    components: list[Component] = []
-    for ev in parsed.events:
-        fields, measured = decode_parts(ev.type, ev.pcr, ev.data)
-        data_ok = bool(measured) and bool(hashers) and _data_matches(measured, ev.digests, hashers)
-        if ev.type == t.EV_NO_ACTION:
-            ok = "locality" in fields and locality_ok
-        else:
-            ok = data_ok and pcr_ok.get(ev.pcr, False)
-        events.append(CheckedEvent(ev, fields, data_ok, ok))
-        if ev.type != t.EV_NO_ACTION:
-            kind, name, value, hint = _DESCRIBE.get(ev.type, _describe_other)(ev, fields)
-        elif "locality" in fields:
-            kind, name, value, hint = ("startup_locality", "StartupLocality",
-                                       str(fields["locality"]), False)
-        else:
-            continue
-        components.append(Component(ev.pcr, kind, name, value,
-                                    ev.digests.get(primary, b"").hex(), ok, hint and not ok,
-                                    ev.index))
+    events, components = _check_events(
+        parsed.events, tuple((b, t.NEW_HASH[b]) for b in checked), pcr_ok,
+        pcr_ok.get(0, False) and quoted is not None, primary)
     return MachineState(
         banks=parsed.banks, checked_banks=checked, primary_bank=primary,
         pcrs_compared=quoted is not None, replayed=replayed,
@@ -170,6 +151,34 @@ def verify(log: bytes | EventLog,
         components=tuple(components),
         secure_boot=_secure_boot(events), anomalies=tuple(_anomalies(events)),
     )
+
+
+def _check_events(parsed: tuple[Event, ...], hashers: tuple[tuple[str, Callable[[bytes], Any]], ...],
+                  pcr_ok: Mapping[int, bool], locality_ok: bool, primary: str,
+                  ) -> tuple[list[CheckedEvent], list[Component]]:
+    """Each event decoded, its data checked against its digests, and described. This loop
+    runs once per event of every log the server checks: one pass, locals only."""
+    no_action, describe = t.EV_NO_ACTION, _DESCRIBE.get
+    events: list[CheckedEvent] = []
+    components: list[Component] = []
+    for ev in parsed:
+        et, digests = ev.type, ev.digests
+        fields, measured = decode_parts(et, ev.pcr, ev.data)
+        data_ok = bool(measured and hashers) and _data_matches(measured, digests, hashers)
+        if et != no_action:
+            ok = data_ok and pcr_ok.get(ev.pcr, False)
+            kind, name, value, hint = describe(et, _describe_other)(ev, fields)
+        elif "locality" in fields:
+            ok = locality_ok
+            kind, name, value, hint = ("startup_locality", "StartupLocality",
+                                       str(fields["locality"]), False)
+        else:
+            events.append(CheckedEvent(ev, fields, data_ok, False))
+            continue
+        events.append(CheckedEvent(ev, fields, data_ok, ok))
+        components.append(Component(ev.pcr, kind, name, value, digests.get(primary, b"").hex(),
+                                    ok, hint and not ok, ev.index))
+    return events, components
 
 
 def _data_matches(measured: tuple[bytes, ...], digests: Mapping[str, bytes],
@@ -204,15 +213,16 @@ def _anomalies(events: list[CheckedEvent]) -> list[str]:
     out: list[str] = []
     separated: set[int] = set()
     seen_vars: set[str] = set()
+    known, must_match, pcr7_types = t.EVENT_NAMES, _MUST_MATCH, _PCR7_TYPES
     for ce in events:
         ev, f = ce.event, ce.fields
         pcr, et = ev.pcr, ev.type
         found: list[str] = []
-        if pcr in BOOT_PCRS and (et not in t.EVENT_NAMES or et == t.EV_UNUSED):
+        if pcr in BOOT_PCRS and (et not in known or et == t.EV_UNUSED):
             found.append("unknown event type in a boot PCR")
-        if pcr == 7 and et not in _PCR7_TYPES:
+        if pcr == 7 and et not in pcr7_types:
             found.append("unexpected event type in PCR 7")
-        if et in _MUST_MATCH:
+        if et in must_match:
             if f.get("undecodable"):
                 found.append("data does not decode")
             elif not ce.data_verified:
