@@ -55,8 +55,12 @@ def safe_text(text: str) -> str:
         text = text[:MAX_TEXT] + "…"
     if text.isprintable():
         return text
-    # Printable ASCII is never escaped, so the regex hands only the other characters to Python
-    # (grub's menu entries hold a few newlines in kilobytes of text).
+    # grub's menu entries hold hundreds of newlines and tabs in kilobytes of text: those are
+    # replaced in C; the regex then hands only the remaining non-ASCII or control characters
+    # to Python (printable ASCII is never escaped).
+    text = text.replace("\n", "\\x0a").replace("\t", "\\x09").replace("\r", "\\x0d")
+    if text.isprintable():
+        return text
     return _NOT_PRINTABLE_ASCII.sub(_escape, text)
 
 
@@ -84,6 +88,9 @@ def text_of(raw: bytes) -> str:
 
 
 # -- UEFI_VARIABLE_DATA -------------------------------------------------------------------------
+_VARIABLE_HEAD = struct.Struct("<16sQQ")
+
+
 @dataclass(frozen=True)
 class Variable:
     vendor: str  # GUID text
@@ -96,6 +103,14 @@ def variable(raw: bytes, strict: bool = True) -> Variable:
 
     ``strict=False`` tolerates trailing bytes (shim logs authority events a few bytes long).
     """
+    if len(raw) >= _VARIABLE_HEAD.size:  # whole and valid: one unpack (else the precise error)
+        vendor, name_chars, data_len = _VARIABLE_HEAD.unpack_from(raw)
+        name_end = _VARIABLE_HEAD.size + 2 * name_chars
+        data_end = name_end + data_len
+        if name_chars <= MAX_NAME_CHARS and (
+                data_end == len(raw) or (not strict and data_end <= len(raw))):
+            return Variable(guid(vendor), utf16(raw[_VARIABLE_HEAD.size : name_end]),
+                            raw[name_end:data_end])
     r = LeReader(raw, "UEFI_VARIABLE_DATA")
     vendor = guid(r.take(16))
     name_chars, data_len = r.u64(), r.u64()
@@ -143,6 +158,28 @@ def signature_lists(raw: bytes) -> list[tuple[str, list[str]]]:
 # -- device paths -------------------------------------------------------------------------------
 def device_path(raw: bytes) -> list[str]:
     """Readable nodes of an EFI_DEVICE_PATH: file paths as text, other nodes as ``type/sub``."""
+    nodes: list[str] = []
+    pos, end = 0, len(raw)
+    while pos < end:  # fast path: whole nodes only; anything else is read again below
+        if end - pos < 4 or len(nodes) >= MAX_PATH_NODES:
+            break
+        kind, sub, length = _NODE_HEAD.unpack_from(raw, pos)
+        if length < 4 or length > end - pos:
+            break
+        body = raw[pos + 4 : pos + length]
+        pos += length
+        if kind == 0x7F:  # end of this instance (0xFF) or of the whole path
+            if sub == 0xFF:
+                return nodes
+            continue
+        nodes.append(_node_text(kind, sub, body))
+    else:
+        return nodes
+    return _device_path_checked(raw)
+
+
+def _device_path_checked(raw: bytes) -> list[str]:
+    """``device_path`` field by field, with the precise error for a malformed path."""
     r = LeReader(raw, "device path")
     nodes: list[str] = []
     while r.remaining:
@@ -156,17 +193,23 @@ def device_path(raw: bytes) -> list[str]:
             if sub == 0xFF:
                 break
             continue
-        if kind == 4 and sub == 4:
-            nodes.append("file:" + utf16(body))
-        elif kind == 4 and sub == 1 and len(body) >= 38:
-            nodes.append(f"partition:{int.from_bytes(body[:4], 'little')}:{guid(body[20:36])}")
-        elif kind == 4 and sub == 6 and len(body) == 16:
-            nodes.append("fv_file:" + guid(body))
-        elif kind == 4 and sub == 7 and len(body) == 16:
-            nodes.append("fv:" + guid(body))
-        else:
-            nodes.append(f"node:{kind}/{sub}")
+        nodes.append(_node_text(kind, sub, body))
     return nodes
+
+
+_NODE_HEAD = struct.Struct("<BBH")
+
+
+def _node_text(kind: int, sub: int, body: bytes) -> str:
+    if kind == 4 and sub == 4:
+        return "file:" + utf16(body)
+    if kind == 4 and sub == 1 and len(body) >= 38:
+        return f"partition:{int.from_bytes(body[:4], 'little')}:{guid(body[20:36])}"
+    if kind == 4 and sub == 6 and len(body) == 16:
+        return "fv_file:" + guid(body)
+    if kind == 4 and sub == 7 and len(body) == 16:
+        return "fv:" + guid(body)
+    return f"node:{kind}/{sub}"
 
 
 def file_path_hint(nodes: list[str]) -> str:
