@@ -52,7 +52,7 @@ class Event:
     digests: Mapping[str, bytes]
     data: bytes
 
-    def __init__(self, index: int, pcr: int, type: int,  # noqa: A002 (the field's name)
+    def __init__(self, index: int, pcr: int, type: int,
                  digests: Mapping[str, bytes], data: bytes) -> None:
         # The generated frozen __init__ sets each field through object.__setattr__; a log
         # holds ~100 events, so each field is stored once in the instance dict instead.

@@ -57,21 +57,21 @@ class LeReader:
 
     def u16(self) -> int:
         pos = self._pos
-        if 2 > self._end - pos:
+        if self._end - pos < 2:
             raise self._truncated(2)
         self._pos = pos + 2
         return int(_U16.unpack_from(self._data, pos)[0])
 
     def u32(self) -> int:
         pos = self._pos
-        if 4 > self._end - pos:
+        if self._end - pos < 4:
             raise self._truncated(4)
         self._pos = pos + 4
         return int(_U32.unpack_from(self._data, pos)[0])
 
     def u64(self) -> int:
         pos = self._pos
-        if 8 > self._end - pos:
+        if self._end - pos < 8:
             raise self._truncated(8)
         self._pos = pos + 8
         return int(_U64.unpack_from(self._data, pos)[0])

@@ -153,8 +153,11 @@ def verify(log: bytes | EventLog,
     )
 
 
-def _check_events(parsed: tuple[Event, ...], hashers: tuple[tuple[str, Callable[[bytes], Any]], ...],
-                  pcr_ok: Mapping[int, bool], locality_ok: bool, primary: str,
+Hashers = tuple[tuple[str, Callable[[bytes], Any]], ...]  # (bank, hashlib constructor)
+
+
+def _check_events(parsed: tuple[Event, ...], hashers: Hashers, pcr_ok: Mapping[int, bool],
+                  locality_ok: bool, primary: str,
                   ) -> tuple[list[CheckedEvent], list[Component]]:
     """Each event decoded, its data checked against its digests, and described. This loop
     runs once per event of every log the server checks: one pass, locals only."""
@@ -182,7 +185,7 @@ def _check_events(parsed: tuple[Event, ...], hashers: tuple[tuple[str, Callable[
 
 
 def _data_matches(measured: tuple[bytes, ...], digests: Mapping[str, bytes],
-                  hashers: tuple[tuple[str, Callable[[bytes], Any]], ...]) -> bool:
+                  hashers: Hashers) -> bool:
     """Some measured form hashes to the event's digest, in every checked bank. Each form is
     hashed at most once per bank, and only until one matches."""
     for bank, new_hash in hashers:
