@@ -15,7 +15,6 @@ from typing import Any
 from client import pending as pending_post
 from client import server_view
 from client import state as st
-from client.ahead import Ahead
 from client.channel import (
     UNANSWERED_ENROLL,
     Channel,
@@ -170,21 +169,14 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress,
     check_log_size(event_log)
     static = unseal_static(tpm, state)
     psk_key = KeyBlob.from_bytes(bytes.fromhex(state.psk_key))
-    # While the handshake's first round trip is in flight, the TPM loads the HMAC key,
-    # creates the AK and reads the PCRs (client/ahead.py).
-    ahead = Ahead(lambda: tpm.prepare_connect(psk_key, state.selection))
 
     def session_psk(e_i: bytes, e_r: bytes) -> Psk:
-        ahead.wait()
         return Psk(tpm.hmac(psk_key, session_psk_message(e_i, e_r)))
 
     progress(f"connecting to {host}:{port}")
     server_public = bytes.fromhex(state.server_public)
-    try:
-        ch = retrying(lambda: open_connect(host, port, static, server_public, time.time_ns(),
-                                           session_psk), progress)
-    finally:
-        ahead.wait()
+    ch = retrying(lambda: open_connect(host, port, static, server_public, time.time_ns(),
+                                       session_psk), progress)
     try:
         progress("attesting: quote bound to this channel")
         quote = tpm.quote(quote_nonce(ch.handshake_hash), state.selection)

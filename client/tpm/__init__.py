@@ -165,17 +165,6 @@ class Tpm:
         """
         return evidence.quote(self._objs, qualifying_data, selection)
 
-    def prepare_connect(self, hmac_key: KeyBlob, selection: str) -> None:
-        """Do ahead what the next :meth:`hmac` with ``hmac_key`` and :meth:`quote` of
-        ``selection`` need: load the key, create the AK, read the PCRs.
-
-        For overlapping those TPM commands with a network round trip (from another thread,
-        while this ``Tpm`` is otherwise unused). The quote still checks that the PCRs read
-        ahead are the ones it quotes, and reads them again if not.
-        """
-        keys.prepare_hmac(self._objs, hmac_key)
-        evidence.prepare_quote(self._objs, selection)
-
     # -- certification and signing ----------------------------------------------------------
 
     def certify_srk(self, qualifying_data: bytes) -> Certification:

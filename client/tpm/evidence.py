@@ -114,12 +114,8 @@ def quote(objs: TpmObjects, qualifying_data: bytes, selection: str) -> Quote:
     canonical = format_pcr_selection(indices)
     with objs.operation("quote") as ectx:
         ak, _ = objs.primary(ectx, "ak")
-        # PCRs read ahead (prepare_quote) serve the first attempt: the digest check below
-        # proves they are the quoted ones, and a mismatch reads them again.
-        prepared = objs.take_prepared_pcrs(indices)
         for _ in range(QUOTE_ATTEMPTS):
-            values = prepared if prepared is not None else objs.read_pcrs(ectx, indices)
-            prepared = None
+            values = objs.read_pcrs(ectx, indices)
             attest_obj, sig = ectx.quote(
                 ak,
                 TPML_PCR_SELECTION.parse(canonical),
@@ -140,14 +136,6 @@ def quote(objs: TpmObjects, qualifying_data: bytes, selection: str) -> Quote:
     raise AttestgateError(
         ErrorCode.TPM_ERROR, f"quote: PCRs kept changing ({QUOTE_ATTEMPTS} attempts)"
     )
-
-
-def prepare_quote(objs: TpmObjects, selection: str) -> None:
-    """Create the AK and read the PCRs of ``selection`` for the next :func:`quote`."""
-    indices = parse_pcr_selection(selection)
-    with objs.operation("prepare_quote") as ectx:
-        objs.primary(ectx, "ak")
-        objs.prepare_pcrs(indices, objs.read_pcrs(ectx, indices))
 
 
 def _certify(ectx: Any, subject: Any, ak: Any, qualifying_data: bytes) -> Certification:

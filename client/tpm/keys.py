@@ -54,12 +54,6 @@ def import_hmac_key(objs: TpmObjects, public: bytes, duplicate: bytes, seed: byt
         return KeyBlob(bytes(private.marshal()), bytes(pub.marshal()))
 
 
-def prepare_hmac(objs: TpmObjects, key: KeyBlob) -> None:
-    """Load ``key`` for the next :func:`hmac`."""
-    with objs.operation("prepare_hmac") as ectx:
-        objs.blob(ectx, key)
-
-
 def hmac(objs: TpmObjects, key: KeyBlob, data: bytes) -> bytes:
     if not isinstance(data, bytes | bytearray):
         raise AttestgateError(ErrorCode.BAD_REQUEST, "hmac data must be bytes")

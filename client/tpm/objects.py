@@ -89,7 +89,6 @@ class TpmObjects:
         self._loaded: OrderedDict[_Key, Any] = OrderedDict()  # least recently used first
         self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries
         self._pinned: set[_Key] = set()  # used by the running operation
-        self._prepared_pcrs: tuple[tuple[int, ...], dict[int, bytes]] | None = None
         self._extra = 0  # transient objects of the running operation outside the cache
         # libtss2 prints expected failures (policy checks, missing NV indices) as
         # ERROR lines on stderr; it reads TSS2_LOG at its first log call.
@@ -116,7 +115,6 @@ class TpmObjects:
                 self._flush(ectx, handle)
         self._publics.clear()
         self._pinned.clear()
-        self._prepared_pcrs = None
 
     def close(self) -> None:
         """Flush what is loaded and release the connection; idempotent."""
@@ -399,17 +397,6 @@ class TpmObjects:
         return handle, public
 
     # -- PCRs -------------------------------------------------------------------------------
-
-    def prepare_pcrs(self, indices: Sequence[int], values: dict[int, bytes]) -> None:
-        """Keep PCR values read ahead of a quote (one quote uses them, once)."""
-        self._prepared_pcrs = (tuple(indices), values)
-
-    def take_prepared_pcrs(self, indices: Sequence[int]) -> dict[int, bytes] | None:
-        """The values kept by :meth:`prepare_pcrs` for exactly ``indices``, forgotten now."""
-        prepared, self._prepared_pcrs = self._prepared_pcrs, None
-        if prepared is None or prepared[0] != tuple(indices):
-            return None
-        return prepared[1]
 
     def read_pcrs(self, ectx: Any, indices: Sequence[int]) -> dict[int, bytes]:
         """Read sha256 PCRs; TPM2_PCR_Read returns at most 8 digests, so loop.
