@@ -4,7 +4,9 @@ One :class:`TpmObjects` per :class:`~client.tpm.Tpm`. It keeps what it loads loa
 the life of the process instead of re-deriving it per call (profiled: CreatePrimary,
 Load and FlushContext were 10 of the 14 TPM commands of an attested connect):
 
-* the SRK and the AK are primaries: created once, kept while there is room;
+* the SRK and the AK are primaries: created once, kept while there is room; an SRK
+  persisted at 0x81000001 from our template is used instead of creating one
+  (:meth:`TpmObjects._persistent_srk`), counted as holding a slot, never flushed;
 * key blobs (the device HMAC key, the post key) are loaded under the SRK once and
   kept; a blob that is used once (a sealed secret) is flushed right after use;
 * at most ``max_loaded`` transient objects are held at a time (swtpm and many real
