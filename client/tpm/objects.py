@@ -330,7 +330,11 @@ class TpmObjects:
             handle = ectx.tr_from_tpmpublic(SRK_PERSISTENT_HANDLE)
         except TSS2_Exception:
             return None  # nothing persisted there (0x18b): CreatePrimary as before
-        public, _, _ = ectx.read_public(handle)
+        try:
+            public, _, _ = ectx.read_public(handle)
+        except TSS2_Exception:
+            ectx.tr_close(handle)
+            return None
         expected, _ = TPMT_PUBLIC.unmarshal(srk_template().publicArea.marshal())
         area = public.publicArea
         if area.type != TPM2_ALG.ECC or expected.type != TPM2_ALG.ECC:
