@@ -14,7 +14,7 @@ from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_PUBLIC
 from client.tpm import MAX_LOADED, Tpm
 from client.tpm.common import srk_template
 from client.tpm.objects import SRK_PERSISTENT_HANDLE
-from tests.integration.test_tpm_adapter import NONCE, SEL8, connect_shaped, wrap_psk
+from tests.integration.test_tpm_adapter import NONCE, connect_shaped, wrap_psk
 from tests.support.swtpm import SwtpmProcess
 
 pytestmark = pytest.mark.integration
