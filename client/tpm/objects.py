@@ -4,7 +4,9 @@ One :class:`TpmObjects` per :class:`~client.tpm.Tpm`. It keeps what it loads loa
 the life of the process instead of re-deriving it per call (profiled: CreatePrimary,
 Load and FlushContext were 10 of the 14 TPM commands of an attested connect):
 
-* the SRK and the AK are primaries: created once, kept while there is room;
+* the SRK and the AK are primaries: created once, kept while there is room; an SRK
+  persisted at 0x81000001 from our template is used instead of creating one
+  (:meth:`TpmObjects._persistent_srk`), counted as holding a slot, never flushed;
 * key blobs (the device HMAC key, the post key) are loaded under the SRK once and
   kept; a blob that is used once (a sealed secret) is flushed right after use;
 * at most ``max_loaded`` transient objects are held at a time (swtpm and many real
@@ -63,6 +65,8 @@ from client.tpm.common import (
 )
 from shared.errors import AttestgateError, ErrorCode
 
+# Where TCG provisioning puts the SRK (TPM v2.0 Provisioning Guidance, persistent handles).
+SRK_PERSISTENT_HANDLE: Final = 0x81000001
 # Transient object slots this adapter fills at most (TPM2_PT_HR_TRANSIENT_MIN is 3 on
 # swtpm and the spec's minimum; a resource manager gives each client at least as many).
 MAX_LOADED: Final = 3
@@ -89,6 +93,10 @@ class TpmObjects:
         self._loaded: OrderedDict[_Key, Any] = OrderedDict()  # least recently used first
         self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries
         self._pinned: set[_Key] = set()  # used by the running operation
+        # The SRK persisted at SRK_PERSISTENT_HANDLE, once found to be ours (see
+        # _persistent_srk); None: not looked for yet since the last release.
+        self._srk_found: tuple[Any, Any] | None = None
+        self._srk_looked = False
         self._extra = 0  # transient objects of the running operation outside the cache
         # libtss2 prints expected failures (policy checks, missing NV indices) as
         # ERROR lines on stderr; it reads TSS2_LOG at its first log call.
@@ -110,11 +118,16 @@ class TpmObjects:
         """Flush every object this adapter holds; they are loaded again when needed."""
         ectx = self._ectx
         while self._loaded:
-            _, handle = self._loaded.popitem(last=False)
-            if ectx is not None:
+            key, handle = self._loaded.popitem(last=False)
+            if ectx is not None and not self._is_persistent(key):
                 self._flush(ectx, handle)
         self._publics.clear()
         self._pinned.clear()
+        found, self._srk_found, self._srk_looked = self._srk_found, None, False
+        if found is not None and ectx is not None:
+            # A persistent object is never flushed; only ESAPI's metadata is dropped.
+            with contextlib.suppress(TSS2_Exception):
+                ectx.tr_close(found[0])
 
     def close(self) -> None:
         """Flush what is loaded and release the connection; idempotent."""
@@ -186,8 +199,13 @@ class TpmObjects:
 
     def _evict(self, ectx: Any, key: _Key) -> None:
         handle = self._loaded.pop(key)
+        if self._is_persistent(key):
+            return  # it stays in the TPM; only its slot (see primary) is given back
         self._publics.pop(key, None)
         self._flush(ectx, handle)
+
+    def _is_persistent(self, key: _Key) -> bool:
+        return key == _SRK and self._srk_found is not None
 
     def with_room(self, ectx: Any, create: Callable[[], Any], needed: int = 1) -> Any:
         """Run a command that needs ``needed`` free object slots; retry once on 0x902.
@@ -228,6 +246,15 @@ class TpmObjects:
         if handle is not None:
             return handle, self._publics[key]
         if which == "srk":
+            found = self._persistent_srk(ectx)
+            if found is not None:
+                # A command naming a persistent object has the TPM load it into a transient
+                # slot for the command's duration: it is counted as loaded, like the
+                # created SRK it replaces, but never flushed.
+                self._make_room(ectx, 1)
+                self._keep(key, found[0])
+                self._publics[key] = found[1]
+                return found
             template, hierarchy = srk_template(), ESYS_TR.OWNER
         else:
             template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
@@ -289,6 +316,38 @@ class TpmObjects:
                 ErrorCode.TPM_ERROR,
                 f"load: blob does not load under this TPM's SRK: rc=0x{int(exc.rc):x} ({exc})",
             ) from None
+
+    def _persistent_srk(self, ectx: Any) -> tuple[Any, Any] | None:
+        """(handle, TPM2B_PUBLIC) of the SRK persisted at SRK_PERSISTENT_HANDLE (TCG TPM v2.0
+        Provisioning Guidance; e.g. systemd-tpm2-setup puts the same ECC P-256 SRK there), if
+        its public area is the one our template gives: then it is the very key CreatePrimary
+        would derive (same seed, same template) and blobs made under either load under both.
+        Looked for once per release; anything else there is ignored, never changed."""
+        if self._srk_looked:
+            return self._srk_found
+        self._srk_looked = True
+        try:
+            handle = ectx.tr_from_tpmpublic(SRK_PERSISTENT_HANDLE)
+        except TSS2_Exception:
+            return None  # nothing persisted there (0x18b): CreatePrimary as before
+        try:
+            public, _, _ = ectx.read_public(handle)
+        except TSS2_Exception:
+            ectx.tr_close(handle)
+            return None
+        expected, _ = TPMT_PUBLIC.unmarshal(srk_template().publicArea.marshal())
+        area = public.publicArea
+        if area.type != TPM2_ALG.ECC or expected.type != TPM2_ALG.ECC:
+            ectx.tr_close(handle)
+            return None
+        # The template's unique field is empty; the object's holds its public point.
+        expected.unique.ecc.x = bytes(area.unique.ecc.x)
+        expected.unique.ecc.y = bytes(area.unique.ecc.y)
+        if bytes(expected.marshal()) != bytes(area.marshal()):
+            ectx.tr_close(handle)
+            return None
+        self._srk_found = (handle, public)
+        return self._srk_found
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -7,7 +7,10 @@ print (control characters escaped) and bounded in length.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
+import struct
 import uuid
 from dataclasses import dataclass
 
@@ -37,9 +40,13 @@ _SIG_TYPES = {
 }
 
 
+@functools.lru_cache(maxsize=1024)  # a few GUIDs (vendors, signature types) fill every log
 def guid(raw: bytes) -> str:
     """A 16-byte little-endian EFI_GUID as its canonical lower-case text."""
-    return str(uuid.UUID(bytes_le=raw))
+    if len(raw) != 16:
+        return str(uuid.UUID(bytes_le=raw))  # raises ValueError, as it always did
+    return (f"{raw[3::-1].hex()}-{raw[5:3:-1].hex()}-{raw[7:5:-1].hex()}-"
+            f"{raw[8:10].hex()}-{raw[10:].hex()}")
 
 
 def safe_text(text: str) -> str:
@@ -48,19 +55,28 @@ def safe_text(text: str) -> str:
         text = text[:MAX_TEXT] + "…"
     if text.isprintable():
         return text
-    text = text.translate(_CONTROL)
+    # grub's menu entries hold hundreds of newlines and tabs in kilobytes of text: those are
+    # replaced in C; the regex then hands only the remaining non-ASCII or control characters
+    # to Python (printable ASCII is never escaped).
+    text = text.replace("\n", "\\x0a").replace("\t", "\\x09").replace("\r", "\\x0d")
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
-                   else f"\\u{ord(c):04x}" for c in text)
+    return _NOT_PRINTABLE_ASCII.sub(_escape, text)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_NOT_PRINTABLE_ASCII = re.compile("[^\x20-\x7e]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    if c.isprintable():
+        return c
+    return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
 
 
 def utf16(raw: bytes) -> str:
     """A UTF-16LE string, cut at the first NUL."""
-    text = raw[: len(raw) & ~1].decode("utf-16-le", errors="replace")
+    text = raw[: len(raw) & ~1].decode("utf-16-le", "replace")
     return safe_text(text.split("\x00", 1)[0])
 
 
@@ -68,10 +84,13 @@ def text_of(raw: bytes) -> str:
     """Event data that is a string: UTF-16LE when it looks so, else UTF-8; trailing NULs dropped."""
     if len(raw) >= 4 and len(raw) % 2 == 0 and raw[1] == 0 and raw[3] == 0:
         return utf16(raw)
-    return safe_text(raw.rstrip(b"\x00").decode("utf-8", errors="replace"))
+    return safe_text(raw.rstrip(b"\x00").decode("utf-8", "replace"))
 
 
 # -- UEFI_VARIABLE_DATA -------------------------------------------------------------------------
+_VARIABLE_HEAD = struct.Struct("<16sQQ")
+
+
 @dataclass(frozen=True)
 class Variable:
     vendor: str  # GUID text
@@ -84,6 +103,14 @@ def variable(raw: bytes, strict: bool = True) -> Variable:
 
     ``strict=False`` tolerates trailing bytes (shim logs authority events a few bytes long).
     """
+    if len(raw) >= _VARIABLE_HEAD.size:  # whole and valid: one unpack (else the precise error)
+        vendor, name_chars, data_len = _VARIABLE_HEAD.unpack_from(raw)
+        name_end = _VARIABLE_HEAD.size + 2 * name_chars
+        data_end = name_end + data_len
+        if name_chars <= MAX_NAME_CHARS and (
+                data_end == len(raw) or (not strict and data_end <= len(raw))):
+            return Variable(guid(vendor), utf16(raw[_VARIABLE_HEAD.size : name_end]),
+                            raw[name_end:data_end])
     r = LeReader(raw, "UEFI_VARIABLE_DATA")
     vendor = guid(r.take(16))
     name_chars, data_len = r.u64(), r.u64()
@@ -96,11 +123,12 @@ def variable(raw: bytes, strict: bool = True) -> Variable:
     return Variable(vendor, name, data)
 
 
-def signature_lists(raw: bytes) -> list[tuple[str, str]]:
-    """EFI_SIGNATURE_LIST entries of db/dbx/KEK/PK as (type, entry id): the hex of a hash entry,
-    the SHA-256 of a certificate."""
+def signature_lists(raw: bytes) -> list[tuple[str, list[str]]]:
+    """EFI_SIGNATURE_LIST of db/dbx/KEK/PK: per list, its type and its entry ids (the hex of a
+    hash entry, the SHA-256 of a certificate)."""
     r = LeReader(raw, "EFI_SIGNATURE_LIST")
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, list[str]]] = []
+    total = 0
     while r.remaining:
         start = r.pos
         sig_type = _SIG_TYPES.get(guid(r.take(16)), "other")
@@ -110,20 +138,48 @@ def signature_lists(raw: bytes) -> list[tuple[str, str]]:
             raise r.fail(f"signature list sizes {list_size}/{header_size}/{sig_size}")
         if body % sig_size:
             raise r.fail("signature list not a whole number of entries")
-        r.take(header_size)
+        r.skip(header_size)
         entries = r.take(body)
-        if len(out) + body // sig_size > MAX_SIGNATURES:
+        total += body // sig_size
+        if total > MAX_SIGNATURES:
             raise r.fail("too many signatures")
-        # Each entry: owner GUID, then the data. Hash entries (most of dbx) are shown as
-        # themselves, certificates by their SHA-256.
-        out += [(sig_type, e.hex() if len(e) <= 64 else hashlib.sha256(e).hexdigest())
-                for e in (entries[p + 16 : p + sig_size] for p in range(0, body, sig_size))]
+        # Each entry: owner GUID, then the data; one unpack cuts every entry's data out. Hash
+        # entries (most of dbx) are shown as themselves, certificates by their SHA-256.
+        datas = struct.unpack(f"16x{sig_size - 16}s" * (body // sig_size), entries)
+        if sig_size - 16 <= 64:
+            ids = list(map(bytes.hex, datas))
+        else:
+            sha256 = hashlib.sha256
+            ids = [sha256(d).hexdigest() for d in datas]
+        out.append((sig_type, ids))
     return out
 
 
 # -- device paths -------------------------------------------------------------------------------
 def device_path(raw: bytes) -> list[str]:
     """Readable nodes of an EFI_DEVICE_PATH: file paths as text, other nodes as ``type/sub``."""
+    nodes: list[str] = []
+    pos, end = 0, len(raw)
+    while pos < end:  # fast path: whole nodes only; anything else is read again below
+        if end - pos < 4 or len(nodes) >= MAX_PATH_NODES:
+            break
+        kind, sub, length = _NODE_HEAD.unpack_from(raw, pos)
+        if length < 4 or length > end - pos:
+            break
+        body = raw[pos + 4 : pos + length]
+        pos += length
+        if kind == 0x7F:  # end of this instance (0xFF) or of the whole path
+            if sub == 0xFF:
+                return nodes
+            continue
+        nodes.append(_node_text(kind, sub, body))
+    else:
+        return nodes
+    return _device_path_checked(raw)
+
+
+def _device_path_checked(raw: bytes) -> list[str]:
+    """``device_path`` field by field, with the precise error for a malformed path."""
     r = LeReader(raw, "device path")
     nodes: list[str] = []
     while r.remaining:
@@ -137,17 +193,23 @@ def device_path(raw: bytes) -> list[str]:
             if sub == 0xFF:
                 break
             continue
-        if kind == 4 and sub == 4:
-            nodes.append("file:" + utf16(body))
-        elif kind == 4 and sub == 1 and len(body) >= 38:
-            nodes.append(f"partition:{int.from_bytes(body[:4], 'little')}:{guid(body[20:36])}")
-        elif kind == 4 and sub == 6 and len(body) == 16:
-            nodes.append("fv_file:" + guid(body))
-        elif kind == 4 and sub == 7 and len(body) == 16:
-            nodes.append("fv:" + guid(body))
-        else:
-            nodes.append(f"node:{kind}/{sub}")
+        nodes.append(_node_text(kind, sub, body))
     return nodes
+
+
+_NODE_HEAD = struct.Struct("<BBH")
+
+
+def _node_text(kind: int, sub: int, body: bytes) -> str:
+    if kind == 4 and sub == 4:
+        return "file:" + utf16(body)
+    if kind == 4 and sub == 1 and len(body) >= 38:
+        return f"partition:{int.from_bytes(body[:4], 'little')}:{guid(body[20:36])}"
+    if kind == 4 and sub == 6 and len(body) == 16:
+        return "fv_file:" + guid(body)
+    if kind == 4 and sub == 7 and len(body) == 16:
+        return "fv:" + guid(body)
+    return f"node:{kind}/{sub}"
 
 
 def file_path_hint(nodes: list[str]) -> str:

@@ -47,6 +47,8 @@ IPL_PREFIXES = (
     ("kernel_cmdline: ", "kernel_cmdline"), ("grub_kernel_cmdline ", "kernel_cmdline"),
     ("module_cmdline: ", "module_cmdline"),
 )
+_IPL_PREFIXES_ENCODED = tuple((prefix.encode(), kind) for prefix, kind in IPL_PREFIXES)
+_IPL_PREFIX_BYTES = tuple(prefix for prefix, _ in _IPL_PREFIXES_ENCODED)
 # RHEL grub measures file contents with these descriptions (a hint: the digest is the file's).
 _IPL_FILE_LABELS = {"grub_linuxefi Kernel": "kernel", "grub_linuxefi Initrd": "initrd"}
 SIGNATURE_DATABASES = frozenset({"PK", "KEK", "db", "dbx", "dbt", "dbr", "MokList", "MokListX"})
@@ -61,18 +63,26 @@ class Decoded:
 
 def decode(event_type: int, pcr: int, data: bytes) -> Decoded:
     """The parsed fields of one event's data and the byte strings its digest may cover."""
+    return Decoded(*decode_parts(event_type, pcr, data))
+
+
+def decode_parts(event_type: int, pcr: int, data: bytes
+                 ) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+    """``decode`` as a (fields, measured) pair: the verifier's loop, without the record."""
     measured: tuple[bytes, ...] = (data,) if event_type in _DATA_DIGEST else ()
     fields: dict[str, Any] = {"data_size": len(data)}
     try:
         extra = _fields(event_type, pcr, data, fields)
     except AttestgateError as exc:
         fields["undecodable"] = exc.detail
-        return Decoded(fields, measured)
-    return Decoded(fields, measured + extra)
+        return fields, measured
+    return fields, measured + extra if extra else measured
 
 
 def _fields(event_type: int, pcr: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:
     """Fill ``f``; return extra measured forms beyond the whole data."""
+    if event_type == t.EV_IPL:  # first: most events of a real log are grub's
+        return _ipl(data, f)
     if event_type == t.EV_SEPARATOR:
         f["value"] = data.hex()
         f["error"] = data == b"\xff\xff\xff\xff"
@@ -85,8 +95,6 @@ def _fields(event_type: int, pcr: int, data: bytes, f: dict[str, Any]) -> tuple[
         f["device_path_hint"] = image.path_nodes
         f["image_length"] = image.length
         return ()
-    if event_type == t.EV_IPL:
-        return _ipl(data, f)
     if event_type in _STRING_TYPES:
         f["text"] = efi.text_of(data)
         return (data.rstrip(b"\x00"),) if data.endswith(b"\x00") else ()
@@ -137,9 +145,9 @@ def _variable(event_type: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, .
     if var.name == "SecureBoot" and var.vendor == efi.EFI_GLOBAL_VARIABLE:
         f["enabled"] = var.data == b"\x01"
     elif var.name in SIGNATURE_DATABASES and var.data:
-        sigs = efi.signature_lists(var.data)
-        f["signatures"] = len(sigs)
-        f["signature_sha256"] = sorted({h for _, h in sigs})
+        lists = efi.signature_lists(var.data)
+        f["signatures"] = sum(len(ids) for _, ids in lists)
+        f["signature_sha256"] = sorted(set().union(*(ids for _, ids in lists)))
     elif var.name == "BootOrder":
         f["order"] = [f"Boot{int.from_bytes(var.data[i : i + 2], 'little'):04X}"
                       for i in range(0, len(var.data) - 1, 2)]
@@ -156,18 +164,21 @@ def _ipl(data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:
     text = efi.text_of(data)
     f["text"] = text
     raw = data.rstrip(b"\x00")
-    forms: list[bytes] = [data, raw] if raw != data else [data]
-    for prefix, kind in IPL_PREFIXES:
-        if raw.startswith(prefix.encode()):
-            f["ipl"] = kind
-            f["command"] = text[len(prefix):]
-            return (raw[len(prefix):], data[len(prefix):], *forms)
+    stripped = len(raw) != len(data)
+    if raw.startswith(_IPL_PREFIX_BYTES):
+        for prefix, kind in _IPL_PREFIXES_ENCODED:
+            if raw.startswith(prefix):
+                n = len(prefix)
+                f["ipl"] = kind
+                f["command"] = text[n:]
+                return (raw[n:], data[n:], data, raw) if stripped else (raw[n:], data[n:], data)
+    forms = (data, raw) if stripped else (data,)
     label = _IPL_FILE_LABELS.get(text)
     if label is not None or text.startswith(("/", "(", "\\")):
         # grub measures a file's contents with its path as the event data: a hint.
         f["ipl"] = "file"
         f["path_hint"] = label or text
-    return tuple(forms)
+    return forms
 
 
 def _handoff(event_type: int, data: bytes, f: dict[str, Any]) -> tuple[bytes, ...]:

@@ -15,8 +15,9 @@ nothing here decides anything from it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.eventlog.reader import LeReader
@@ -37,7 +38,7 @@ _SHA1_HEADER = 4 + 4 + 20 + 4
 _MAX_UNKNOWN_DIGEST = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Event:
     """One measured (or EV_NO_ACTION) event as written in the log.
 
@@ -50,6 +51,13 @@ class Event:
     type: int
     digests: Mapping[str, bytes]
     data: bytes
+
+    def __init__(self, index: int, pcr: int, type: int,
+                 digests: Mapping[str, bytes], data: bytes) -> None:
+        # The generated frozen __init__ sets each field through object.__setattr__; a log
+        # holds ~100 events, so each field is stored once in the instance dict instead.
+        d = self.__dict__
+        d["index"], d["pcr"], d["type"], d["digests"], d["data"] = index, pcr, type, digests, data
 
     @property
     def type_name(self) -> str:
@@ -138,13 +146,29 @@ def parse_log(log: bytes) -> EventLog:
         algs = ((0x0004, "sha1", 20),)
         events.append(Event(0, pcr, etype, {"sha1": first_digest}, first_data))
     parse_one = _agile_event if agile else _sha1_event
-    layout = _AgileLayout(algs)
+    layout = _AgileLayout(algs, agile)
+    unpack, head_size, digests_of = layout.head.unpack_from, layout.head.size, layout.digests
+    n_banks, alg_ids = len(layout.names), layout.alg_ids
+    append = events.append
     pos, end = r.pos, len(data)
     while pos < end:
-        if len(events) >= MAX_EVENTS:
+        index = len(events)
+        if index >= MAX_EVENTS:
             raise AttestgateError(ErrorCode.TOO_LARGE, f"event log: more than {MAX_EVENTS} events")
-        event, pos = parse_one(data, pos, len(events), layout)
-        events.append(event)
+        # Fast path: one unpack reads the header, every digest and the data size; it takes
+        # only an event that is whole and valid. Anything else goes to ``parse_one``, which
+        # reads field by field and raises the precise error.
+        if end - pos >= head_size:
+            f = unpack(data, pos)
+            start = pos + head_size
+            stop = start + f[-1]
+            if (f[0] <= MAX_PCR_INDEX and f[-1] <= MAX_EVENT_DATA and stop <= end
+                    and (not agile or (f[2] == n_banks and f[3:-1:2] == alg_ids))):
+                append(Event(index, f[0], f[1], digests_of(f), data[start:stop]))
+                pos = stop
+                continue
+        event, pos = parse_one(data, pos, index, layout)
+        append(event)
     return EventLog(agile, tuple(name for _, name, _ in algs), tuple(events),
                     _startup_locality(events))
 
@@ -188,14 +212,32 @@ def _sha1_event(data: bytes, pos: int, index: int, layout: _AgileLayout) -> tupl
 
 
 class _AgileLayout:
-    """The digest block of an event that lists every bank once, in Spec ID order (the usual
-    case), read with one ``unpack_from``; any other order falls back to a field-by-field read."""
+    """The banks of a log, and ``head``: an event's fixed part (PCR, type, digests, data size)
+    as one struct. In a crypto-agile log that lists every bank once, in Spec ID order (the
+    usual case); ``_agile_event`` reads any other order field by field."""
 
-    def __init__(self, algs: tuple[tuple[int, str, int], ...]) -> None:
+    def __init__(self, algs: tuple[tuple[int, str, int], ...], agile: bool = True) -> None:
         self.by_alg = {alg: (name, size) for alg, name, size in algs}
         self.names = tuple(name for _, name, _ in algs)
         self.alg_ids = tuple(alg for alg, _, _ in algs)
         self.fast = struct.Struct("<I" + "".join(f"H{size}s" for _, _, size in algs))
+        self.head = struct.Struct("<II" + (self.fast.format[1:] if agile else "20s") + "I")
+        # The digests of a ``head`` tuple as {bank: digest}: a dict display for up to three
+        # banks (every real log) costs a third of dict(zip(...)) per event.
+        at = range(4, 4 + 2 * len(algs), 2) if agile else range(2, 3)
+        self.digests = _digest_reader(self.names, tuple(at))
+
+
+def _digest_reader(names: tuple[str, ...], at: tuple[int, ...]
+                   ) -> Callable[[tuple[Any, ...]], dict[str, bytes]]:
+    match names, at:
+        case (a,), (i,):
+            return lambda f: {a: f[i]}
+        case (a, b), (i, j):
+            return lambda f: {a: f[i], b: f[j]}
+        case (a, b, c), (i, j, k):
+            return lambda f: {a: f[i], b: f[j], c: f[k]}
+    return lambda f: {name: f[i] for name, i in zip(names, at, strict=True)}
 
 
 def _agile_event(data: bytes, pos: int, index: int, layout: _AgileLayout) -> tuple[Event, int]:

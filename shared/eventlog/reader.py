@@ -6,7 +6,13 @@ Same contract as :class:`shared.tpm.marshal.Reader`: every failure is an
 
 from __future__ import annotations
 
+import struct
+
 from shared.errors import AttestgateError, ErrorCode
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class LeReader:
@@ -30,24 +36,52 @@ class LeReader:
     def remaining(self) -> int:
         return self._end - self._pos
 
-    def take(self, n: int) -> bytes:
-        if n < 0 or n > self._end - self._pos:
-            raise self.fail(f"truncated (wanted {n} B, {self._end - self._pos} left)")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
+    def _truncated(self, n: int) -> AttestgateError:
+        return self.fail(f"truncated (wanted {n} B, {self._end - self._pos} left)")
 
+    def take(self, n: int) -> bytes:
+        pos = self._pos
+        if n < 0 or n > self._end - pos:
+            raise self._truncated(n)
+        self._pos = pos + n
+        return self._data[pos : pos + n]
+
+    # The fixed-size reads check the bounds themselves and unpack in place (no slice): the
+    # UEFI decoders call them for every field of every event.
     def u8(self) -> int:
-        return self.take(1)[0]
+        pos = self._pos
+        if pos >= self._end:
+            raise self._truncated(1)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
-        return int.from_bytes(self.take(2), "little")
+        pos = self._pos
+        if self._end - pos < 2:
+            raise self._truncated(2)
+        self._pos = pos + 2
+        return int(_U16.unpack_from(self._data, pos)[0])
 
     def u32(self) -> int:
-        return int.from_bytes(self.take(4), "little")
+        pos = self._pos
+        if self._end - pos < 4:
+            raise self._truncated(4)
+        self._pos = pos + 4
+        return int(_U32.unpack_from(self._data, pos)[0])
 
     def u64(self) -> int:
-        return int.from_bytes(self.take(8), "little")
+        pos = self._pos
+        if self._end - pos < 8:
+            raise self._truncated(8)
+        self._pos = pos + 8
+        return int(_U64.unpack_from(self._data, pos)[0])
+
+    def skip(self, n: int) -> None:
+        """``take(n)`` without copying the bytes."""
+        pos = self._pos
+        if n < 0 or n > self._end - pos:
+            raise self._truncated(n)
+        self._pos = pos + n
 
     def end(self) -> None:
         if self._pos != self._end:

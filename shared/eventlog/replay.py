@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from shared.eventlog.parse import EventLog
-from shared.eventlog.types import EV_NO_ACTION, HASH_BY_NAME, SIZE_BY_NAME
+from shared.eventlog.types import EV_NO_ACTION, NEW_HASH, SIZE_BY_NAME
 
 
 def replay(log: EventLog, banks: Iterable[str] | None = None) -> dict[str, dict[int, bytes]]:
@@ -19,17 +19,18 @@ def replay(log: EventLog, banks: Iterable[str] | None = None) -> dict[str, dict[
     out: dict[str, dict[int, bytes]] = {}
     locality = log.startup_locality or 0
     wanted = log.banks if banks is None else tuple(b for b in banks if b in log.banks)
+    extended = [ev for ev in log.events if ev.type != EV_NO_ACTION]
     for bank in wanted:
-        hasher = HASH_BY_NAME.get(bank)
-        if hasher is None:
+        new_hash = NEW_HASH.get(bank)
+        if new_hash is None:
             continue
         size = SIZE_BY_NAME[bank]
         zero = bytes(size)
         pcrs: dict[int, bytes] = {0: bytes(size - 1) + bytes([locality])}
-        for ev in log.events:
-            if ev.type != EV_NO_ACTION:
-                pcrs[ev.pcr] = hasher(pcrs.get(ev.pcr, zero) + ev.digests[bank])
-        if not any(ev.pcr == 0 and ev.type != EV_NO_ACTION for ev in log.events):
+        for ev in extended:
+            pcr = ev.pcr
+            pcrs[pcr] = new_hash(pcrs.get(pcr, zero) + ev.digests[bank]).digest()
+        if not any(ev.pcr == 0 for ev in extended):
             del pcrs[0]
         out[bank] = pcrs
     return out

@@ -17,12 +17,12 @@ datum that does not match a digest that must cover it). Callers should refuse, n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from shared.eventlog import types as t
-from shared.eventlog.fields import decode
+from shared.eventlog.fields import decode_parts
 from shared.eventlog.parse import Event, EventLog, parse_log
 from shared.eventlog.replay import replay
 
@@ -45,7 +45,7 @@ _SECUREBOOT_KEYS = frozenset({"PK", "KEK", "db", "dbt", "dbr"})
 BOOT_PCRS = range(10)  # PCRs a firmware / boot loader log describes (0-7 firmware, 8-9 grub)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class CheckedEvent:
     """An event with its decoded fields and what could be established about it."""
 
@@ -54,8 +54,15 @@ class CheckedEvent:
     data_verified: bool  # the data hashes to the event digest in every checked bank
     verified: bool  # data_verified, and the PCR replays to the quote in every checked bank
 
+    def __init__(self, event: Event, fields: Mapping[str, Any], data_verified: bool,
+                 verified: bool) -> None:
+        # One per event: each field stored once (see Event.__init__).
+        d = self.__dict__
+        d["event"], d["fields"], d["data_verified"], d["verified"] = (
+            event, fields, data_verified, verified)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Component:
     """One measured thing, for people and for diffs.
 
@@ -72,6 +79,14 @@ class Component:
     verified: bool
     hint: bool
     event_index: int
+
+    def __init__(self, pcr: int, kind: str, name: str, value: str, digest: str,
+                 verified: bool, hint: bool, event_index: int) -> None:
+        # One per event: each field stored once (see Event.__init__).
+        d = self.__dict__
+        d["pcr"], d["kind"], d["name"], d["value"] = pcr, kind, name, value
+        d["digest"], d["verified"], d["hint"], d["event_index"] = (
+            digest, verified, hint, event_index)
 
 
 @dataclass(frozen=True)
@@ -125,25 +140,62 @@ def verify(log: bytes | EventLog,
                     ok = False
                     mismatched.append((bank, pcr))
             pcr_ok[pcr] = ok
-    hashers = [(b, t.HASH_BY_NAME[b]) for b in checked]
-    events: list[CheckedEvent] = []
-    for ev in parsed.events:
-        dec = decode(ev.type, ev.pcr, ev.data)
-        data_ok = bool(dec.measured) and bool(hashers) and all(
-            any(h(form) == ev.digests[b] for form in dec.measured) for b, h in hashers)
-        if ev.type == t.EV_NO_ACTION:
-            ok = "locality" in dec.fields and pcr_ok.get(0, False) and quoted is not None
-        else:
-            ok = data_ok and pcr_ok.get(ev.pcr, False)
-        events.append(CheckedEvent(ev, dec.fields, data_ok, ok))
     primary = "sha256" if "sha256" in parsed.banks else (checked or parsed.banks)[0]
-    components = tuple(c for c in (_component(ce, primary) for ce in events) if c is not None)
+    events, components = _check_events(
+        parsed.events, tuple((b, t.NEW_HASH[b]) for b in checked), pcr_ok,
+        pcr_ok.get(0, False) and quoted is not None, primary)
     return MachineState(
         banks=parsed.banks, checked_banks=checked, primary_bank=primary,
         pcrs_compared=quoted is not None, replayed=replayed,
-        mismatched=tuple(sorted(mismatched)), events=tuple(events), components=components,
+        mismatched=tuple(sorted(mismatched)), events=tuple(events),
+        components=tuple(components),
         secure_boot=_secure_boot(events), anomalies=tuple(_anomalies(events)),
     )
+
+
+Hashers = tuple[tuple[str, Callable[[bytes], Any]], ...]  # (bank, hashlib constructor)
+
+
+def _check_events(parsed: tuple[Event, ...], hashers: Hashers, pcr_ok: Mapping[int, bool],
+                  locality_ok: bool, primary: str,
+                  ) -> tuple[list[CheckedEvent], list[Component]]:
+    """Each event decoded, its data checked against its digests, and described. This loop
+    runs once per event of every log the server checks: one pass, locals only."""
+    no_action, describe = t.EV_NO_ACTION, _DESCRIBE.get
+    events: list[CheckedEvent] = []
+    components: list[Component] = []
+    for ev in parsed:
+        et, digests = ev.type, ev.digests
+        fields, measured = decode_parts(et, ev.pcr, ev.data)
+        data_ok = bool(measured and hashers) and _data_matches(measured, digests, hashers)
+        if et != no_action:
+            ok = data_ok and pcr_ok.get(ev.pcr, False)
+            kind, name, value, hint = describe(et, _describe_other)(ev, fields)
+        elif "locality" in fields:
+            ok = locality_ok
+            kind, name, value, hint = ("startup_locality", "StartupLocality",
+                                       str(fields["locality"]), False)
+        else:
+            events.append(CheckedEvent(ev, fields, data_ok, False))
+            continue
+        events.append(CheckedEvent(ev, fields, data_ok, ok))
+        components.append(Component(ev.pcr, kind, name, value, digests.get(primary, b"").hex(),
+                                    ok, hint and not ok, ev.index))
+    return events, components
+
+
+def _data_matches(measured: tuple[bytes, ...], digests: Mapping[str, bytes],
+                  hashers: Hashers) -> bool:
+    """Some measured form hashes to the event's digest, in every checked bank. Each form is
+    hashed at most once per bank, and only until one matches."""
+    for bank, new_hash in hashers:
+        want = digests[bank]
+        for form in measured:
+            if new_hash(form).digest() == want:
+                break
+        else:
+            return False
+    return True
 
 
 def _secure_boot(events: list[CheckedEvent]) -> bool | None:
@@ -164,76 +216,55 @@ def _anomalies(events: list[CheckedEvent]) -> list[str]:
     out: list[str] = []
     separated: set[int] = set()
     seen_vars: set[str] = set()
+    known, must_match, pcr7_types = t.EVENT_NAMES, _MUST_MATCH, _PCR7_TYPES
     for ce in events:
         ev, f = ce.event, ce.fields
-        where = f"event {ev.index} (PCR {ev.pcr}, {ev.type_name})"
-        if ev.pcr in BOOT_PCRS and (ev.type not in t.EVENT_NAMES or ev.type == t.EV_UNUSED):
-            out.append(f"{where}: unknown event type in a boot PCR")
-        if ev.pcr == 7 and ev.type not in _PCR7_TYPES:
-            out.append(f"{where}: unexpected event type in PCR 7")
-        if ev.type in _MUST_MATCH and ce.fields.get("undecodable"):
-            out.append(f"{where}: data does not decode")
-        elif ev.type in _MUST_MATCH and not ce.data_verified:
-            out.append(f"{where}: data does not match its digest")
-        if ev.type == t.EV_SEPARATOR and ev.pcr <= 7:
-            if ev.pcr in separated:
-                out.append(f"{where}: a second separator")
+        pcr, et = ev.pcr, ev.type
+        found: list[str] = []
+        if pcr in BOOT_PCRS and (et not in known or et == t.EV_UNUSED):
+            found.append("unknown event type in a boot PCR")
+        if pcr == 7 and et not in pcr7_types:
+            found.append("unexpected event type in PCR 7")
+        if et in must_match:
+            if f.get("undecodable"):
+                found.append("data does not decode")
+            elif not ce.data_verified:
+                found.append("data does not match its digest")
+        if et == t.EV_SEPARATOR and pcr <= 7:
+            if pcr in separated:
+                found.append("a second separator")
             if f.get("error"):
-                out.append(f"{where}: firmware error separator")
-            separated.add(ev.pcr)
-        if ev.pcr == 7 and ev.type == t.EV_EFI_VARIABLE_DRIVER_CONFIG:
+                found.append("firmware error separator")
+            separated.add(pcr)
+        if pcr == 7 and et == t.EV_EFI_VARIABLE_DRIVER_CONFIG:
             name = str(f.get("variable", ""))
             if 7 in separated:
-                out.append(f"{where}: Secure Boot variable {name!r} after the separator")
+                found.append(f"Secure Boot variable {name!r} after the separator")
             if name in seen_vars:
-                out.append(f"{where}: Secure Boot variable {name!r} measured twice")
+                found.append(f"Secure Boot variable {name!r} measured twice")
             seen_vars.add(name)
+        if found:  # the event's label is built only for the (rare) event that needs one
+            where = f"event {ev.index} (PCR {pcr}, {ev.type_name})"
+            out += [f"{where}: {what}" for what in found]
     return out
 
 
-def _component(ce: CheckedEvent, bank: str) -> Component | None:
-    ev, f = ce.event, ce.fields
-    if ev.type == t.EV_NO_ACTION:
-        if "locality" not in f:
-            return None
-        kind, name, value, hint = "startup_locality", "StartupLocality", str(f["locality"]), False
-    else:
-        kind, name, value, hint = _describe(ev, f)
-    digest = ev.digests.get(bank, b"").hex()
-    return Component(ev.pcr, kind, name, value, digest, ce.verified, hint and not ce.verified,
-                     ev.index)
+Description = tuple[str, str, str, bool]  # (kind, name, value, hint)
 
 
-def _describe(ev: Event, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+def _describe(ev: Event, f: Mapping[str, Any]) -> Description:
     """(kind, name, value, hint) of a measured event."""
-    et, var = ev.type, str(f.get("variable", ""))
-    if et == t.EV_SEPARATOR:
-        return "separator", "separator", str(f.get("value", "")), False
-    if et == t.EV_S_CRTM_VERSION:
-        return "firmware_version", "S-CRTM version", str(f.get("text", "")), False
-    if et in _FIRMWARE_TYPES:
+    return _DESCRIBE.get(ev.type, _describe_other)(ev, f)
+
+
+def _describe_other(ev: Event, f: Mapping[str, Any]) -> Description:
+    if ev.type in _FIRMWARE_TYPES:
         return "firmware_blob", ev.type_name, str(f.get("description", f.get("text", ""))), True
-    if et in (t.EV_EFI_BOOT_SERVICES_DRIVER, t.EV_EFI_RUNTIME_SERVICES_DRIVER):
-        return "firmware_driver", str(f.get("path_hint", "")), "", True
-    if et == t.EV_EFI_BOOT_SERVICES_APPLICATION:
-        return "boot_application", str(f.get("path_hint", "")), "", True
-    if et in (t.EV_EFI_VARIABLE_DRIVER_CONFIG, t.EV_EFI_VARIABLE_BOOT, t.EV_EFI_VARIABLE_BOOT2):
-        return _variable_kind(ev.pcr, var, f)
-    if et == t.EV_EFI_VARIABLE_AUTHORITY:
-        return "secureboot_authority", var, str(f.get("data_sha256", ""))[:16], False
-    if et in (t.EV_EFI_ACTION, t.EV_ACTION):
-        return "boot_action", str(f.get("text", "")), "", False
-    if et in (t.EV_EFI_GPT_EVENT, t.EV_EFI_GPT_EVENT2):
-        return "partition_table", str(f.get("disk_guid", "")), "", False
-    if et == t.EV_IPL:
-        return _ipl_kind(ev.pcr, f)
-    if et in (t.EV_EFI_HANDOFF_TABLES, t.EV_EFI_HANDOFF_TABLES2, t.EV_PLATFORM_CONFIG_FLAGS,
-              t.EV_TABLE_OF_DEVICES):
-        return "firmware_config", ev.type_name, "", True
     return "other", ev.type_name, str(f.get("text", "")), True
 
 
-def _variable_kind(pcr: int, var: str, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+def _variable_kind(ev: Event, f: Mapping[str, Any]) -> Description:
+    pcr, var = ev.pcr, str(f.get("variable", ""))
     if pcr == 7 and var == "SecureBoot":
         return "secureboot_state", var, "enabled" if f.get("enabled") else "disabled", False
     if pcr == 7 and var in _SECUREBOOT_KEYS:
@@ -249,7 +280,7 @@ def _variable_kind(pcr: int, var: str, f: Mapping[str, Any]) -> tuple[str, str, 
     return "firmware_config" if pcr <= 3 else "boot_variable", var, "", False
 
 
-def _ipl_kind(pcr: int, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
+def _ipl_kind(ev: Event, f: Mapping[str, Any]) -> Description:
     ipl = f.get("ipl")
     if ipl == "kernel_cmdline":
         return "kernel_cmdline", "kernel command line", str(f.get("command", "")), False
@@ -257,6 +288,37 @@ def _ipl_kind(pcr: int, f: Mapping[str, Any]) -> tuple[str, str, str, bool]:
         return "boot_command", str(ipl), str(f.get("command", "")), False
     if ipl == "file":
         return "boot_file", str(f.get("path_hint", "")), "", True
-    if pcr == 14:
+    if ev.pcr == 14:
         return "shim_mok", str(f.get("text", "")), "", True
     return "boot_command", "ipl", str(f.get("text", "")), False
+
+
+def _text(f: Mapping[str, Any], key: str) -> str:
+    return str(f.get(key, ""))
+
+
+# One row per event type (the type sets above are disjoint from these keys).
+_DESCRIBE: dict[int, Callable[[Event, Mapping[str, Any]], Description]] = {
+    t.EV_SEPARATOR: lambda ev, f: ("separator", "separator", _text(f, "value"), False),
+    t.EV_S_CRTM_VERSION: lambda ev, f: ("firmware_version", "S-CRTM version", _text(f, "text"),
+                                        False),
+    t.EV_EFI_BOOT_SERVICES_DRIVER: lambda ev, f: ("firmware_driver", _text(f, "path_hint"), "",
+                                                  True),
+    t.EV_EFI_RUNTIME_SERVICES_DRIVER: lambda ev, f: ("firmware_driver", _text(f, "path_hint"),
+                                                     "", True),
+    t.EV_EFI_BOOT_SERVICES_APPLICATION: lambda ev, f: ("boot_application",
+                                                       _text(f, "path_hint"), "", True),
+    t.EV_EFI_VARIABLE_DRIVER_CONFIG: _variable_kind,
+    t.EV_EFI_VARIABLE_BOOT: _variable_kind,
+    t.EV_EFI_VARIABLE_BOOT2: _variable_kind,
+    t.EV_EFI_VARIABLE_AUTHORITY: lambda ev, f: ("secureboot_authority", _text(f, "variable"),
+                                                _text(f, "data_sha256")[:16], False),
+    t.EV_EFI_ACTION: lambda ev, f: ("boot_action", _text(f, "text"), "", False),
+    t.EV_ACTION: lambda ev, f: ("boot_action", _text(f, "text"), "", False),
+    t.EV_EFI_GPT_EVENT: lambda ev, f: ("partition_table", _text(f, "disk_guid"), "", False),
+    t.EV_EFI_GPT_EVENT2: lambda ev, f: ("partition_table", _text(f, "disk_guid"), "", False),
+    t.EV_IPL: _ipl_kind,
+    **dict.fromkeys((t.EV_EFI_HANDOFF_TABLES, t.EV_EFI_HANDOFF_TABLES2,
+                     t.EV_PLATFORM_CONFIG_FLAGS, t.EV_TABLE_OF_DEVICES),
+                    lambda ev, f: ("firmware_config", ev.type_name, "", True)),
+}

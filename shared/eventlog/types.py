@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 # -- hard limits on untrusted input (checked before anything is parsed) --------------------
 MAX_LOG_BYTES: Final = 1024 * 1024  # real logs are 15-100 KiB
@@ -92,4 +93,10 @@ BANKS: Final[dict[int, tuple[str, int, Hasher]]] = {
 # Banks a Spec ID header may name whose hash we do not compute (e.g. SM3): their digests are
 # parsed and shown under ``alg_0x....`` names, never replayed.
 HASH_BY_NAME: Final[dict[str, Hasher]] = {name: fn for name, _, fn in BANKS.values()}
+# The same hashes as hashlib constructors (``NEW_HASH[bank](data).digest()``), for the loops that
+# hash once per event and bank: no Python frame per call.
+NEW_HASH: Final[dict[str, Callable[[bytes], Any]]] = {
+    "sha1": functools.partial(hashlib.sha1, usedforsecurity=False),
+    "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512,
+}
 SIZE_BY_NAME: Final[dict[str, int]] = {name: size for name, size, _ in BANKS.values()}
