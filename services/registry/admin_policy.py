@@ -39,6 +39,7 @@ from shared.eventlog.rules import MAX_POLICY_BYTES, RulePolicy, parse_policy, te
 from shared.eventlog.transport import checked_state, compress, decompress, log_digest
 from shared.eventlog.types import SIZE_BY_NAME
 from shared.records import Baseline, Device
+from shared.store.interface import referenced_logs
 from shared.tpm.pcrs import PcrSelection
 from shared.wire import MAX_LOG_TRANSFER
 
@@ -129,7 +130,12 @@ def cmd_baseline_add(args: argparse.Namespace, ctx: Context) -> Outcome:
                              f"(attestgate-admin baseline list {d.name})")
         return dataclasses.replace(d, baselines=(*d.baselines, state))
 
-    new = ctx.store.update_device(device.device_id, change)
+    try:
+        new = ctx.store.update_device(device.device_id, change)
+    finally:  # a log stored for a state that was not added must not stay behind
+        current = ctx.store.get_device(device.device_id)
+        if digest and (current is None or digest not in referenced_logs(current)):
+            ctx.store.delete_event_log(device.device_id, digest)
     view = out.baseline_view(state)
     doc = {"device_id": new.device_id, "name": new.name, "added": added[0], **view,
            "source": "event_log" if log else "pcrs", "baselines": len(new.baselines)}

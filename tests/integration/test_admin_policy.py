@@ -75,6 +75,14 @@ def test_a_reference_state_from_an_event_log(admin: Any, store: RedisStore,
     assert again.code == 0 and again.doc["added"] is False
     assert store.get_device(dev.device_id) == after
     assert len(_events(store, dev.device_id)) == 1
+    # Another log that replays to the same values: nothing added, and its log not kept.
+    other = encode_log([*boot(kernel="6.1.0-31"), measured_event(12, 0xD, b"x", BANKS)], BANKS)
+    other_path = tmp_path / "other.log"
+    other_path.write_bytes(other)
+    same = admin("baseline", "add", "alpha", "--event-log", str(other_path))
+    assert same.code == 0 and same.doc["added"] is False, same.doc
+    assert store.get_event_log(dev.device_id, log_digest(other)) is None
+    assert store.get_event_log(dev.device_id, added.log) is not None
     assert admin("audit", "--verify").code == 0
 
 
