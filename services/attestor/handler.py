@@ -196,7 +196,8 @@ def _mismatch(deps: AttestorDeps, device: Device, selection: str, pcrs: dict[int
     evdiff = None
     if sent is not None:
         deps.store.put_event_log(device.device_id, sent.digest, sent.blob)
-        found = compare(deps.store, device, sent.state, pcrs)
+        found = (by_rule.diff if by_rule is not None and by_rule.diff is not None
+                 else compare(deps.store, device, sent.state, pcrs))
         evdiff = capped(found) if found is not None else None
     return _refuse(deps, device.device_id, ErrorCode.PCR_MISMATCH, "pcrs differ", diff,
                    Baseline.of(selection, pcrs, sent.digest if sent else ""), now, evdiff,

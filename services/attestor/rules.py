@@ -9,12 +9,12 @@ The policy is the device's own, else the default for all; with neither, nothing 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.attestor.eventlogs import reference_states, with_undescribed
 from shared.errors import AttestgateError
-from shared.eventlog import MachineState, diff_states
+from shared.eventlog import MachineState, StateDiff, diff_states
 from shared.eventlog.rules import Rule, RuleDecision, RulePolicy, evaluate, parse_policy, refuse
 from shared.records import Device
 from shared.store.interface import Store
@@ -27,6 +27,8 @@ class RuleOutcome:
     baseline: str  # the reference baseline's id ("" when there was none)
     verdict: str  # the event-log verdict against that baseline
     decision: RuleDecision
+    # The diff against that baseline: a refusal shows it (no second verification of its log).
+    diff: StateDiff | None = field(default=None, compare=False)
 
     @property
     def accepted(self) -> bool:
@@ -62,7 +64,7 @@ def decide(store: Store, device: Device, current: MachineState, pcrs: Mapping[in
     for baseline, old in reference_states(store, device, pcrs, now):
         diff = with_undescribed(diff_states(old, current), old, current, baseline, pcrs)
         outcome = RuleOutcome(scope, policy.digest, baseline.baseline_id, diff.verdict.value,
-                              evaluate(policy, old, current, diff, pcrs.keys()))
+                              evaluate(policy, old, current, diff, pcrs.keys()), diff)
         if outcome.accepted:
             return outcome
         first = first or outcome  # the closest reference explains the refusal
