@@ -56,15 +56,20 @@ def safe_text(text: str) -> str:
     if text.isprintable():
         return text
     # grub's menu entries hold hundreds of newlines and tabs in kilobytes of text: those are
-    # replaced in C; the regex then hands only the remaining non-ASCII or control characters
-    # to Python (printable ASCII is never escaped).
+    # replaced in C; binary data read as text (an EV_NONHOST_INFO blob) is mostly control
+    # characters, escaped by one table in C; the regex then hands only what is left (non-
+    # printable characters beyond U+00FF) to Python. Printable characters are never escaped.
     text = text.replace("\n", "\\x0a").replace("\t", "\\x09").replace("\r", "\\x0d")
+    if text.isprintable():
+        return text
+    text = text.translate(_LATIN1_ESCAPES)
     if text.isprintable():
         return text
     return _NOT_PRINTABLE_ASCII.sub(_escape, text)
 
 
 _NOT_PRINTABLE_ASCII = re.compile("[^\x20-\x7e]")
+_LATIN1_ESCAPES = {c: f"\\x{c:02x}" for c in range(256) if not chr(c).isprintable()}
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
 
 import pytest
@@ -12,6 +13,7 @@ from shared.errors import AttestgateError, ErrorCode
 from shared.eventlog import parse_log, replay
 from shared.eventlog import types as t
 from shared.eventlog.build import encode_log, measured_event, startup_locality_event
+from shared.eventlog.efi import MAX_TEXT, safe_text
 from shared.eventlog.fields import decode
 from shared.eventlog.parse import Event
 
@@ -139,3 +141,23 @@ def test_unknown_bank_in_header_is_parsed_not_replayed() -> None:
     ev = struct.pack("<IIIH", 8, t.EV_IPL, 1, 0x12) + bytes(32) + struct.pack("<I", 0)
     log = parse_log(head + ev)
     assert log.banks == ("alg_0x0012",) and replay(log) == {}
+
+
+def test_safe_text_escapes_exactly_the_non_printable_characters() -> None:
+    """Whichever fast path takes a string (plain, newlines, binary read as text, rare
+    non-printables beyond U+00FF), the result is the one-character-at-a-time rule."""
+    def rule(text: str) -> str:
+        if len(text) > MAX_TEXT:
+            text = text[:MAX_TEXT] + "…"
+        return "".join(c if c.isprintable() else
+                       f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                       for c in text)
+
+    rng = random.Random(7)
+    pools = [range(128), range(256), range(0x3000), [0x2028, 0xFEFF, 0xAD, 0xA0, 0xFFFD, 10, 0]]
+    for _ in range(20_000):
+        pool = rng.choice(pools)
+        text = "".join(chr(rng.choice(pool)) for _ in range(rng.randint(0, 40)))
+        assert safe_text(text) == rule(text), text
+    binary = bytes(rng.randrange(256) for _ in range(5000)).decode("latin-1")
+    assert safe_text(binary) == rule(binary)
