@@ -294,11 +294,16 @@ _POLICY_HELP = (
 
 def add_policy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     policy = sub.add_parser("policy", help="rule policies that accept routine updates",
-                            description=_POLICY_HELP)
+                            description=_POLICY_HELP, examples=[
+                                "attestgate-admin policy template dev1 > fleet.json",
+                                "attestgate-admin policy set --default fleet.json",
+                                "attestgate-admin policy show dev1"])
     psub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
 
     def scoped(name: str, help_: str, desc: str, device_required: bool = False) -> Any:
-        p = psub.add_parser(name, parents=[common], help=help_, description=desc)
+        example = desc.rsplit("Example: ", 1)[-1]
+        p = psub.add_parser(name, parents=[common], help=help_, description=desc,
+                            examples=[example])
         p.add_argument("device", nargs=None if device_required else "?", metavar="DEVICE",
                        help="device name or id")
         if not device_required:
@@ -331,6 +336,8 @@ def add_policy_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def add_baseline_add_parser(bsub: Any, common: argparse.ArgumentParser) -> None:
     add = bsub.add_parser(
         "add", parents=[common], help="add a reference state ahead of an update",
+        examples=["attestgate-admin baseline add dev1 --event-log boot-after-update.log",
+                  "attestgate-admin baseline add dev1 --event-log next.log --pcr 16=" + "00" * 32],
         description="Add an accepted baseline before the machine boots into it: from the "
                     "event log of the new state (its replay gives the selected PCRs; the log "
                     "is kept to explain later refusals), and/or PCR values. Writes "
