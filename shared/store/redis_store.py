@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -46,6 +45,7 @@ from shared.errors import AttestgateError, ErrorCode
 from shared.records import AuditEntry, Device, DeviceStatus, Post, Token
 from shared.store.interface import PostQuota, check_event_log
 from shared.store.serialize import (
+    DeviceDecoder,
     device_from_bytes,
     device_to_bytes,
     name_key,
@@ -64,8 +64,10 @@ _RETRIES: Final = 50
 _DEFAULT_SCOPE: Final = "*"  # the rule policy for every device without its own
 # Device records last read, by id (raw and parsed): update_device's compare-and-set
 # starts from them, so an update right after a read (the attestor's get, check, update)
-# is one round trip and no second parse. Bounded; a stale one costs a retry.
-_SEEN_DEVICES: Final = 256
+# is one round trip and no second parse, and a record the attestor rewrote since (its
+# attestation state) is decoded from the last one (serialize.DeviceDecoder). Bounded
+# (a few KiB each); a stale one costs a retry.
+_SEEN_DEVICES: Final = 1024
 
 # Steps that need a transaction run as scripts: one round trip each, atomic, and
 # nothing to retry unless another writer came between our read and our write
@@ -198,7 +200,7 @@ class RedisStore:
         self._get = self._r.register_script(_GET)
         self._cas_device = self._r.register_script(_CAS_DEVICE)
         self._append_audit = self._r.register_script(_APPEND_AUDIT)
-        self._seen: OrderedDict[str, tuple[bytes, Device]] = OrderedDict()  # id -> record
+        self._seen = DeviceDecoder(_SEEN_DEVICES)  # id -> record last read or written
         # One connection kept for the per-request commands (see _hot_call).
         self._hot: Any = None
         self._hot_lock = threading.Lock()
@@ -207,15 +209,9 @@ class RedisStore:
     def _remember(self, device_id: str, raw: bytes | None) -> Device | None:
         """Parse ``raw`` (None: no such device) and keep both for update_device."""
         if raw is None:
-            self._seen.pop(device_id, None)
+            self._seen.forget(device_id)
             return None
-        seen = self._seen.get(device_id)
-        device = seen[1] if seen is not None and seen[0] == raw else device_from_bytes(raw)
-        self._seen[device_id] = (raw, device)
-        self._seen.move_to_end(device_id)
-        if len(self._seen) > _SEEN_DEVICES:
-            self._seen.popitem(last=False)
-        return device
+        return self._seen.decode(device_id, raw)
 
     def close(self) -> None:
         with self._hot_lock:
@@ -380,7 +376,7 @@ class RedisStore:
         """Compare-and-set from the record last read (one round trip when nobody wrote
         in between); when it changed, the script hands back the current one to retry on."""
         key = REG + "dev:" + device_id
-        seen = self._seen.get(device_id)
+        seen = self._seen.last(device_id)
         raw = seen[0] if seen is not None else None
         if raw is None:
             with _mapped():
@@ -394,8 +390,7 @@ class RedisStore:
             with _mapped():
                 answer = self._hot_call(self._cas_device, [key], [raw, new_raw])
             if int(answer[0]) == 2:
-                self._seen[device_id] = (new_raw, new)
-                self._seen.move_to_end(device_id)
+                self._seen.store(device_id, new_raw, new)
                 return new
             raw = answer[1] if int(answer[0]) == 1 else None
         self._remember(device_id, None)

@@ -111,6 +111,40 @@ def test_confirm_connect_reads_the_device_and_advances_only_its_guard(
     assert b.last_connect_ts("no-such-device") == -1
 
 
+def test_a_connect_lookup_sees_every_change_another_worker_made_at_once(
+    stores: tuple[Store, Store]
+) -> None:
+    """The registry keeps what it parsed per device (the attestor rewrites the record at
+    every attestation); a revocation, a lock, a new PSK, a deletion or a re-enrollment by
+    another worker is what its very next lookup returns."""
+    registry, other = stores
+    dev = make_device()
+    other.create_device(dev, None)
+
+    def looked_up() -> Device | None:
+        found = registry.connect_lookup(dev.noise_public)
+        return None if found is None else found[0]
+
+    assert looked_up() == dev
+    for i in range(3):  # attestations: only the state changes
+        other.update_device(dev.device_id, lambda d: dataclasses.replace(
+            d, last_attest_at=NOW + i, last_clock=1000 + i, failures=0))
+        assert looked_up() == other.get_device(dev.device_id)
+    for change in ({"status": DeviceStatus.LOCKED}, {"status": DeviceStatus.ACTIVE},
+                   {"psk_sealed": b"new sealed psk"}, {"status": DeviceStatus.REVOKED}):
+        other.update_device(dev.device_id,
+                            lambda d: dataclasses.replace(d, **change, last_attest_at=NOW + 9))
+        found = looked_up()
+        assert found is not None and found == other.get_device(dev.device_id)
+        for field, value in change.items():
+            assert getattr(found, field) == value
+    other.delete_device(dev.device_id)
+    assert looked_up() is None
+    again = dataclasses.replace(dev, enrolled_at=NOW + 50, psk_sealed=b"re-enrolled psk")
+    other.create_device(again, None)  # the same Noise key enrolled again
+    assert looked_up() == again
+
+
 def test_updates_from_two_workers_lose_nothing(stores: tuple[Store, Store]) -> None:
     a, b = stores
     dev = make_device()
