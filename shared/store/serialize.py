@@ -149,7 +149,7 @@ def _split(raw: bytes) -> tuple[int, int]:
     stable, seen = 0, set()
     try:
         pairs = u.read_map_header()
-        for done in range(pairs):
+        for _ in range(pairs):
             at = u.tell()
             key = u.unpack()
             if key == _FIRST_STATE_KEY and not stable:

@@ -127,13 +127,13 @@ def test_a_connect_lookup_sees_every_change_another_worker_made_at_once(
 
     assert looked_up() == dev
     for i in range(3):  # attestations: only the state changes
-        other.update_device(dev.device_id, lambda d: dataclasses.replace(
+        other.update_device(dev.device_id, lambda d, i=i: dataclasses.replace(
             d, last_attest_at=NOW + i, last_clock=1000 + i, failures=0))
         assert looked_up() == other.get_device(dev.device_id)
     for change in ({"status": DeviceStatus.LOCKED}, {"status": DeviceStatus.ACTIVE},
                    {"psk_sealed": b"new sealed psk"}, {"status": DeviceStatus.REVOKED}):
-        other.update_device(dev.device_id,
-                            lambda d: dataclasses.replace(d, **change, last_attest_at=NOW + 9))
+        other.update_device(dev.device_id, lambda d, change=change: dataclasses.replace(
+            d, **change, last_attest_at=NOW + 9))
         found = looked_up()
         assert found is not None and found == other.get_device(dev.device_id)
         for field, value in change.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import msgpack
 import pytest
@@ -50,7 +51,7 @@ STATE_CHANGES = [
 
 
 @pytest.mark.parametrize("change", STATE_CHANGES)
-def test_a_new_attestation_state_is_decoded_without_parsing_the_record_again(change: dict
+def test_a_new_attestation_state_is_decoded_without_parsing_the_record_again(change: dict[str, Any]
                                                                                ) -> None:
     d = _record()
     decoder = DeviceDecoder(8)
@@ -76,7 +77,7 @@ RECORD_CHANGES = [
 
 
 @pytest.mark.parametrize("change", RECORD_CHANGES)
-def test_a_change_to_what_a_connect_reads_is_seen_at_once(change: dict) -> None:
+def test_a_change_to_what_a_connect_reads_is_seen_at_once(change: dict[str, Any]) -> None:
     """Revocation, lock, a new PSK, key or name: the very next decode has it."""
     d = _record()
     decoder = DeviceDecoder(8)
@@ -154,8 +155,8 @@ def test_any_mutation_of_a_record_decodes_as_a_whole_parse_would() -> None:
         raw = bytearray(base)
         # mostly in the state at the end, where a decode reuses the rest
         for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(raw) - 200 if i % 4 == 0 else len(raw) - 200, len(raw))
-            at = rng.randrange(len(raw)) if i % 4 == 0 else at
+            at = rng.randrange(len(raw)) if i % 4 == 0 else rng.randrange(len(raw) - 200,
+                                                                           len(raw))
             raw[at] = rng.randrange(256)
         if i % 7 == 0:
             raw = raw[: rng.randrange(len(raw))]
