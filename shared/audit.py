@@ -14,7 +14,6 @@ it was and what its entry number N hashed to, so :func:`verify_chain` finds both
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import math
@@ -37,14 +36,18 @@ class AuditKey:
     """The 32-byte key of the audit chain; never printed."""
 
     value: bytes = field(repr=False)
+    # Derived once, not at every checkpoint (an HMAC per append).
+    _checkpoint_key: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.value) != AUDIT_KEY_LEN:
             raise AttestgateError(ErrorCode.INTERNAL, f"audit key must be {AUDIT_KEY_LEN} bytes")
+        object.__setattr__(self, "_checkpoint_key",
+                           hmac.digest(self.value, _LABEL_CHECKPOINT, "sha256"))
 
     def checkpoint_key(self) -> bytes:
         """A separate key for checkpoints, so a checkpoint MAC is never an entry hash."""
-        return hmac.new(self.value, _LABEL_CHECKPOINT, hashlib.sha256).digest()
+        return self._checkpoint_key
 
 
 def canonical(detail: Mapping[str, Any]) -> str:
@@ -62,7 +65,7 @@ def _fields(*parts: str) -> bytes:
 def entry_hash(key: AuditKey, prev: str, ts: float, event: str, device_id: str,
                detail: str) -> str:
     msg = LABEL_AUDIT + _fields(prev, repr(ts), event, device_id, detail)
-    return hmac.new(key.value, msg, hashlib.sha256).hexdigest()
+    return hmac.digest(key.value, msg, "sha256").hex()
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class CheckpointSink(Protocol):
 
 def _checkpoint_mac(key: AuditKey, count: int, head: str, ts: float) -> str:
     msg = _fields(str(count), head, repr(ts))
-    return hmac.new(key.checkpoint_key(), msg, hashlib.sha256).hexdigest()
+    return hmac.digest(key.checkpoint_key(), msg, "sha256").hex()
 
 
 def make_checkpoint(key: AuditKey, count: int, head: str, now: float) -> Checkpoint:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -254,3 +255,26 @@ def test_checkpoint_file_skips_a_torn_last_line_and_does_not_glue_the_next(
     f.record(third)
     assert f.read() == [first, None, third]
     assert json.loads(f.path.read_bytes().splitlines()[-1])["count"] == 3
+
+
+def test_checkpoint_file_kept_open_follows_the_path_when_moved_aside_or_deleted(
+        tmp_path: Path) -> None:
+    """An appender keeps its file open between appends; an operator moving the file aside
+    (new audit key, purge) or deleting it must see the next checkpoint in a new file at the
+    path, not in the moved one."""
+    f = CheckpointFile(tmp_path / "cp.jsonl")
+    cps = [make_checkpoint(KEY, i, f"{i:064x}", float(i)) for i in range(1, 6)]
+    f.record(cps[0])
+    moved = tmp_path / "cp.jsonl.archived"
+    os.replace(f.path, moved)
+    f.record(cps[1])
+    assert CheckpointFile(moved).read() == [cps[0]]
+    assert f.read() == [cps[1]]
+    f.path.unlink()
+    f.record(cps[2])
+    assert f.read() == [cps[2]]
+    other = CheckpointFile(f.path)  # a second appender (another worker) on the same file
+    other.record(cps[3])
+    f.record(cps[4])
+    assert f.read() == [cps[2], cps[3], cps[4]]
+    assert CheckpointFile(moved).read() == [cps[0]]
