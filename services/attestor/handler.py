@@ -10,6 +10,7 @@ for the web console: ``read_audit`` (newest entries, filtered by device and even
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -134,7 +135,7 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
     try:
         ak = deps.keys.get(device_id, "ak", device.ak_public, code=ErrorCode.AK_INVALID)
         info = verify_quote(ak, attest, signature, qualifying_data=nonce,
-                            selection=PcrSelection.parse(selection_text), pcr_values=pcrs)
+                            selection=_selection(selection_text), pcr_values=pcrs)
         check_clock(device, info.reset_count, info.clock)
     except AttestgateError as exc:
         if exc.code not in _COUNTED:
@@ -161,6 +162,12 @@ def _attest(req: Request, deps: AttestorDeps, now: float) -> Reply:
         if refusal is not None:
             return refusal
     return _accept(req.id, deps, device, h, bool(server_nonce), info, by_rule, pcrs, now)
+
+
+@functools.lru_cache(maxsize=64)
+def _selection(text: str) -> PcrSelection:
+    """A device's selection text, parsed once (a fleet has few; the result is immutable)."""
+    return PcrSelection.parse(text)
 
 
 def _accept(req_id: str, deps: AttestorDeps, device: Device, h: bytes, reattest: bool,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import struct
 
 import pytest
@@ -18,9 +19,9 @@ from tpm_unit_helpers import (
 from shared.errors import AttestgateError, ErrorCode
 from shared.tpm.certify import verify_certify
 from shared.tpm.pcrs import PcrChange, PcrSelection, pcr_diff, pcr_digest
-from shared.tpm.quote import verify_quote
+from shared.tpm.quote import _ecdsa_sha256, _marshalled, _quote_fields, verify_quote
 from shared.tpm.signature import verify_ecdsa_signature
-from shared.tpm.structures import name_of, parse_attest
+from shared.tpm.structures import name_of, parse_attest, parse_signature
 from shared.wire import MAX_EVIDENCE_FIELD
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -210,3 +211,64 @@ def test_pcr_selection_text_and_wire_round_trip() -> None:
         with pytest.raises(AttestgateError) as e:
             PcrSelection.parse(text)
         assert e.value.code is ErrorCode.BAD_REQUEST
+
+
+# -- the direct reading of the common case agrees with the generic parsers --------------
+
+
+def _generic_quote(attest: bytes) -> tuple[object, ...] | None:
+    try:
+        a = parse_attest(attest)
+    except AttestgateError:
+        return None
+    if a.type != 0x8018:
+        return None
+    q = a.attested
+    c = a.clock_info
+    return (c.clock, c.reset_count, c.restart_count, c.safe, a.firmware_version,
+            q.pcr_digest, a.qualified_signer, a.extra_data, q.selection)  # type: ignore[union-attr]
+
+
+def _mutations(seed: bytes, rounds: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(rounds):
+        b = bytearray(seed)
+        if i % 5 == 0:
+            b = b[: rng.randrange(len(b) + 1)]
+        elif i % 5 == 1:
+            b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
+        else:
+            for _ in range(rng.randint(1, 2)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        out.append(bytes(b))
+    return out
+
+
+def test_the_direct_quote_reading_agrees_with_parse_attest() -> None:
+    """Whatever _quote_fields reads, parse_attest reads the same (with the asked selection);
+    whatever it does not recognise goes to parse_attest."""
+    seeds = [quote_attest(PCRS), quote_attest(PCRS, extra=b""), kat.QUOTE_ATTEST,
+             quote_attest(PCRS, bitmap=b"\xff\x00\x00\x00")]  # a 4-byte bitmap: generic
+    for seed in seeds:
+        for attest in [seed, *_mutations(seed, 3000)]:
+            fields = _quote_fields(attest, _marshalled(SEL))
+            if fields is not None:
+                assert (*fields, SEL) == _generic_quote(attest)
+    assert _quote_fields(quote_attest(PCRS, bitmap=b"\xff\x00\x00\x00"), _marshalled(SEL)) is None
+
+
+def test_a_quote_with_a_longer_bitmap_still_verifies() -> None:
+    """A TPM may echo the selection with a 4-byte bitmap: the generic reader takes it."""
+    info = _verify(quote_attest(PCRS, bitmap=b"\xff\x00\x00\x00"))
+    assert info.selection == SEL  # type: ignore[attr-defined]
+
+
+def test_the_direct_signature_reading_agrees_with_parse_signature() -> None:
+    seed = ecdsa_sig(KEY, b"data")
+    short_r = struct.pack(">HH", 0x18, 0x0B) + struct.pack(">H", 31) + b"\1" * 31 + struct.pack(
+        ">H", 32) + b"\2" * 32
+    for sig in [seed, short_r, *_mutations(seed, 3000), *_mutations(short_r, 1000)]:
+        direct = _ecdsa_sha256(sig)
+        if direct is not None:
+            assert direct == parse_signature(sig)
