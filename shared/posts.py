@@ -13,7 +13,7 @@ from shared.records import Device, Post
 from shared.store.interface import Store
 from shared.tpm.keycache import VerifyingKey
 from shared.tpm.signature import verify_signature
-from shared.tpm.structures import parse_public, parse_signature
+from shared.tpm.structures import parse_public, parse_signature, read_ecdsa_sha256
 from shared.wire import LABEL_POST, MAX_POST_BYTES
 
 _ALLOWED_CONTROL = frozenset("\n\t\u200d")  # ZWJ joins emoji sequences
@@ -124,5 +124,5 @@ def check_signature(post_public: bytes | VerifyingKey, signature: bytes, digest:
         key, crypto = post_public.public, post_public.crypto
     else:
         key, crypto = parse_public(post_public, code=code), None
-    verify_signature(key, parse_signature(signature, code=code), digest, code=code,
-                     prehashed=True, public=crypto)
+    sig = read_ecdsa_sha256(signature) or parse_signature(signature, code=code)
+    verify_signature(key, sig, digest, code=code, prehashed=True, public=crypto)

@@ -10,17 +10,16 @@ from dataclasses import dataclass
 from typing import Final
 
 from shared.errors import AttestgateError, ErrorCode
-from shared.tpm.constants import GENERATED_VALUE, MAX_DIGEST, MAX_ECC_BYTES, MAX_NAME, Alg, St
+from shared.tpm.constants import GENERATED_VALUE, MAX_DIGEST, MAX_NAME, St
 from shared.tpm.keycache import VerifyingKey, parse_verifying_key
 from shared.tpm.marshal import check_size
 from shared.tpm.pcrs import PcrChange, PcrSelection, pcr_diff, pcr_digest
 from shared.tpm.signature import verify_signature
 from shared.tpm.structures import (
-    EcdsaSignature,
     QuoteAttested,
-    Signature,
     parse_attest,
     parse_signature,
+    read_ecdsa_sha256,
 )
 
 __all__ = ["PcrChange", "QuoteInfo", "pcr_diff", "pcr_digest", "verify_quote"]
@@ -76,7 +75,7 @@ def verify_quote(ak_public: bytes | VerifyingKey, attest: bytes, signature: byte
         raise AttestgateError(ErrorCode.BAD_REQUEST, "quote selection must have one bank")
     if ak is None:
         ak = parse_verifying_key(raw_ak, code=ErrorCode.AK_INVALID)
-    sig = _ecdsa_sha256(signature) or parse_signature(signature, code=ErrorCode.QUOTE_INVALID)
+    sig = read_ecdsa_sha256(signature) or parse_signature(signature, code=ErrorCode.QUOTE_INVALID)
     # The signature covers the raw bytes; check it before trusting anything parsed from them.
     verify_signature(ak.public, sig, attest, code=ErrorCode.QUOTE_INVALID, public=ak.crypto)
     fields = _quote_fields(attest, _marshalled(selection))
@@ -116,7 +115,6 @@ def _parsed_quote(attest: bytes) -> QuoteInfo:
 _ATTEST_HEAD: Final = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _SIZE: Final = struct.Struct(">H")
 _CLOCK_AND_FIRMWARE: Final = struct.Struct(">QIIBQ")
-_ECDSA_HEAD: Final = struct.Struct(">HHH")  # sigAlg, hash, signatureR.size
 
 
 @functools.lru_cache(maxsize=64)
@@ -163,23 +161,3 @@ def _quote_fields(attest: bytes, selection: bytes
         return None
     return (clock, reset_count, restart_count, safe == 1, firmware, attest[pos:end], signer,
             extra)
-
-
-def _ecdsa_sha256(signature: bytes) -> Signature | None:
-    """A well-formed TPMT_SIGNATURE of ECDSA with SHA-256; None for anything else."""
-    end = len(signature)
-    if end < _ECDSA_HEAD.size:
-        return None
-    alg, hash_alg, size = _ECDSA_HEAD.unpack_from(signature)
-    pos = _ECDSA_HEAD.size
-    if (alg != Alg.ECDSA or hash_alg != Alg.SHA256 or size > MAX_ECC_BYTES
-            or pos + size + _SIZE.size > end):
-        return None
-    r = signature[pos:pos + size]
-    pos += size
-    (size,) = _SIZE.unpack_from(signature, pos)
-    pos += _SIZE.size
-    if size > MAX_ECC_BYTES or pos + size != end:
-        return None
-    return EcdsaSignature(hash_alg, int.from_bytes(r, "big"),
-                          int.from_bytes(signature[pos:end], "big"))

@@ -19,9 +19,9 @@ from tpm_unit_helpers import (
 from shared.errors import AttestgateError, ErrorCode
 from shared.tpm.certify import verify_certify
 from shared.tpm.pcrs import PcrChange, PcrSelection, pcr_diff, pcr_digest
-from shared.tpm.quote import _ecdsa_sha256, _marshalled, _quote_fields, verify_quote
+from shared.tpm.quote import _marshalled, _quote_fields, verify_quote
 from shared.tpm.signature import verify_ecdsa_signature
-from shared.tpm.structures import name_of, parse_attest, parse_signature
+from shared.tpm.structures import name_of, parse_attest, parse_signature, read_ecdsa_sha256
 from shared.wire import MAX_EVIDENCE_FIELD
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -269,6 +269,6 @@ def test_the_direct_signature_reading_agrees_with_parse_signature() -> None:
     short_r = struct.pack(">HH", 0x18, 0x0B) + struct.pack(">H", 31) + b"\1" * 31 + struct.pack(
         ">H", 32) + b"\2" * 32
     for sig in [seed, short_r, *_mutations(seed, 3000), *_mutations(short_r, 1000)]:
-        direct = _ecdsa_sha256(sig)
+        direct = read_ecdsa_sha256(sig)
         if direct is not None:
             assert direct == parse_signature(sig)
