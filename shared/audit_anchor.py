@@ -13,12 +13,9 @@ highest count.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import weakref
 from pathlib import Path
-from typing import Any
 
 from shared.audit import Checkpoint, checkpoint_line, parse_checkpoint
 
@@ -30,54 +27,21 @@ class CheckpointFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # The file stays open between appends (an open and a close less per entry); each
-        # append checks, under the lock, that the path still names it (an operator moves
-        # it aside when the audit key is replaced or the store purged) and reopens if not.
-        self._fd = -1
-        self._closer: weakref.finalize[Any, CheckpointFile] | None = None
 
     def record(self, checkpoint: Checkpoint) -> None:
         """Append one line durably; raises OSError (disk full, permissions)."""
         line = checkpoint_line(checkpoint)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            fd = self._locked()
-            try:
-                size = os.fstat(fd).st_size
-                # A line torn by a crash mid-write is closed off, never glued to the next one.
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            self.close()
-            raise
-
-    def _locked(self) -> int:
-        """The file's descriptor, locked exclusively, opened again if the path moved."""
-        for _ in range(3):
-            if self._fd < 0:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-                self._fd = fd
-                self._closer = weakref.finalize(self, os.close, fd)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            held = os.fstat(self._fd)
-            try:
-                named = os.stat(self.path)
-            except FileNotFoundError:
-                named = None
-            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-                return self._fd
-            self.close()  # moved aside or deleted: append to the file the path names now
-        raise OSError(errno.EAGAIN, "checkpoint file keeps moving", str(self.path))
-
-    def close(self) -> None:
-        """Close the kept descriptor (the next append opens the file again)."""
-        if self._closer is not None:
-            self._closer()  # closes the descriptor (releasing any lock) once
-            self._closer = None
-        self._fd = -1
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            # A line torn by a crash mid-write is closed off, never glued to the next one.
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the lock
 
     def check_writable(self) -> None:
         """Create the file if needed and check it can be appended to; raises OSError."""
