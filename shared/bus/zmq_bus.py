@@ -719,7 +719,8 @@ class WorkerConnection:
         self._curve = curve
         self._ctx = zmq.Context()
         # The links' ZMQ_FDs, waited on directly (see poll); zmq.Poller asked EVENTS of
-        # every socket before and after each wait: 11 poll(2) calls per request, now ~4.
+        # every socket, the XPUB's too, before and after each wait (measured with an echo
+        # worker: 11.1 -> 7.7 poll(2) per request, the I/O thread's included).
         self._fds = select.poll()
         self._dealers: list[zmq.Socket[bytes] | None] = [None] * len(self.bus_endpoints)
         self._dealer_fds: list[int] = [-1] * len(self.bus_endpoints)
