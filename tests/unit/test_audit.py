@@ -257,11 +257,11 @@ def test_checkpoint_file_skips_a_torn_last_line_and_does_not_glue_the_next(
     assert json.loads(f.path.read_bytes().splitlines()[-1])["count"] == 3
 
 
-def test_checkpoint_file_kept_open_follows_the_path_when_moved_aside_or_deleted(
+def test_checkpoint_file_moved_aside_or_deleted_gets_the_next_checkpoint_at_the_path(
         tmp_path: Path) -> None:
-    """An appender keeps its file open between appends; an operator moving the file aside
-    (new audit key, purge) or deleting it must see the next checkpoint in a new file at the
-    path, not in the moved one."""
+    """An operator moving the file aside (new audit key, purge) or deleting it while an
+    appender runs must see the next checkpoint in a new file at the path, not in the moved
+    one (what an appender keeping the file open would get wrong)."""
     f = CheckpointFile(tmp_path / "cp.jsonl")
     cps = [make_checkpoint(KEY, i, f"{i:064x}", float(i)) for i in range(1, 6)]
     f.record(cps[0])
