@@ -30,7 +30,6 @@ from enum import Enum, auto
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
-from noise.backends.default.keypairs import KeyPair25519
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import (
     NoiseHandshakeError,
@@ -44,6 +43,7 @@ from noise.exceptions import (
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import Mode, Preamble
 from shared.keys import Psk, StaticKey
+from shared.noise_backend import BACKEND, X25519KeyPair
 from shared.wire import (
     DH_LEN,
     MAX_HANDSHAKE_PAYLOAD,
@@ -161,7 +161,8 @@ class NoiseSession:
         self._received = 0
         self._remote_static: bytes | None = remote_static
         self._hash: bytes | None = None
-        conn = NoiseConnection.from_name(PATTERN_ENROLL if mode is Mode.ENROLL else PATTERN_CONNECT)
+        conn = NoiseConnection.from_name(
+            PATTERN_ENROLL if mode is Mode.ENROLL else PATTERN_CONNECT, backend=BACKEND)
         if role is Role.INITIATOR:
             conn.set_as_initiator()
         else:
@@ -354,8 +355,8 @@ class NoiseSession:
 
 
 @functools.lru_cache(maxsize=8)
-def _static_keypair(private: bytes) -> KeyPair25519:
-    return KeyPair25519.from_private_bytes(private)
+def _static_keypair(private: bytes) -> X25519KeyPair:
+    return X25519KeyPair.from_private_bytes(private)
 
 
 def _has_key(keypair: object) -> bool:
