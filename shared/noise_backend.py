@@ -39,7 +39,7 @@ from noise.functions.hash import Hash
 _blake2s = hashlib.blake2s
 
 
-class X25519KeyPair(KeyPair25519):
+class X25519KeyPair(KeyPair25519):  # type: ignore[misc]  # noiseprotocol is untyped
     """A X25519 keypair whose ``public_bytes`` are the raw bytes it was made from."""
 
     @classmethod
@@ -59,7 +59,7 @@ class X25519KeyPair(KeyPair25519):
                    public_bytes=public_bytes)
 
 
-class X25519(DH):
+class X25519(DH):  # type: ignore[misc]  # noiseprotocol is untyped
     @property
     def klass(self) -> type[X25519KeyPair]:
         return X25519KeyPair
@@ -78,19 +78,24 @@ class X25519(DH):
         return private_key.exchange(public_key)  # type: ignore[no-any-return]
 
 
-class ChaChaPoly(Cipher):
+_NONCE_PAD: Final = bytes(4)  # ChaChaPoly's nonce: 32 zero bits, then n little-endian
+
+
+class ChaChaPoly(Cipher):  # type: ignore[misc]  # noiseprotocol is untyped
     @property
     def klass(self) -> type[ChaCha20Poly1305]:
         return ChaCha20Poly1305
 
     def encrypt(self, k: bytes, n: int, ad: bytes | None, plaintext: bytes) -> bytes:
-        return self.cipher.encrypt(b"\x00\x00\x00\x00" + n.to_bytes(8, "little"), plaintext, ad)  # type: ignore[no-any-return]
+        out: bytes = self.cipher.encrypt(_NONCE_PAD + n.to_bytes(8, "little"), plaintext, ad)
+        return out
 
     def decrypt(self, k: bytes, n: int, ad: bytes | None, ciphertext: bytes) -> bytes:
-        return self.cipher.decrypt(b"\x00\x00\x00\x00" + n.to_bytes(8, "little"), ciphertext, ad)  # type: ignore[no-any-return]
+        out: bytes = self.cipher.decrypt(_NONCE_PAD + n.to_bytes(8, "little"), ciphertext, ad)
+        return out
 
 
-class Blake2s(Hash):
+class Blake2s(Hash):  # type: ignore[misc]  # noiseprotocol is untyped
     @property
     def fn(self) -> Any:
         return _blake2s

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from enum import Enum
+from enum import StrEnum
 
 from shared.config import choice
 
@@ -22,7 +22,7 @@ log = logging.getLogger("attestgate.gateway")
 SETTING = "ATTESTGATE_EVENT_LOOP"
 
 
-class LoopKind(Enum):
+class LoopKind(StrEnum):
     UVLOOP = "uvloop"
     ASYNCIO = "asyncio"
 
@@ -37,7 +37,7 @@ def loop_factory(kind: LoopKind) -> tuple[Callable[[], asyncio.AbstractEventLoop
     was asked for but is not installed)."""
     if kind is LoopKind.UVLOOP:
         try:
-            import uvloop
+            import uvloop  # noqa: PLC0415 (optional: imported only where asked for)
         except ImportError:
             log.warning("%s=uvloop but uvloop is not installed: running on asyncio's loop",
                         SETTING)
