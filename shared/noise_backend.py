@@ -82,17 +82,32 @@ _NONCE_PAD: Final = bytes(4)  # ChaChaPoly's nonce: 32 zero bits, then n little-
 
 
 class ChaChaPoly(Cipher):  # type: ignore[misc]  # noiseprotocol is untyped
+    """ChaCha20-Poly1305 whose AEAD object is made at its key's first use: noiseprotocol
+    initialises a cipher at every MixKey (9 per IKpsk2 side), most never used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key: bytes | None = None
+
     @property
     def klass(self) -> type[ChaCha20Poly1305]:
         return ChaCha20Poly1305
 
+    def initialize(self, key: bytes) -> None:
+        self._key, self.cipher = key, None
+
+    def _aead(self) -> ChaCha20Poly1305:
+        if self.cipher is None:
+            assert self._key is not None  # noiseprotocol initialises before use
+            self.cipher = ChaCha20Poly1305(self._key)
+        aead: ChaCha20Poly1305 = self.cipher
+        return aead
+
     def encrypt(self, k: bytes, n: int, ad: bytes | None, plaintext: bytes) -> bytes:
-        out: bytes = self.cipher.encrypt(_NONCE_PAD + n.to_bytes(8, "little"), plaintext, ad)
-        return out
+        return self._aead().encrypt(_NONCE_PAD + n.to_bytes(8, "little"), plaintext, ad)
 
     def decrypt(self, k: bytes, n: int, ad: bytes | None, ciphertext: bytes) -> bytes:
-        out: bytes = self.cipher.decrypt(_NONCE_PAD + n.to_bytes(8, "little"), ciphertext, ad)
-        return out
+        return self._aead().decrypt(_NONCE_PAD + n.to_bytes(8, "little"), ciphertext, ad)
 
 
 class Blake2s(Hash):  # type: ignore[misc]  # noiseprotocol is untyped
