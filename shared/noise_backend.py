@@ -88,20 +88,20 @@ class ChaChaPoly(Cipher):  # type: ignore[misc]  # noiseprotocol is untyped
     def __init__(self) -> None:
         super().__init__()
         self._key: bytes | None = None
+        self._made: ChaCha20Poly1305 | None = None
 
     @property
     def klass(self) -> type[ChaCha20Poly1305]:
         return ChaCha20Poly1305
 
     def initialize(self, key: bytes) -> None:
-        self._key, self.cipher = key, None
+        self._key, self._made = key, None
 
     def _aead(self) -> ChaCha20Poly1305:
-        if self.cipher is None:
+        if self._made is None:
             assert self._key is not None  # noiseprotocol initialises before use
-            self.cipher = ChaCha20Poly1305(self._key)
-        aead: ChaCha20Poly1305 = self.cipher
-        return aead
+            self._made = ChaCha20Poly1305(self._key)
+        return self._made
 
     def encrypt(self, k: bytes, n: int, ad: bytes | None, plaintext: bytes) -> bytes:
         return self._aead().encrypt(_NONCE_PAD + n.to_bytes(8, "little"), plaintext, ad)
