@@ -90,6 +90,8 @@ class Peer:
     async def send(self, plaintext: bytes) -> None:
         """Encrypt and write one message, then wait while the socket's backlog is high."""
         self.send_nowait(plaintext)
+        if not self._writer.transport.get_write_buffer_size():
+            return  # all of it went to the kernel: nothing to wait for (no drain coroutine)
         try:
             await self._writer.drain()
         except ConnectionError as exc:
