@@ -5,6 +5,8 @@ fleet (bench.fleet, 6 swtpm devices) so that the machine's load hits every varia
 A variant is ``LABEL=SPEC``: SPEC is ``.`` (this checkout) or a directory holding another
 checkout (say ``git archive`` of a commit), optionally followed by ``+NAME=VALUE`` settings
 for the gateway's environment (``base=/tmp/base``, ``uv=.+ATTESTGATE_EVENT_LOOP=uvloop``).
+Phases: ``connect``, ``post`` (CPU per operation) and ``memory`` (RSS per idle session,
+300 -> 1,500 sessions).
 Only the gateway is restarted between variants (same ports, same keys); the workers
 re-register by themselves. Per round and variant it prints the gateway's CPU per operation
 (utime + stime from /proc) and the ratio to the first variant of the same round.
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.fleet import Fleet, run_phase, start_fleet
-from bench.stack_bench import DEVICES, SETTINGS
+from bench.stack_bench import DEVICES, SETTINGS, _memory_row
 from tests.support.stack import REPO
 
 
@@ -75,6 +77,14 @@ def main() -> None:
                     first = 0.0
                     for label, code, extra in variants:
                         _restart_gateway(fleet, code, extra)
+                        if phase == "memory":  # KiB per idle session, 300 -> 1,500 sessions
+                            kib = _memory_row(fleet, 300, 1500).figure
+                            first = first or kib
+                            figures.setdefault((phase, label), []).append(kib)
+                            ratios.setdefault((phase, label), []).append(kib / first)
+                            print(f"round {r} memory  {label:12} {kib:.2f} KiB per session",
+                                  flush=True)
+                            continue
                         ops, cpu, wall = run_phase(fleet, phase, args.seconds, ("gateway",))
                         ms = cpu["gateway"] / max(ops, 1) * 1000
                         first = first or ms

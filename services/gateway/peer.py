@@ -83,7 +83,8 @@ class Peer:
     async def _write(self, data: bytes) -> None:
         try:
             self._writer.write(data)
-            await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size():
+                await self._writer.drain()  # only when something is left to wait for
         except ConnectionError as exc:
             raise PeerClosed("write") from exc
 

@@ -25,7 +25,7 @@ from noise.functions.hash import hkdf as stock_hkdf
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import Mode, preamble
-from shared.keys import StaticKey
+from shared.keys import Psk, StaticKey
 from shared.noise_backend import BACKEND, hkdf, hmac_blake2s
 from shared.noise_session import NoiseSession
 from shared.wire import PATTERN_CONNECT, PATTERN_ENROLL
@@ -154,3 +154,22 @@ def test_low_order_ephemeral_fails_the_session() -> None:
     with pytest.raises(AttestgateError) as info:
         r.read_handshake(bytes(32) + message1[32:])
     assert info.value.code is ErrorCode.PROTOCOL
+
+
+def test_noise_session_transport_against_stock_noiseprotocol() -> None:
+    """NoiseSession (our backend, cipher states kept alone once established) and a stock
+    noiseprotocol peer: handshake, then transport both ways across REKEY(k)."""
+    client, server, psk = StaticKey.generate(), StaticKey.generate(), os.urandom(32)
+    pre = preamble(Mode.ENROLL)
+    ours = NoiseSession.initiator(pre, client, psk=Psk(psk), rekey_every=2)
+    stock = _conn(PATTERN_ENROLL, stock_backend, False, pre.prologue, psk, server.private)
+    stock.read_message(ours.write_handshake())
+    ours.read_handshake(bytes(stock.write_message(b"")))
+    stock.read_message(ours.write_handshake())
+    assert ours.established and ours.handshake_hash == stock.get_handshake_hash()
+    for n in range(1, 7):
+        assert stock.decrypt(ours.encrypt(b"up %d" % n)) == b"up %d" % n
+        assert ours.decrypt(stock.encrypt(b"down %d" % n)) == b"down %d" % n
+        if n % 2 == 0:  # both sides rekey after every second message of a direction
+            stock.rekey_inbound_cipher()
+            stock.rekey_outbound_cipher()
