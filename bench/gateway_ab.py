@@ -97,7 +97,8 @@ def main() -> None:
             fleet.stop()
     print("\nmedians:")
     for (phase, label), values in figures.items():
-        print(f"{phase:7} {label:12} {statistics.median(values):.3f} ms/op  ratio to first "
+        unit = "KiB/session" if phase == "memory" else "ms/op"
+        print(f"{phase:7} {label:12} {statistics.median(values):.3f} {unit}  ratio to first "
               f"{statistics.median(ratios[(phase, label)]):.2f}  runs "
               + " ".join(f"{v:.3f}" for v in values))
 
