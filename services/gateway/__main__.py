@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import sys
 from urllib.parse import urlsplit
 
 from services.gateway.admission import AdmissionLimits
+from services.gateway.eventloop import loop_factory, loop_kind
 from services.gateway.limits import GatewayLimits
 from services.gateway.observe import GatewayMetrics, MeteredBus, Notifier, Observer, take_snapshot
 from services.gateway.server import Gateway
 from services.gateway.webhook import WebhookSender
 from shared.bus.zmq_bus import ZmqBus
-from shared.config import ServerConfig
+from shared.config import ConfigError, ServerConfig
 from shared.errors import AttestgateError
 from shared.keys import StaticKey, fingerprint
 from shared.ops_settings import OpsSettings
@@ -117,6 +119,11 @@ def main() -> int:
     if cfg is None:
         return EXIT_CONFIG
     try:
+        factory, kind = loop_factory(loop_kind(os.environ))
+    except ConfigError as exc:
+        say("gateway", f"configuration: {exc}")
+        return EXIT_CONFIG
+    try:
         # First start: create the server keys (only while the store holds nothing they protect).
         ensure_server_keys(cfg, None)
         static = server_static(cfg.server_home)
@@ -126,9 +133,10 @@ def main() -> int:
     except ServerKeyError as exc:
         say("gateway", exc.message)
         return EXIT_CONFIG
-    log.info("open files limit %d", raise_open_files_limit())
+    log.info("open files limit %d; event loop %s", raise_open_files_limit(), kind.value)
     try:
-        asyncio.run(run(cfg, static, OpsSettings.from_env()))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run(cfg, static, OpsSettings.from_env()))
     except PortInUse as exc:
         say("gateway", str(exc))
         return EXIT_CONFIG

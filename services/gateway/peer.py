@@ -83,13 +83,16 @@ class Peer:
     async def _write(self, data: bytes) -> None:
         try:
             self._writer.write(data)
-            await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size():
+                await self._writer.drain()  # only when something is left to wait for
         except ConnectionError as exc:
             raise PeerClosed("write") from exc
 
     async def send(self, plaintext: bytes) -> None:
         """Encrypt and write one message, then wait while the socket's backlog is high."""
         self.send_nowait(plaintext)
+        if not self._writer.transport.get_write_buffer_size():
+            return  # all of it went to the kernel: nothing to wait for (no drain coroutine)
         try:
             await self._writer.drain()
         except ConnectionError as exc:

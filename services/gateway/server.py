@@ -57,6 +57,7 @@ class Gateway:
         self.selection = selection
         self.limits = limits or GatewayLimits()
         self.sessions: dict[str, set[Session]] = defaultdict(set)
+        self.followers: set[Session] = set()  # sessions that sent FOLLOW (and not UNFOLLOW)
         self.admission = Admission(admission)
         self.known = KnownKeys()
         self.device_sessions = DeviceSessions(self.limits.max_sessions_per_device)
@@ -119,13 +120,10 @@ class Gateway:
 
     def deliver(self, event: BusEvent) -> None:
         if event.topic == Event.NEW_POST.value:
-            message: bytes | None = None  # encoded for the first follower, if any
-            for sessions in self.sessions.values():
-                for s in sessions:
-                    if s.following:
-                        if message is None:
-                            message = encode_push(Push.POST, **event.body)
-                        s.push(message)
+            if self.followers:
+                message = encode_push(Push.POST, **event.body)
+                for s in tuple(self.followers):  # a push may close (and so unlist) a session
+                    s.push(message)
         elif event.topic in (Event.DEVICE_REVOKED.value, Event.DEVICE_LOCKED.value):
             device_id = str(event.body["device_id"])
             code = ErrorCode.REVOKED if event.topic == Event.DEVICE_REVOKED.value else (
@@ -344,7 +342,7 @@ class Gateway:
                                        self.device_sessions, self.known)
 
     def _open_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> Session:
-        session = Session(peer, ident, self.bus, self.limits, sid)
+        session = Session(peer, ident, self.bus, self.limits, sid, self.followers)
         self.sessions[ident.device_id].add(session)
         self.counters["sessions"] += 1
         log.info("session open sid=%s device=%s name=%s", sid, ident.device_id, ident.name)
@@ -352,6 +350,7 @@ class Gateway:
 
     def _closed_session(self, session: Session, reason: str) -> None:
         device_id = session.ident.device_id
+        self.followers.discard(session)
         self.sessions[device_id].discard(session)
         if not self.sessions[device_id]:
             del self.sessions[device_id]

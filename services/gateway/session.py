@@ -32,17 +32,20 @@ _CLOSING_WRITE_S = 1.0  # the CLOSING push gets this long to leave
 
 
 class Session:
-    __slots__ = ("_closed", "_inflight", "_n", "_reattest_nonce", "_reattest_timer", "_slot",
-                 "_task", "_tasks", "bus", "following", "ident", "limits", "peer", "sid")
+    __slots__ = ("_closed", "_followers", "_inflight", "_n", "_reattest_nonce",
+                 "_reattest_timer", "_slot", "_task", "_tasks", "bus", "following", "ident",
+                 "limits", "peer", "sid")
 
     def __init__(self, peer: Peer, ident: Identity, bus: BusClient, limits: GatewayLimits,
-                 sid: str) -> None:
+                 sid: str, followers: set[Session] | None = None) -> None:
         self.peer = peer
         self.ident = ident
         self.bus = bus
         self.limits = limits
         self.sid = sid
         self.following = False
+        # The gateway's set of following sessions (a new post goes to these, not to all).
+        self._followers: set[Session] = followers if followers is not None else set()
         self._inflight = 0
         self._slot: asyncio.Future[None] | None = None  # the reader waits here at the cap
         self._tasks: set[asyncio.Task[None]] | None = None  # made at the first request
@@ -70,6 +73,7 @@ class Session:
         if self._closed is not None:
             return
         self._closed = (code, reason)
+        self._followers.discard(self)
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -191,7 +195,11 @@ class Session:
                                 "offset": msg.body.get("offset")},
                                rid=self._rid(), timeout=timeout, idempotent=False)
         elif msg.cmd in (Command.FOLLOW, Command.UNFOLLOW):
-            self.following = msg.cmd is Command.FOLLOW
+            self.following = msg.cmd is Command.FOLLOW and self._closed is None
+            if self.following:
+                self._followers.add(self)
+            else:
+                self._followers.discard(self)
             return encode_reply(msg.id, following=self.following)
         elif msg.cmd is Command.PING:
             return encode_reply(msg.id)

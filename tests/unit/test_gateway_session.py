@@ -24,6 +24,7 @@ import pytest
 from services.gateway.handshake import Identity
 from services.gateway.limits import GatewayLimits
 from services.gateway.peer import Peer
+from services.gateway.server import Gateway
 from services.gateway.session import Session
 from shared.bus.interface import Body, BusEvent, Reply
 from shared.errors import ErrorCode
@@ -31,7 +32,7 @@ from shared.framing import FrameDecoder, Mode, encode_frame, preamble
 from shared.keys import Psk, StaticKey
 from shared.messages import ServerMessage, decode_server_message, encode_push, encode_request
 from shared.noise_session import NoiseSession
-from shared.wire import Command, Push
+from shared.wire import Command, Event, Push
 
 WAIT_S = 10.0  # bound on waiting for anything; never reached when things work
 
@@ -90,7 +91,8 @@ class Pair:
     server: asyncio.Server
 
 
-async def _pair(limits: GatewayLimits, bus: GatedBus, *, client_rcvbuf: int = 0) -> Pair:
+async def _pair(limits: GatewayLimits, bus: GatedBus, *, client_rcvbuf: int = 0,
+                gateway: Gateway | None = None) -> Pair:
     pre = preamble(Mode.CONNECT)
     server_key = StaticKey.generate()
     initiator = NoiseSession.initiator(pre, StaticKey.generate(), server_static=server_key.public)
@@ -118,7 +120,11 @@ async def _pair(limits: GatewayLimits, bus: GatedBus, *, client_rcvbuf: int = 0)
     reader, writer = await asyncio.open_connection(sock=sock)
     peer = await asyncio.wait_for(accepted, WAIT_S)
     peer.noise = responder
-    session = Session(peer, Identity("dev1", "one", b"h" * 32), bus, limits, "sid")
+    ident = Identity("dev1", "one", b"h" * 32)
+    if gateway is None:
+        session = Session(peer, ident, bus, limits, "sid")
+    else:
+        session = gateway._open_session(peer, ident, "sid")
     task = asyncio.create_task(session.run())
     return Pair(session, task, Client(initiator, reader, writer), server)
 
@@ -233,5 +239,47 @@ def test_cancellation_from_outside_propagates() -> None:
         pair.task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await _done(pair)
+
+    asyncio.run(scenario())
+
+
+def test_a_new_post_goes_to_the_followers_only() -> None:
+    """The gateway keeps the following sessions apart: a post goes to them (and only
+    them), UNFOLLOW and the end of a session take a session off that list."""
+    async def scenario() -> None:
+        bus = GatedBus()
+        limits = GatewayLimits(reattest_interval=0)
+        gateway = Gateway(bus, StaticKey.generate(), "sha256:0", limits)
+        follower = await _pair(limits, bus, gateway=gateway)
+        other = await _pair(limits, bus, gateway=gateway)
+        follower.client.send(1, Command.FOLLOW)
+        reply = await follower.client.next()
+        assert reply is not None and reply.re == 1 and reply.body["following"] is True
+        other.client.send(1, Command.PING)
+        assert (await other.client.next()) is not None
+        assert gateway.followers == {follower.session}
+
+        gateway.deliver(BusEvent(Event.NEW_POST.value, {"post_id": "p1", "text": "first"}))
+        push = await follower.client.next()
+        assert push is not None and push.push is Push.POST and push.body["post_id"] == "p1"
+        other.client.send(2, Command.PING)  # the next thing the other session sees
+        pong = await other.client.next()
+        assert pong is not None and pong.re == 2
+
+        follower.client.send(2, Command.UNFOLLOW)
+        reply = await follower.client.next()
+        assert reply is not None and reply.re == 2 and reply.body["following"] is False
+        assert gateway.followers == set()
+        gateway.deliver(BusEvent(Event.NEW_POST.value, {"post_id": "p2", "text": "second"}))
+        follower.client.send(3, Command.FOLLOW)
+        reply = await follower.client.next()  # not p2: the reply to FOLLOW comes first
+        assert reply is not None and reply.re == 3 and reply.push is None
+
+        follower.client.writer.close()
+        assert await _done(follower) == "peer closed"
+        assert gateway.followers == set()  # the session's end took it off
+        gateway._closed_session(follower.session, "peer closed")
+        other.client.writer.close()
+        assert await _done(other) == "peer closed"
 
     asyncio.run(scenario())
