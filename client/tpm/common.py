@@ -283,21 +283,51 @@ def pcr_policy_digest(indices: Sequence[int], values: dict[int, bytes]) -> bytes
     ).digest()
 
 
-def selected_indices(selection: Any) -> list[int]:
-    """Indices set in the sha256 entries of a TPML_PCR_SELECTION."""
-    out: list[int] = []
-    for i in range(int(selection.count)):
-        entry = selection[i]
-        if entry.hash != TPM2_ALG.SHA256:
-            continue
-        bitmap = bytes(entry.pcrSelect)[: int(entry.sizeofSelect)]
-        out.extend(
-            byte_no * 8 + bit
-            for byte_no, byte in enumerate(bitmap)
-            for bit in range(8)
-            if byte >> bit & 1
-        )
+def _u32(data: bytes, pos: int) -> int:
+    if pos + 4 > len(data):
+        raise ValueError("truncated")
+    return int(struct.unpack_from(">I", data, pos)[0])
+
+
+def sha256_indices(marshalled: bytes) -> list[int]:
+    """Indices set in the sha256 entries of a marshalled TPML_PCR_SELECTION (a TPM's
+    answer; ValueError if it does not parse whole)."""
+    count = _u32(marshalled, 0)
+    pos, out = 4, list[int]()
+    for _ in range(count):
+        if pos + 3 > len(marshalled):
+            raise ValueError("truncated PCR selection")
+        alg, size = struct.unpack_from(">HB", marshalled, pos)
+        pos += 3
+        bitmap = marshalled[pos:pos + size]
+        if len(bitmap) != size:
+            raise ValueError("truncated PCR selection")
+        pos += size
+        if alg == TPM2_ALG.SHA256:
+            out.extend(byte_no * 8 + bit for byte_no, byte in enumerate(bitmap)
+                       for bit in range(8) if byte >> bit & 1)
+    if pos != len(marshalled):
+        raise ValueError("trailing bytes after PCR selection")
     return sorted(out)
+
+
+def digest_list(marshalled: bytes) -> list[bytes]:
+    """The digests of a marshalled TPML_DIGEST (ValueError if it does not parse whole)."""
+    count = _u32(marshalled, 0)
+    pos, out = 4, list[bytes]()
+    for _ in range(count):
+        if pos + 2 > len(marshalled):
+            raise ValueError("truncated digest list")
+        (size,) = struct.unpack_from(">H", marshalled, pos)
+        pos += 2
+        digest = marshalled[pos:pos + size]
+        if len(digest) != size:
+            raise ValueError("truncated digest list")
+        out.append(digest)
+        pos += size
+    if pos != len(marshalled):
+        raise ValueError("trailing bytes after digest list")
+    return out
 
 
 def printable(raw: bytes) -> str:

@@ -31,9 +31,12 @@ TPM) and unpins the objects the operation used. Not thread-safe.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from tpm2_pytss import ESAPI, TSS2_Exception
@@ -43,6 +46,7 @@ from tpm2_pytss.types import (
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPML_PCR_SELECTION,
+    TPMS_CONTEXT,
     TPMT_PUBLIC,
     TPMT_SYM_DEF,
 )
@@ -57,11 +61,21 @@ from client.tpm.common import (
     EkChoice,
     KeyBlob,
     ak_template,
+    digest_list,
     format_pcr_selection,
     parse_tcti,
-    selected_indices,
+    sha256_indices,
     srk_template,
     unmarshal_strict,
+)
+from client.tpm.saved import (
+    KIND_CONTEXT,
+    KIND_PCRS,
+    PCR_LEN,
+    SavedContexts,
+    blob_id,
+    pcrs_id,
+    primary_id,
 )
 from shared.errors import AttestgateError, ErrorCode
 
@@ -74,6 +88,9 @@ MAX_LOADED: Final = 3
 _Key = tuple[str, ...]  # ("srk",), ("ak",) or ("blob", private hex, public hex)
 _SRK: Final[_Key] = ("srk",)
 _AK: Final[_Key] = ("ak",)
+# The hierarchy each primary lives in, as the handle its qualified name starts from.
+_HIERARCHY: Final = {"srk": 0x40000001, "ak": 0x4000000B}  # TPM_RH_OWNER, TPM_RH_ENDORSEMENT
+_SHA256_NAME_ALG: Final = struct.pack(">H", 0x000B)
 
 
 class TpmObjects:
@@ -98,6 +115,10 @@ class TpmObjects:
         self._srk_found: tuple[Any, Any] | None = None
         self._srk_looked = False
         self._extra = 0  # transient objects of the running operation outside the cache
+        # Contexts saved in the client's home (see keep_contexts), and the PCR values
+        # last read per selection (a quote whose pcrDigest they match needs no PCR_Read).
+        self._saved: SavedContexts | None = None
+        self._pcrs: dict[tuple[int, ...], dict[int, bytes]] = {}
         # libtss2 prints expected failures (policy checks, missing NV indices) as
         # ERROR lines on stderr; it reads TSS2_LOG at its first log call.
         os.environ.setdefault("TSS2_LOG", "all+none")
@@ -130,7 +151,11 @@ class TpmObjects:
                 ectx.tr_close(found[0])
 
     def close(self) -> None:
-        """Flush what is loaded and release the connection; idempotent."""
+        """Write the saved contexts if they changed, flush what is loaded and release the
+        connection; idempotent."""
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            saved.write()
         self.release()
         ectx, self._ectx = self._ectx, None
         tcti, self._tcti_obj = self._tcti_obj, None
@@ -240,26 +265,34 @@ class TpmObjects:
         """(handle, TPM2B_PUBLIC) of the SRK (``"srk"``) or the AK (``"ak"``), kept loaded.
 
         Both are primaries from fixed templates, so they come out the same every time.
+        In order: already loaded; a saved context (see :meth:`keep_contexts`) that the TPM
+        confirms is that primary; the persisted SRK; CreatePrimary.
         """
         key = _SRK if which == "srk" else _AK
         handle = self._use(key)
         if handle is not None:
             return handle, self._publics[key]
         if which == "srk":
-            found = self._persistent_srk(ectx)
-            if found is not None:
+            template, hierarchy = srk_template(), ESYS_TR.OWNER
+        else:
+            template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
+        ident = primary_id(which, bytes(template.marshal()))
+        restored = self._restore(ectx, ident, lambda public, name, qualified: (
+            _matches_template(public, template)
+            and qualified == _qualified_name(_HIERARCHY[which], name)))
+        if restored is None and which == "srk":
+            restored = self._persistent_srk(ectx)
+            if restored is not None:
                 # A command naming a persistent object has the TPM load it into a transient
                 # slot for the command's duration: it is counted as loaded, like the
                 # created SRK it replaces, but never flushed.
                 self._make_room(ectx, 1)
-                self._keep(key, found[0])
-                self._publics[key] = found[1]
-                return found
-            template, hierarchy = srk_template(), ESYS_TR.OWNER
+        if restored is None:
+            handle, public, *_ = self.with_room(
+                ectx, lambda: ectx.create_primary(None, template, hierarchy))
+            self._remember(ectx, ident, handle)
         else:
-            template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
-        handle, public, *_ = self.with_room(
-            ectx, lambda: ectx.create_primary(None, template, hierarchy))
+            handle, public = restored
         self._keep(key, handle)
         self._publics[key] = public
         return handle, public
@@ -268,10 +301,9 @@ class TpmObjects:
         """The handle of ``blob`` loaded under the SRK, kept loaded for later calls."""
         key = self._blob_key(blob)
         handle = self._use(key)
-        if handle is not None:
-            return handle
-        handle = self._load(ectx, blob)
-        self._keep(key, handle)
+        if handle is None:
+            handle = self._restore_or_load(ectx, blob)
+            self._keep(key, handle)
         return handle
 
     @contextlib.contextmanager
@@ -281,13 +313,101 @@ class TpmObjects:
         if handle is not None:  # someone already keeps it loaded
             yield handle
             return
-        handle = self._load(ectx, blob)
+        handle = self._restore_or_load(ectx, blob)
         self._extra += 1
         try:
             yield handle
         finally:
             self._extra -= 1
             self._flush(ectx, handle)
+
+    def _restore_or_load(self, ectx: Any, blob: KeyBlob) -> Any:
+        ident = blob_id(blob.private, blob.public)
+        restored = self._restore(
+            ectx, ident, lambda public, _name, _qualified: bytes(public.marshal()) == blob.public)
+        if restored is not None:
+            return restored[0]
+        handle = self._load(ectx, blob)
+        self._remember(ectx, ident, handle)
+        return handle
+
+    # -- contexts saved across processes ----------------------------------------------------
+
+    def keep_contexts(self, path: Path) -> None:
+        """Carry the contexts of the SRK, the AK and the key blobs across processes in the
+        file ``path`` (:mod:`client.tpm.saved`).
+
+        From now on an object that is not loaded is ContextLoaded from the file when it
+        holds one and the TPM confirms (ReadPublic) that the loaded object is the one
+        expected (a blob: its very public area; a primary: our template in the right
+        hierarchy); otherwise it is created or loaded as before and its context saved.
+        Any failure to load a saved context (another TPM, a TPM Reset or Clear since,
+        a damaged file) drops them all and falls back silently. The file is written
+        (0600) at :meth:`close` if anything changed.
+        """
+        if self._saved is not None and self._saved.path == path:
+            return
+        if self._saved is not None:
+            self._saved.write()
+        self._saved = SavedContexts(path)
+
+    def _restore(self, ectx: Any, ident: bytes,
+                 fits: Callable[[Any, bytes, bytes], bool]) -> tuple[Any, Any] | None:
+        """(handle, TPM2B_PUBLIC) of the saved context ``ident``, ContextLoaded, if the TPM
+        says (ReadPublic: public, name, qualified name) that it ``fits``; else None, with
+        every saved context dropped and nothing left loaded."""
+        saved = self._saved
+        data = saved.get(KIND_CONTEXT, ident) if saved is not None else None
+        if saved is None or data is None:
+            return None
+        handle = None
+        try:
+            context, used = TPMS_CONTEXT.unmarshal(data)
+            if used == len(data):
+                handle = self.with_room(ectx, lambda: ectx.context_load(context))
+                public, name, qualified = ectx.read_public(handle)
+                if fits(public, bytes(name), bytes(qualified)):
+                    return handle, public
+        except TSS2_Exception as exc:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
+                if handle is not None:
+                    self._flush(ectx, handle)
+                raise  # the TPM is gone: the usual path would fail the same way
+        except (ValueError, TypeError, IndexError):
+            pass  # ESAPI's part of the context does not parse
+        if handle is not None:
+            self._flush(ectx, handle)
+        saved.drop_contexts()
+        return None
+
+    def _remember(self, ectx: Any, ident: bytes, handle: Any) -> None:
+        """Save the context of ``handle`` (just created or loaded) for later processes."""
+        if self._saved is None:
+            return
+        try:
+            context = ectx.context_save(handle)
+        except TSS2_Exception as exc:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
+                raise
+            return  # not saved: the next process makes it the usual way
+        self._saved.put(KIND_CONTEXT, ident, bytes(context.marshal()))
+
+    def kept_pcrs(self, indices: Sequence[int]) -> dict[int, bytes] | None:
+        """The sha256 PCR values last read for ``indices`` (this process or a saved file)."""
+        values = self._pcrs.get(tuple(indices))
+        if values is not None or self._saved is None:
+            return values
+        data = self._saved.get(KIND_PCRS, pcrs_id(indices))
+        if data is None or len(data) != PCR_LEN * len(indices):
+            return None
+        values = {i: data[n * PCR_LEN:(n + 1) * PCR_LEN] for n, i in enumerate(indices)}
+        self._pcrs[tuple(indices)] = values
+        return values
+
+    def keep_pcrs(self, indices: Sequence[int], values: dict[int, bytes]) -> None:
+        self._pcrs[tuple(indices)] = values
+        if self._saved is not None:
+            self._saved.put(KIND_PCRS, pcrs_id(indices), b"".join(values[i] for i in indices))
 
     @contextlib.contextmanager
     def transient(self, ectx: Any, create: Callable[[], Any]) -> Iterator[Any]:
@@ -335,15 +455,7 @@ class TpmObjects:
         except TSS2_Exception:
             ectx.tr_close(handle)
             return None
-        expected, _ = TPMT_PUBLIC.unmarshal(srk_template().publicArea.marshal())
-        area = public.publicArea
-        if area.type != TPM2_ALG.ECC or expected.type != TPM2_ALG.ECC:
-            ectx.tr_close(handle)
-            return None
-        # The template's unique field is empty; the object's holds its public point.
-        expected.unique.ecc.x = bytes(area.unique.ecc.x)
-        expected.unique.ecc.y = bytes(area.unique.ecc.y)
-        if bytes(expected.marshal()) != bytes(area.marshal()):
+        if not _matches_template(public, srk_template()):
             ectx.tr_close(handle)
             return None
         self._srk_found = (handle, public)
@@ -461,7 +573,8 @@ class TpmObjects:
         """Read sha256 PCRs; TPM2_PCR_Read returns at most 8 digests, so loop.
 
         The update counter must stay the same across the chunks, otherwise a
-        PCR changed between them and the read starts over.
+        PCR changed between them and the read starts over. The values read are kept
+        (:meth:`kept_pcrs`).
         """
         for _ in range(PCR_READ_ATTEMPTS):
             values: dict[int, bytes] = {}
@@ -471,8 +584,14 @@ class TpmObjects:
                 update, sel_out, digests = ectx.pcr_read(
                     TPML_PCR_SELECTION.parse(format_pcr_selection(remaining))
                 )
-                got = selected_indices(sel_out)
-                if not got or len(got) != int(digests.count) or not set(got) <= set(remaining):
+                # One marshal each and byte slicing: tpm2_pytss's per-item indexing cost
+                # ~0.4 ms per read (profiled).
+                try:
+                    got = sha256_indices(bytes(sel_out.marshal()))
+                    read = digest_list(bytes(digests.marshal()))
+                except ValueError:
+                    got, read = [], []
+                if not got or len(got) != len(read) or not set(got) <= set(remaining):
                     raise AttestgateError(
                         ErrorCode.TPM_ERROR,
                         "pcr_read: no or unexpected PCRs returned (is the sha256 bank active?)",
@@ -480,10 +599,28 @@ class TpmObjects:
                 if counter is not None and int(update) != counter:
                     break
                 counter = int(update)
-                for n, index in enumerate(got):
-                    values[index] = bytes(digests[n])
+                values.update(zip(got, read, strict=True))
             else:
+                self.keep_pcrs(indices, values)
                 return values
         raise AttestgateError(
             ErrorCode.TPM_ERROR, f"pcr_read: PCRs kept changing ({PCR_READ_ATTEMPTS} attempts)"
         )
+
+def _matches_template(public: Any, template: Any) -> bool:
+    """Whether the TPM2B_PUBLIC ``public`` is what an ECC ``template`` gives: the same
+    public area once the unique field (the public point) is copied over."""
+    expected, _ = TPMT_PUBLIC.unmarshal(template.publicArea.marshal())
+    area = public.publicArea
+    if area.type != TPM2_ALG.ECC or expected.type != TPM2_ALG.ECC:
+        return False
+    # The template's unique field is empty; the object's holds its public point.
+    expected.unique.ecc.x = bytes(area.unique.ecc.x)
+    expected.unique.ecc.y = bytes(area.unique.ecc.y)
+    return bool(bytes(expected.marshal()) == bytes(area.marshal()))
+
+
+def _qualified_name(hierarchy: int, name: bytes) -> bytes:
+    """The qualified name of a primary called ``name`` in ``hierarchy`` (TPM 2.0 Part 1,
+    16: QN = nameAlg || H(QN(parent) || name), a hierarchy's QN being its handle)."""
+    return _SHA256_NAME_ALG + hashlib.sha256(struct.pack(">I", hierarchy) + name).digest()
