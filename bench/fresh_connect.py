@@ -65,7 +65,7 @@ def main(runs: int) -> None:
                 t0 = time.perf_counter()
                 with Tpm(swtpm.tcti) as tpm:
                     t1 = time.perf_counter()
-                    tpm._objs._ectx = timing = _Timing(tpm._objs._ectx)  # noqa: SLF001
+                    tpm._objs._ectx = timing = _Timing(tpm._objs._ectx)
                     flows.connect(tpm, state, _quiet, home).close()
                 walls.append((time.perf_counter() - t0) * 1000)
                 opens.append((t1 - t0) * 1000)

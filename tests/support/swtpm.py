@@ -375,7 +375,9 @@ class SwtpmProcess:
             "--server", f"type=tcp,port={port},bindaddr={HOST}",
             "--ctrl", f"type=tcp,port={port + 1},bindaddr={HOST}",
             "--flags", "not-need-init,startup-clear",
-        ] + (["--log", f"file={self.commands_path},level=20"] if self.log_commands else [])  # fmt: skip
+        ]  # fmt: skip
+        if self.log_commands:
+            cmd += ["--log", f"file={self.commands_path},level=20"]
         # stderr goes to a file, never to an unread PIPE: a full pipe blocks swtpm.
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
