@@ -53,9 +53,11 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from client.tpm.common import (
+    AK_TEMPLATE,
     DEFAULT_EK_KINDS,
     EK_PERSISTENT_HANDLES,
     PCR_READ_ATTEMPTS,
+    SRK_TEMPLATE,
     TCTI_LAYER,
     TCTI_LAYER_MASK,
     EkChoice,
@@ -273,10 +275,10 @@ class TpmObjects:
         if handle is not None:
             return handle, self._publics[key]
         if which == "srk":
-            template, hierarchy = srk_template(), ESYS_TR.OWNER
+            template, marshalled, hierarchy = srk_template(), SRK_TEMPLATE, ESYS_TR.OWNER
         else:
-            template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
-        ident = primary_id(which, bytes(template.marshal()))
+            template, marshalled, hierarchy = ak_template(), AK_TEMPLATE, ESYS_TR.ENDORSEMENT
+        ident = primary_id(which, marshalled)
         restored = self._restore(ectx, ident, lambda public, name, qualified: (
             _matches_template(public, template)
             and qualified == _qualified_name(_HIERARCHY[which], name)))
