@@ -110,7 +110,7 @@ class TpmObjects:
         self.max_loaded = max_loaded
         self._ek: EkChoice | None = None
         self._loaded: OrderedDict[_Key, Any] = OrderedDict()  # least recently used first
-        self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries
+        self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries (None: not read)
         self._pinned: set[_Key] = set()  # used by the running operation
         # The SRK persisted at SRK_PERSISTENT_HANDLE, once found to be ours (see
         # _persistent_srk); None: not looked for yet since the last release.
@@ -279,9 +279,14 @@ class TpmObjects:
         else:
             template, marshalled, hierarchy = ak_template(), AK_TEMPLATE, ESYS_TR.ENDORSEMENT
         ident = primary_id(which, marshalled)
-        restored = self._restore(ectx, ident, lambda public, name, qualified: (
-            _matches_template(public, template)
-            and qualified == _qualified_name(_HIERARCHY[which], name)))
+        if which == "ak":
+            # Not asked with ReadPublic: the AK only signs, and the qualifiedSigner of what
+            # it signed says what it is (confirm_signer), for free.
+            restored = self._restore(ectx, ident, None)
+        else:
+            restored = self._restore(ectx, ident, lambda public, name, qualified: (
+                _matches_template(public, template)
+                and qualified == _qualified_name(_HIERARCHY[which], name)))
         if restored is None and which == "srk":
             restored = self._persistent_srk(ectx)
             if restored is not None:
@@ -298,6 +303,47 @@ class TpmObjects:
         self._keep(key, handle)
         self._publics[key] = public
         return handle, public
+
+    def primary_public(self, ectx: Any, which: str) -> Any:
+        """The TPM2B_PUBLIC of the SRK or the AK (ReadPublic for an AK restored from a saved
+        context, which must then be our template's primary in the endorsement hierarchy)."""
+        handle, public = self.primary(ectx, which)
+        if public is None:
+            public, name, qualified = ectx.read_public(handle)
+            if not (_matches_template(public, ak_template())
+                    and bytes(qualified) == _qualified_name(_HIERARCHY["ak"], bytes(name))):
+                self.distrust_ak(ectx)
+                handle, public = self.primary(ectx, which)
+            self._publics[_AK] = public
+        return public
+
+    def confirm_signer(self, ectx: Any, qualified_signer: bytes) -> bool:
+        """Whether the AK that just signed (``qualified_signer``: the TPMS_ATTEST's) is ours.
+
+        Always true for an AK created here. One restored from a saved context must be a
+        primary in the endorsement hierarchy (its qualified name says so; its name is the
+        one saved with it): made from another object's context, it is flushed, every
+        saved context dropped, and False returned: the caller gets the AK again (created
+        now) and signs again.
+        """
+        if self._publics.get(_AK, False) is not None:
+            return True
+        handle = self._loaded[_AK]
+        if qualified_signer == _qualified_name(
+                _HIERARCHY["ak"], bytes(ectx.tr_get_name(handle))):
+            return True
+        self.distrust_ak(ectx)
+        return False
+
+    def distrust_ak(self, ectx: Any) -> bool:
+        """Flush an AK restored from a saved context and not confirmed yet, and drop the
+        saved contexts; False if there is none (then an AK failure is the TPM's)."""
+        if _AK not in self._loaded or self._publics.get(_AK, False) is not None:
+            return False
+        self._evict(ectx, _AK)
+        if self._saved is not None:
+            self._saved.drop_contexts()
+        return True
 
     def blob(self, ectx: Any, blob: KeyBlob) -> Any:
         """The handle of ``blob`` loaded under the SRK, kept loaded for later calls."""
@@ -354,10 +400,11 @@ class TpmObjects:
         self._saved = SavedContexts(path)
 
     def _restore(self, ectx: Any, ident: bytes,
-                 fits: Callable[[Any, bytes, bytes], bool]) -> tuple[Any, Any] | None:
+                 fits: Callable[[Any, bytes, bytes], bool] | None) -> tuple[Any, Any] | None:
         """(handle, TPM2B_PUBLIC) of the saved context ``ident``, ContextLoaded, if the TPM
         says (ReadPublic: public, name, qualified name) that it ``fits``; else None, with
-        every saved context dropped and nothing left loaded."""
+        every saved context dropped and nothing left loaded. With ``fits`` None, the TPM
+        is not asked and the public is None: the caller checks the object otherwise."""
         saved = self._saved
         data = saved.get(KIND_CONTEXT, ident) if saved is not None else None
         if saved is None or data is None:
@@ -367,6 +414,8 @@ class TpmObjects:
             context, used = TPMS_CONTEXT.unmarshal(data)
             if used == len(data):
                 handle = self.with_room(ectx, lambda: ectx.context_load(context))
+                if fits is None:
+                    return handle, None
                 public, name, qualified = ectx.read_public(handle)
                 if fits(public, bytes(name), bytes(qualified)):
                     return handle, public

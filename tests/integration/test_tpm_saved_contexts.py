@@ -20,6 +20,7 @@ from tpm2_pytss.types import TPMS_ATTEST
 
 from client.tpm import MAX_LOADED, KeyBlob, Tpm
 from client.tpm import saved as saved_file
+from client.tpm.common import AK_TEMPLATE, SRK_TEMPLATE
 from tests.integration.test_tpm_adapter import (
     NONCE,
     SEL8,
@@ -234,3 +235,40 @@ def test_an_unwritable_home_costs_only_time(swtpm_logged: SwtpmProcess, device: 
     device.connect_shaped(swtpm_logged.tcti)
     assert device.contexts.is_dir()
     assert not list(device.contexts.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("other", ["post key", "HMAC key", "sealed key", "SRK"])
+def test_an_ak_context_holding_another_object_is_not_signed_with(
+        swtpm_logged: SwtpmProcess, device: Device, other: str) -> None:
+    """The AK is not asked with ReadPublic: the qualifiedSigner of what it signed tells
+    (or the TPM refuses to sign with it); either way the AK is created and used instead."""
+    device.connect_shaped(swtpm_logged.tcti)
+    entries = saved_file.decode(device.contexts.read_bytes())
+    source = {"post key": saved_file.blob_id(device.post_key.private, device.post_key.public),
+              "HMAC key": saved_file.blob_id(device.hmac_key.private, device.hmac_key.public),
+              "sealed key": saved_file.blob_id(device.sealed.private, device.sealed.public),
+              "SRK": saved_file.primary_id("srk", SRK_TEMPLATE)}[other]
+    ak_id = (saved_file.KIND_CONTEXT, saved_file.primary_id("ak", AK_TEMPLATE))
+    entries[ak_id] = entries[(saved_file.KIND_CONTEXT, source)]
+    device.contexts.write_bytes(saved_file.encode(entries))
+    with Tpm(swtpm_logged.tcti) as tpm:
+        tpm.keep_contexts(device.contexts)
+        sent = commands_of(swtpm_logged, lambda: tpm.quote(NONCE, SEL8))
+        quote = tpm.quote(NONCE, SEL8)
+        verify_ecdsa(device.ak_public, quote.signature, quote.attest)
+        assert tpm.certify_srk(NONCE)  # the created AK now
+        assert tpm.ak_public() == device.ak_public
+    assert sent.count(TPM2_CC.CreatePrimary) == 1
+    assert loaded_counts(swtpm_logged.tcti) == (0, 0)
+    assert ak_id not in saved_file.decode(device.contexts.read_bytes()) or \
+        saved_file.decode(device.contexts.read_bytes())[ak_id] != entries[ak_id]
+
+
+def test_a_restored_ak_gives_its_public_once_the_tpm_confirms_it(
+        swtpm_logged: SwtpmProcess, device: Device) -> None:
+    device.connect_shaped(swtpm_logged.tcti)
+    with Tpm(swtpm_logged.tcti) as tpm:
+        tpm.keep_contexts(device.contexts)
+        sent = commands_of(swtpm_logged, tpm.ak_public)
+        assert tpm.ak_public() == device.ak_public
+    assert sent == [TPM2_CC.ContextLoad, TPM2_CC.ReadPublic]
