@@ -72,6 +72,7 @@ from client.tpm.common import (
 )
 from client.tpm.saved import (
     KIND_CONTEXT,
+    KIND_NAME,
     KIND_PCRS,
     PCR_LEN,
     SavedContexts,
@@ -120,6 +121,7 @@ class TpmObjects:
         # Contexts saved in the client's home (see keep_contexts), and the PCR values
         # last read per selection (a quote whose pcrDigest they match needs no PCR_Read).
         self._saved: SavedContexts | None = None
+        self._ak_name: bytes | None = None  # saved with the AK's context (confirm_signer)
         self._pcrs: dict[tuple[int, ...], dict[int, bytes]] = {}
         # libtss2 prints expected failures (policy checks, missing NV indices) as
         # ERROR lines on stderr; it reads TSS2_LOG at its first log call.
@@ -282,7 +284,9 @@ class TpmObjects:
         if which == "ak":
             # Not asked with ReadPublic: the AK only signs, and the qualifiedSigner of what
             # it signed says what it is (confirm_signer), for free.
-            restored = self._restore(ectx, ident, None)
+            saved_name = self._saved.get(KIND_NAME, ident) if self._saved else None
+            restored = self._restore(ectx, ident, None) if saved_name else None
+            self._ak_name = saved_name if restored else None
         else:
             restored = self._restore(ectx, ident, lambda public, name, qualified: (
                 _matches_template(public, template)
@@ -297,7 +301,8 @@ class TpmObjects:
         if restored is None:
             handle, public, *_ = self.with_room(
                 ectx, lambda: ectx.create_primary(None, template, hierarchy))
-            self._remember(ectx, ident, handle)
+            if self._remember(ectx, ident, handle) and which == "ak" and self._saved:
+                self._saved.put(KIND_NAME, ident, _name(public))
         else:
             handle, public = restored
         self._keep(key, handle)
@@ -328,9 +333,10 @@ class TpmObjects:
         """
         if self._publics.get(_AK, False) is not None:
             return True
-        handle = self._loaded[_AK]
-        if qualified_signer == _qualified_name(
-                _HIERARCHY["ak"], bytes(ectx.tr_get_name(handle))):
+        # The name saved with the context, not ESAPI's (Esys_TR_GetName hashes the public
+        # area through OpenSSL: ~0.6 ms, more than asking the TPM).
+        if self._ak_name and qualified_signer == _qualified_name(
+                _HIERARCHY["ak"], self._ak_name):
             return True
         self.distrust_ak(ectx)
         return False
@@ -431,17 +437,18 @@ class TpmObjects:
         saved.drop_contexts()
         return None
 
-    def _remember(self, ectx: Any, ident: bytes, handle: Any) -> None:
+    def _remember(self, ectx: Any, ident: bytes, handle: Any) -> bool:
         """Save the context of ``handle`` (just created or loaded) for later processes."""
         if self._saved is None:
-            return
+            return False
         try:
             context = ectx.context_save(handle)
         except TSS2_Exception as exc:
             if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
                 raise
-            return  # not saved: the next process makes it the usual way
+            return False  # not saved: the next process makes it the usual way
         self._saved.put(KIND_CONTEXT, ident, bytes(context.marshal()))
+        return True
 
     def kept_pcrs(self, indices: Sequence[int]) -> dict[int, bytes] | None:
         """The sha256 PCR values last read for ``indices`` (this process or a saved file)."""
@@ -675,3 +682,8 @@ def _qualified_name(hierarchy: int, name: bytes) -> bytes:
     """The qualified name of a primary called ``name`` in ``hierarchy`` (TPM 2.0 Part 1,
     16: QN = nameAlg || H(QN(parent) || name), a hierarchy's QN being its handle)."""
     return _SHA256_NAME_ALG + hashlib.sha256(struct.pack(">I", hierarchy) + name).digest()
+
+
+def _name(public: Any) -> bytes:
+    """The name of a TPM2B_PUBLIC with nameAlg SHA-256: nameAlg || SHA-256(publicArea)."""
+    return _SHA256_NAME_ALG + hashlib.sha256(bytes(public.publicArea.marshal())).digest()

@@ -17,6 +17,8 @@ What the file holds, and why it is safe in a home an attacker may write:
   object is made the usual way. A substituted or stale context can thus only cost the
   time it takes to notice; the TPM's policies (PolicyPCR on the sealed key) apply to a
   context-loaded object exactly as to a loaded blob;
+* the AK's name (its quotes' qualifiedSigner is checked against it: see
+  TpmObjects.confirm_signer);
 * the last PCR values read for a selection. They are used only when they hash to the
   pcrDigest of a quote the TPM just signed (then they are the quoted values), so
   nothing written here can make the client send wrong values.
@@ -40,10 +42,11 @@ from typing import Final
 MAGIC: Final = b"AGC1"
 KIND_CONTEXT: Final = 1
 KIND_PCRS: Final = 2
+KIND_NAME: Final = 3  # the name of a saved object, where the client checks it itself
 ID_LEN: Final = 32
 # An ECC or keyedhash object's ESAPI context is ~520-610 B on swtpm; RSA ones ~1.3 KiB.
 MAX_DATA: Final = 4096
-MAX_ENTRIES: Final = 12  # SRK, AK, HMAC key, sealed key, post key, PCRs, and older ones
+MAX_ENTRIES: Final = 16  # SRK, AK (+ name), HMAC key, sealed key, post key, PCRs, older ones
 MAX_FILE: Final = len(MAGIC) + 1 + MAX_ENTRIES * (1 + ID_LEN + 2 + MAX_DATA)
 PCR_LEN: Final = 32
 _ENTRY: Final = struct.Struct(">B32sH")
@@ -78,7 +81,7 @@ def decode(data: bytes) -> OrderedDict[tuple[int, bytes], bytes]:
             raise ValueError("truncated entry")
         kind, ident, n = _ENTRY.unpack_from(data, pos)
         pos += _ENTRY.size
-        if kind not in (KIND_CONTEXT, KIND_PCRS) or not 0 < n <= MAX_DATA \
+        if kind not in (KIND_CONTEXT, KIND_PCRS, KIND_NAME) or not 0 < n <= MAX_DATA \
                 or pos + n > len(data) or (kind, ident) in out:
             raise ValueError("bad entry")
         out[(kind, ident)] = data[pos:pos + n]
@@ -131,7 +134,7 @@ class SavedContexts:
 
     def drop_contexts(self) -> None:
         """Forget every context (one did not load or was not what it claimed)."""
-        for key in [k for k in self._entries if k[0] == KIND_CONTEXT]:
+        for key in [k for k in self._entries if k[0] != KIND_PCRS]:
             del self._entries[key]
         self.dirty = True
 
