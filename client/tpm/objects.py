@@ -170,6 +170,13 @@ class TpmObjects:
             tcti.close()
 
     @property
+    def transport(self) -> Any:
+        """The TCTI, for commands sent as bytes (client/tpm/rawcmd.py) between ESAPI calls."""
+        if self._tcti_obj is None:
+            raise AttestgateError(ErrorCode.TPM_UNAVAILABLE, "TPM connection closed")
+        return self._tcti_obj
+
+    @property
     def loaded(self) -> int:
         """How many transient objects this adapter holds now."""
         return len(self._loaded)
