@@ -497,6 +497,8 @@ class TpmObjects:
         try:
             return self.with_room(ectx, lambda: ectx.load(srk, private, public))
         except TSS2_Exception as exc:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
+                raise  # the TPM went away (TPM_UNAVAILABLE), not "another TPM's blob"
             raise AttestgateError(
                 ErrorCode.TPM_ERROR,
                 f"load: blob does not load under this TPM's SRK: rc=0x{int(exc.rc):x} ({exc})",
