@@ -66,7 +66,8 @@ def test_an_unbound_blob_unsealed_with_a_selection_is_refused(swtpm_logged: Swtp
     assert loaded_counts(swtpm_logged.tcti) == (0, 0)
 
 
-def test_the_tpm_gone_before_a_bound_unseal_is_unavailable_not_another_tpm(swtpm_logged: SwtpmProcess) -> None:
+def test_the_tpm_gone_before_a_bound_unseal_is_unavailable_not_another_tpm(
+        swtpm_logged: SwtpmProcess) -> None:
     with Tpm(swtpm_logged.tcti) as tpm:
         blob = tpm.seal(b"s" * 16, SEL)
         swtpm_logged.stop()
