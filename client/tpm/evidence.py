@@ -191,6 +191,7 @@ def activate_credential(objs: TpmObjects, id_object: bytes, encrypted_secret: by
     blob = unmarshal_strict(TPM2B_ID_OBJECT, id_object, "id object")
     secret = unmarshal_strict(TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret")
     with objs.operation("activate_credential") as ectx, objs.ek(ectx) as (ek, _):
+        objs.primary_public(ectx, "ak")  # an AK from a saved context is confirmed first
         ak, _ = objs.primary(ectx, "ak")
         with objs.ek_session(ectx) as ek_auth:
             try:

@@ -21,7 +21,11 @@ Load and FlushContext were 10 of the 14 TPM commands of an attested connect):
   it (ESAPI sets continueSession);
 * :meth:`release` flushes everything (a process that will wait a long time, e.g.
   ``attestgate follow``, calls it so that other clients of the same TPM find free
-  slots); :meth:`close` releases and closes the context.
+  slots); :meth:`close` releases and closes the context;
+* with :meth:`keep_contexts`, what is created or loaded is also ContextSaved into a file
+  of the client's home, and the next process ContextLoads it instead (checked: a blob or
+  the SRK by ReadPublic, the AK by the qualifiedSigner of what it signs); anything that
+  does not load or does not match falls back to the usual path (client/tpm/saved.py).
 
 Every public operation runs inside :meth:`operation`, which translates tpm2_pytss
 exceptions into AttestgateError (TPM_UNAVAILABLE for the transport, TPM_ERROR for the
@@ -399,9 +403,11 @@ class TpmObjects:
         file ``path`` (:mod:`client.tpm.saved`).
 
         From now on an object that is not loaded is ContextLoaded from the file when it
-        holds one and the TPM confirms (ReadPublic) that the loaded object is the one
-        expected (a blob: its very public area; a primary: our template in the right
-        hierarchy); otherwise it is created or loaded as before and its context saved.
+        holds one and the TPM confirms that the loaded object is the one expected
+        (ReadPublic: a blob's very public area, the SRK our template's primary in the owner
+        hierarchy; the AK: the qualifiedSigner of its first signature, see
+        :meth:`confirm_signer`); otherwise it is created or loaded as before and its
+        context saved.
         Any failure to load a saved context (another TPM, a TPM Reset or Clear since,
         a damaged file) drops them all and falls back silently. The file is written
         (0600) at :meth:`close` if anything changed.
