@@ -12,9 +12,9 @@ What the file holds, and why it is safe in a home an attacker may write:
   sensitive part encrypted, the whole MACed, with keys only this TPM holds, bound to its
   hierarchy proof and to its reset count: it loads into no other TPM, and into this one
   only until the next TPM Reset or Clear) wrapped with ESAPI's metadata (the public
-  area, not protected). The loader therefore asks the TPM (ReadPublic) what it loaded
-  and uses it only if it is exactly the expected object; anything else is flushed and the
-  object is made the usual way. A substituted or stale context can thus only cost the
+  area, not protected). The loader therefore asks the TPM what it loaded (ReadPublic;
+  for the AK, the qualifiedSigner of what it signs) and uses it only if it is exactly the
+  expected object; anything else is flushed and the object is made the usual way. A substituted or stale context can thus only cost the
   time it takes to notice; the TPM's policies (PolicyPCR on the sealed key) apply to a
   context-loaded object exactly as to a loaded blob;
 * the AK's name (its quotes' qualifiedSigner is checked against it: see
