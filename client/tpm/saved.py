@@ -14,9 +14,10 @@ What the file holds, and why it is safe in a home an attacker may write:
   only until the next TPM Reset or Clear) wrapped with ESAPI's metadata (the public
   area, not protected). The loader therefore asks the TPM what it loaded (ReadPublic;
   for the AK, the qualifiedSigner of what it signs) and uses it only if it is exactly the
-  expected object; anything else is flushed and the object is made the usual way. A substituted or stale context can thus only cost the
-  time it takes to notice; the TPM's policies (PolicyPCR on the sealed key) apply to a
-  context-loaded object exactly as to a loaded blob;
+  expected object; anything else is flushed and the object is made the usual way. A
+  substituted or stale context can thus only cost the time it takes to notice; the TPM's
+  policies (PolicyPCR on the sealed key) apply to a context-loaded object exactly as to
+  a loaded blob;
 * the AK's name (its quotes' qualifiedSigner is checked against it: see
   TpmObjects.confirm_signer);
 * the last PCR values read for a selection. They are used only when they hash to the

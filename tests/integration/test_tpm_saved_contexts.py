@@ -25,6 +25,8 @@ from tests.integration.test_tpm_adapter import (
     NONCE,
     SEL8,
     loaded_counts,
+    make_credential,
+    name_of,
     verify_ecdsa,
     wrap_psk,
 )
@@ -272,3 +274,22 @@ def test_a_restored_ak_gives_its_public_once_the_tpm_confirms_it(
         sent = commands_of(swtpm_logged, tpm.ak_public)
         assert tpm.ak_public() == device.ak_public
     assert sent == [TPM2_CC.ContextLoad, TPM2_CC.ReadPublic]
+
+
+def test_credential_activation_never_uses_an_unconfirmed_ak(
+        swtpm_logged: SwtpmProcess, device: Device) -> None:
+    """An enrollment over a home with saved contexts (enroll --force): the AK a credential is
+    activated with is the TPM-confirmed one, whatever the file holds."""
+    device.connect_shaped(swtpm_logged.tcti)
+    entries = saved_file.decode(device.contexts.read_bytes())
+    ak_id = (saved_file.KIND_CONTEXT, saved_file.primary_id("ak", AK_TEMPLATE))
+    entries[ak_id] = entries[(saved_file.KIND_CONTEXT, saved_file.blob_id(
+        device.post_key.private, device.post_key.public))]
+    device.contexts.write_bytes(saved_file.encode(entries))
+    challenge = os.urandom(32)
+    with Tpm(swtpm_logged.tcti) as tpm:
+        tpm.keep_contexts(device.contexts)
+        ek = tpm.endorsement()
+        credential = make_credential(ek.public, challenge, name_of(device.ak_public))
+        assert tpm.activate_credential(*credential) == challenge
+    assert loaded_counts(swtpm_logged.tcti) == (0, 0)
