@@ -439,10 +439,13 @@ class TpmObjects:
                 if fits(public, bytes(name), bytes(qualified)):
                     return handle, public
         except TSS2_Exception as exc:
-            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER or (
+                    int(exc.error) == TPM2_RC.OBJECT_MEMORY):
                 if handle is not None:
                     self._flush(ectx, handle)
-                raise  # the TPM is gone: the usual path would fail the same way
+                # The TPM is gone, or its slots are held by another client: the usual path
+                # would fail the same way, and the saved contexts are not at fault.
+                raise
         except (ValueError, TypeError, IndexError):
             pass  # ESAPI's part of the context does not parse
         if handle is not None:

@@ -21,6 +21,7 @@ from tpm2_pytss.types import TPMS_ATTEST
 from client.tpm import MAX_LOADED, KeyBlob, Tpm
 from client.tpm import saved as saved_file
 from client.tpm.common import AK_TEMPLATE, SRK_TEMPLATE
+from shared.errors import AttestgateError, ErrorCode
 from tests.integration.test_tpm_adapter import (
     NONCE,
     SEL8,
@@ -293,3 +294,24 @@ def test_credential_activation_never_uses_an_unconfirmed_ak(
         credential = make_credential(ek.public, challenge, name_of(device.ak_public))
         assert tpm.activate_credential(*credential) == challenge
     assert loaded_counts(swtpm_logged.tcti) == (0, 0)
+
+
+def test_slots_held_by_another_client_do_not_discard_the_saved_contexts(
+        swtpm_logged: SwtpmProcess, device: Device) -> None:
+    """No resource manager: another client holds every object slot. The connect fails as it
+    did before (tpm_error), but the saved contexts were not at fault and are kept."""
+    tcti = swtpm_logged.tcti
+    device.connect_shaped(tcti)
+    saved = device.contexts.read_bytes()
+    with Tpm(tcti) as other:
+        other.hmac(device.hmac_key, b"m")
+        other.quote(NONCE, SEL8)
+        other.sign(device.post_key, bytes(32))  # HMAC key, AK, post key (or SRK): 3 slots
+        with Tpm(tcti) as tpm:
+            tpm.keep_contexts(device.contexts)
+            with pytest.raises(AttestgateError) as err:
+                tpm.hmac(device.hmac_key, HMAC_MESSAGE)
+            assert err.value.code is ErrorCode.TPM_ERROR
+    assert device.contexts.read_bytes() == saved
+    again = commands_of(swtpm_logged, lambda: device.connect_shaped(tcti))
+    assert not CREATE_OR_LOAD & set(again)
