@@ -5,7 +5,8 @@ Rows (keys), each against a baseline measured in this run:
 * ``enroll_ms`` - one enrollment (EK cert, credential activation, quote) vs a bare
   XXpsk3 handshake;
 * ``connect_vs_floor`` - an attested connect as ``attestgate post`` pays it before its
-  first message (a fresh ``Tpm`` in the process: primaries, unseal, HMAC, quote) vs the
+  first message (a fresh ``Tpm`` in the process, the client's home given as the CLI
+  gives it: TPM contexts saved there by the process before, unseal, HMAC, quote) vs the
   floor: bare IKpsk2 over TCP + TPM2_HMAC (loaded key) + TPM2_Quote (loaded AK) +
   TPM2_Unseal (loaded object) + one quote verification, on the same swtpm;
   ``connect_warm_vs_floor`` - the same from a process that connected before (objects
@@ -73,7 +74,8 @@ def _connect_rows(fleet: Fleet, runs: int) -> list[Result]:
     for _ in range(runs):
         t0 = time.perf_counter()
         with Tpm(tcti) as tpm:
-            flows.connect(tpm, state, _quiet).close()
+            # With the home, as `attestgate post` connects (server view, saved TPM contexts).
+            flows.connect(tpm, state, _quiet, home).close()
             cold.append((time.perf_counter() - t0) * 1000)
     with Tpm(tcti) as tpm:
         flows.connect(tpm, state, _quiet).close()

@@ -73,6 +73,7 @@ def enroll(tpm: Tpm, home_path: os.PathLike[str] | str, server: str, name: str,
     home = Path(home_path)
     host, port = parse_host_port(server)
     check_log_size(event_log)
+    tpm.keep_contexts(home / st.CONTEXTS_FILE)  # the first connect then creates nothing
     progress("reading the TPM's endorsement key and certificate")
     ek = tpm.endorsement()
     static = StaticKey.generate()
@@ -164,9 +165,12 @@ def connect(tpm: Tpm, state: st.ClientState, progress: Progress,
     (``need_log``) only when the quote matches no approved state, and then says what
     changed in its refusal. One round trip otherwise. With ``home``, what the server says
     about the device (accepted baselines and status, or the status a refusal tells) is
-    kept there (``client.server_view``)."""
+    kept there (``client.server_view``), and the TPM's object contexts are carried to the
+    next process in it (``Tpm.keep_contexts``)."""
     host, port = parse_host_port(state.server)
     check_log_size(event_log)
+    if home is not None:
+        tpm.keep_contexts(home / st.CONTEXTS_FILE)
     static = unseal_static(tpm, state)
     psk_key = KeyBlob.from_bytes(bytes.fromhex(state.psk_key))
 

@@ -21,6 +21,9 @@ from shared.keys import StaticKey
 from shared.wire import LABEL_KEY_SEAL
 
 STATE_FILE = "state.json"
+# TPM object contexts saved by one process for the next (client.tpm.saved): a cache that
+# only this TPM can use, until its next reset; deleting it only costs time.
+CONTEXTS_FILE = "tpm-contexts.bin"
 STATE_VERSION = 1
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from tpm2_pytss import TSS2_Exception
@@ -83,8 +84,7 @@ def endorsement(objs: TpmObjects) -> Endorsement:
 
 def primary_public(objs: TpmObjects, which: str) -> bytes:
     with objs.operation(f"{which}_public") as ectx:
-        _, public = objs.primary(ectx, which)
-        return bytes(public.marshal())
+        return bytes(objs.primary_public(ectx, which).marshal())
 
 
 def pcr_read(objs: TpmObjects, selection: str) -> dict[int, bytes]:
@@ -113,58 +113,85 @@ def quote(objs: TpmObjects, qualifying_data: bytes, selection: str) -> Quote:
     indices = parse_pcr_selection(selection)
     canonical = format_pcr_selection(indices)
     with objs.operation("quote") as ectx:
-        ak, _ = objs.primary(ectx, "ak")
+        # The PCR values last read (in this process, or saved in the home) are sent
+        # without a PCR_Read when they hash to the pcrDigest the TPM just signed: then
+        # they are the quoted values. Otherwise they are read after the quote; a PCR that
+        # changed in between shows as a mismatch, and the quote is made again.
+        values = objs.kept_pcrs(indices)
         for _ in range(QUOTE_ATTEMPTS):
-            values = objs.read_pcrs(ectx, indices)
-            attest_obj, sig = ectx.quote(
+            attest, sig, parsed = _signed_by_ak(objs, ectx, lambda ak: ectx.quote(
                 ak,
                 TPML_PCR_SELECTION.parse(canonical),
                 bytes(qualifying_data),
                 TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
-            )
-            attest = bytes(attest_obj)
-            parsed, _ = TPMS_ATTEST.unmarshal(attest)
+            ))
             quoted = bytes(parsed.attested.quote.pcrDigest)
-            expected = hashlib.sha256(b"".join(values[i] for i in indices)).digest()
-            if quoted == expected:
-                return Quote(
-                    attest=attest,
-                    signature=bytes(sig.marshal()),
-                    selection=canonical,
-                    pcr_values=tuple((i, values[i]) for i in indices),
-                )
+            if values is None or _pcr_digest(indices, values) != quoted:
+                values = objs.read_pcrs(ectx, indices)
+                if _pcr_digest(indices, values) != quoted:
+                    continue
+            return Quote(
+                attest=attest,
+                signature=bytes(sig.marshal()),
+                selection=canonical,
+                pcr_values=tuple((i, values[i]) for i in indices),
+            )
     raise AttestgateError(
         ErrorCode.TPM_ERROR, f"quote: PCRs kept changing ({QUOTE_ATTEMPTS} attempts)"
     )
 
 
-def _certify(ectx: Any, subject: Any, ak: Any, qualifying_data: bytes) -> Certification:
-    attest, sig = ectx.certify(
-        subject, ak, bytes(qualifying_data), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
-    )
-    return Certification(attest=bytes(attest), signature=bytes(sig.marshal()))
+def _pcr_digest(indices: tuple[int, ...], values: dict[int, bytes]) -> bytes:
+    return hashlib.sha256(b"".join(values[i] for i in indices)).digest()
+
+
+def _signed_by_ak(objs: TpmObjects, ectx: Any,
+                  sign: Callable[[Any], tuple[Any, Any]]) -> tuple[bytes, Any, Any]:
+    """(marshalled TPMS_ATTEST, TPMT_SIGNATURE, parsed TPMS_ATTEST) of ``sign(ak)``, the
+    signer confirmed to be our AK: an AK restored from a saved context that fails, or
+    turns out to be another object (TpmObjects.confirm_signer), is replaced by a created
+    one and the signing done again."""
+    for _ in range(2):
+        ak, _ = objs.primary(ectx, "ak")
+        try:
+            attest_obj, sig = sign(ak)
+        except TSS2_Exception:
+            if not objs.distrust_ak(ectx):
+                raise
+        else:
+            attest = bytes(attest_obj)
+            parsed, _ = TPMS_ATTEST.unmarshal(attest)
+            if objs.confirm_signer(ectx, bytes(parsed.qualifiedSigner)):
+                return attest, sig, parsed
+    raise AttestgateError(ErrorCode.TPM_ERROR, "the AK signed as another object")
+
+
+def _certify(objs: TpmObjects, ectx: Any, subject: Any, qualifying_data: bytes
+             ) -> Certification:
+    attest, sig, _ = _signed_by_ak(objs, ectx, lambda ak: ectx.certify(
+        subject, ak, bytes(qualifying_data), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)))
+    return Certification(attest=attest, signature=bytes(sig.marshal()))
 
 
 def certify_srk(objs: TpmObjects, qualifying_data: bytes) -> Certification:
     check_len("qualifying data", qualifying_data, 0, MAX_QUALIFYING_DATA)
     with objs.operation("certify_srk") as ectx:
         srk, _ = objs.primary(ectx, "srk")
-        ak, _ = objs.primary(ectx, "ak")
-        return _certify(ectx, srk, ak, qualifying_data)
+        return _certify(objs, ectx, srk, qualifying_data)
 
 
 def certify_key(objs: TpmObjects, key: KeyBlob, qualifying_data: bytes) -> Certification:
     check_len("qualifying data", qualifying_data, 0, MAX_QUALIFYING_DATA)
     with objs.operation("certify_key") as ectx:
         handle = objs.blob(ectx, key)
-        ak, _ = objs.primary(ectx, "ak")
-        return _certify(ectx, handle, ak, qualifying_data)
+        return _certify(objs, ectx, handle, qualifying_data)
 
 
 def activate_credential(objs: TpmObjects, id_object: bytes, encrypted_secret: bytes) -> bytes:
     blob = unmarshal_strict(TPM2B_ID_OBJECT, id_object, "id object")
     secret = unmarshal_strict(TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret")
     with objs.operation("activate_credential") as ectx, objs.ek(ectx) as (ek, _):
+        objs.primary_public(ectx, "ak")  # an AK from a saved context is confirmed first
         ak, _ = objs.primary(ectx, "ak")
         with objs.ek_session(ectx) as ek_auth:
             try:

@@ -21,7 +21,11 @@ Load and FlushContext were 10 of the 14 TPM commands of an attested connect):
   it (ESAPI sets continueSession);
 * :meth:`release` flushes everything (a process that will wait a long time, e.g.
   ``attestgate follow``, calls it so that other clients of the same TPM find free
-  slots); :meth:`close` releases and closes the context.
+  slots); :meth:`close` releases and closes the context;
+* with :meth:`keep_contexts`, what is created or loaded is also ContextSaved into a file
+  of the client's home, and the next process ContextLoads it instead (checked: a blob or
+  the SRK by ReadPublic, the AK by the qualifiedSigner of what it signs); anything that
+  does not load or does not match falls back to the usual path (client/tpm/saved.py).
 
 Every public operation runs inside :meth:`operation`, which translates tpm2_pytss
 exceptions into AttestgateError (TPM_UNAVAILABLE for the transport, TPM_ERROR for the
@@ -31,9 +35,12 @@ TPM) and unpins the objects the operation used. Not thread-safe.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from tpm2_pytss import ESAPI, TSS2_Exception
@@ -43,25 +50,39 @@ from tpm2_pytss.types import (
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPML_PCR_SELECTION,
+    TPMS_CONTEXT,
     TPMT_PUBLIC,
     TPMT_SYM_DEF,
 )
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from client.tpm.common import (
+    AK_TEMPLATE,
     DEFAULT_EK_KINDS,
     EK_PERSISTENT_HANDLES,
     PCR_READ_ATTEMPTS,
+    SRK_TEMPLATE,
     TCTI_LAYER,
     TCTI_LAYER_MASK,
     EkChoice,
     KeyBlob,
     ak_template,
+    digest_list,
     format_pcr_selection,
     parse_tcti,
-    selected_indices,
+    sha256_indices,
     srk_template,
     unmarshal_strict,
+)
+from client.tpm.saved import (
+    KIND_CONTEXT,
+    KIND_NAME,
+    KIND_PCRS,
+    PCR_LEN,
+    SavedContexts,
+    blob_id,
+    pcrs_id,
+    primary_id,
 )
 from shared.errors import AttestgateError, ErrorCode
 
@@ -74,6 +95,9 @@ MAX_LOADED: Final = 3
 _Key = tuple[str, ...]  # ("srk",), ("ak",) or ("blob", private hex, public hex)
 _SRK: Final[_Key] = ("srk",)
 _AK: Final[_Key] = ("ak",)
+# The hierarchy each primary lives in, as the handle its qualified name starts from.
+_HIERARCHY: Final = {"srk": 0x40000001, "ak": 0x4000000B}  # TPM_RH_OWNER, TPM_RH_ENDORSEMENT
+_SHA256_NAME_ALG: Final = struct.pack(">H", 0x000B)
 
 
 class TpmObjects:
@@ -91,13 +115,18 @@ class TpmObjects:
         self.max_loaded = max_loaded
         self._ek: EkChoice | None = None
         self._loaded: OrderedDict[_Key, Any] = OrderedDict()  # least recently used first
-        self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries
+        self._publics: dict[_Key, Any] = {}  # TPM2B_PUBLIC of the primaries (None: not read)
         self._pinned: set[_Key] = set()  # used by the running operation
         # The SRK persisted at SRK_PERSISTENT_HANDLE, once found to be ours (see
         # _persistent_srk); None: not looked for yet since the last release.
         self._srk_found: tuple[Any, Any] | None = None
         self._srk_looked = False
         self._extra = 0  # transient objects of the running operation outside the cache
+        # Contexts saved in the client's home (see keep_contexts), and the PCR values
+        # last read per selection (a quote whose pcrDigest they match needs no PCR_Read).
+        self._saved: SavedContexts | None = None
+        self._ak_name: bytes | None = None  # saved with the AK's context (confirm_signer)
+        self._pcrs: dict[tuple[int, ...], dict[int, bytes]] = {}
         # libtss2 prints expected failures (policy checks, missing NV indices) as
         # ERROR lines on stderr; it reads TSS2_LOG at its first log call.
         os.environ.setdefault("TSS2_LOG", "all+none")
@@ -130,7 +159,11 @@ class TpmObjects:
                 ectx.tr_close(found[0])
 
     def close(self) -> None:
-        """Flush what is loaded and release the connection; idempotent."""
+        """Write the saved contexts if they changed, flush what is loaded and release the
+        connection; idempotent."""
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            saved.write()
         self.release()
         ectx, self._ectx = self._ectx, None
         tcti, self._tcti_obj = self._tcti_obj, None
@@ -139,6 +172,13 @@ class TpmObjects:
         if tcti is not None:
             # ESAPI only finalizes a TCTI it loaded itself from a string.
             tcti.close()
+
+    @property
+    def transport(self) -> Any:
+        """The TCTI, for commands sent as bytes (client/tpm/rawcmd.py) between ESAPI calls."""
+        if self._tcti_obj is None:
+            raise AttestgateError(ErrorCode.TPM_UNAVAILABLE, "TPM connection closed")
+        return self._tcti_obj
 
     @property
     def loaded(self) -> int:
@@ -240,38 +280,95 @@ class TpmObjects:
         """(handle, TPM2B_PUBLIC) of the SRK (``"srk"``) or the AK (``"ak"``), kept loaded.
 
         Both are primaries from fixed templates, so they come out the same every time.
+        In order: already loaded; a saved context (see :meth:`keep_contexts`) that the TPM
+        confirms is that primary; the persisted SRK; CreatePrimary.
         """
         key = _SRK if which == "srk" else _AK
         handle = self._use(key)
         if handle is not None:
             return handle, self._publics[key]
         if which == "srk":
-            found = self._persistent_srk(ectx)
-            if found is not None:
+            template, marshalled, hierarchy = srk_template(), SRK_TEMPLATE, ESYS_TR.OWNER
+        else:
+            template, marshalled, hierarchy = ak_template(), AK_TEMPLATE, ESYS_TR.ENDORSEMENT
+        ident = primary_id(which, marshalled)
+        if which == "ak":
+            # Not asked with ReadPublic: the AK only signs, and the qualifiedSigner of what
+            # it signed says what it is (confirm_signer), for free.
+            saved_name = self._saved.get(KIND_NAME, ident) if self._saved else None
+            restored = self._restore(ectx, ident, None) if saved_name else None
+            self._ak_name = saved_name if restored else None
+        else:
+            restored = self._restore(ectx, ident, lambda public, name, qualified: (
+                _matches_template(public, template)
+                and qualified == _qualified_name(_HIERARCHY[which], name)))
+        if restored is None and which == "srk":
+            restored = self._persistent_srk(ectx)
+            if restored is not None:
                 # A command naming a persistent object has the TPM load it into a transient
                 # slot for the command's duration: it is counted as loaded, like the
                 # created SRK it replaces, but never flushed.
                 self._make_room(ectx, 1)
-                self._keep(key, found[0])
-                self._publics[key] = found[1]
-                return found
-            template, hierarchy = srk_template(), ESYS_TR.OWNER
+        if restored is None:
+            handle, public, *_ = self.with_room(
+                ectx, lambda: ectx.create_primary(None, template, hierarchy))
+            if self._remember(ectx, ident, handle) and which == "ak" and self._saved:
+                self._saved.put(KIND_NAME, ident, _name(public))
         else:
-            template, hierarchy = ak_template(), ESYS_TR.ENDORSEMENT
-        handle, public, *_ = self.with_room(
-            ectx, lambda: ectx.create_primary(None, template, hierarchy))
+            handle, public = restored
         self._keep(key, handle)
         self._publics[key] = public
         return handle, public
+
+    def primary_public(self, ectx: Any, which: str) -> Any:
+        """The TPM2B_PUBLIC of the SRK or the AK (ReadPublic for an AK restored from a saved
+        context, which must then be our template's primary in the endorsement hierarchy)."""
+        handle, public = self.primary(ectx, which)
+        if public is None:
+            public, name, qualified = ectx.read_public(handle)
+            if not (_matches_template(public, ak_template())
+                    and bytes(qualified) == _qualified_name(_HIERARCHY["ak"], bytes(name))):
+                self.distrust_ak(ectx)
+                handle, public = self.primary(ectx, which)
+            self._publics[_AK] = public
+        return public
+
+    def confirm_signer(self, ectx: Any, qualified_signer: bytes) -> bool:
+        """Whether the AK that just signed (``qualified_signer``: the TPMS_ATTEST's) is ours.
+
+        Always true for an AK created here. One restored from a saved context must be a
+        primary in the endorsement hierarchy (its qualified name says so; its name is the
+        one saved with it): made from another object's context, it is flushed, every
+        saved context dropped, and False returned: the caller gets the AK again (created
+        now) and signs again.
+        """
+        if self._publics.get(_AK, False) is not None:
+            return True
+        # The name saved with the context, not ESAPI's (Esys_TR_GetName hashes the public
+        # area through OpenSSL: ~0.6 ms, more than asking the TPM).
+        if self._ak_name and qualified_signer == _qualified_name(
+                _HIERARCHY["ak"], self._ak_name):
+            return True
+        self.distrust_ak(ectx)
+        return False
+
+    def distrust_ak(self, ectx: Any) -> bool:
+        """Flush an AK restored from a saved context and not confirmed yet, and drop the
+        saved contexts; False if there is none (then an AK failure is the TPM's)."""
+        if _AK not in self._loaded or self._publics.get(_AK, False) is not None:
+            return False
+        self._evict(ectx, _AK)
+        if self._saved is not None:
+            self._saved.drop_contexts()
+        return True
 
     def blob(self, ectx: Any, blob: KeyBlob) -> Any:
         """The handle of ``blob`` loaded under the SRK, kept loaded for later calls."""
         key = self._blob_key(blob)
         handle = self._use(key)
-        if handle is not None:
-            return handle
-        handle = self._load(ectx, blob)
-        self._keep(key, handle)
+        if handle is None:
+            handle = self._restore_or_load(ectx, blob)
+            self._keep(key, handle)
         return handle
 
     @contextlib.contextmanager
@@ -281,13 +378,110 @@ class TpmObjects:
         if handle is not None:  # someone already keeps it loaded
             yield handle
             return
-        handle = self._load(ectx, blob)
+        handle = self._restore_or_load(ectx, blob)
         self._extra += 1
         try:
             yield handle
         finally:
             self._extra -= 1
             self._flush(ectx, handle)
+
+    def _restore_or_load(self, ectx: Any, blob: KeyBlob) -> Any:
+        ident = blob_id(blob.private, blob.public)
+        restored = self._restore(
+            ectx, ident, lambda public, _name, _qualified: bytes(public.marshal()) == blob.public)
+        if restored is not None:
+            return restored[0]
+        handle = self._load(ectx, blob)
+        self._remember(ectx, ident, handle)
+        return handle
+
+    # -- contexts saved across processes ----------------------------------------------------
+
+    def keep_contexts(self, path: Path) -> None:
+        """Carry the contexts of the SRK, the AK and the key blobs across processes in the
+        file ``path`` (:mod:`client.tpm.saved`).
+
+        From now on an object that is not loaded is ContextLoaded from the file when it
+        holds one and the TPM confirms that the loaded object is the one expected
+        (ReadPublic: a blob's very public area, the SRK our template's primary in the owner
+        hierarchy; the AK: the qualifiedSigner of its first signature, see
+        :meth:`confirm_signer`); otherwise it is created or loaded as before and its
+        context saved.
+        Any failure to load a saved context (another TPM, a TPM Reset or Clear since,
+        a damaged file) drops them all and falls back silently. The file is written
+        (0600) at :meth:`close` if anything changed.
+        """
+        if self._saved is not None and self._saved.path == path:
+            return
+        if self._saved is not None:
+            self._saved.write()
+        self._saved = SavedContexts(path)
+
+    def _restore(self, ectx: Any, ident: bytes,
+                 fits: Callable[[Any, bytes, bytes], bool] | None) -> tuple[Any, Any] | None:
+        """(handle, TPM2B_PUBLIC) of the saved context ``ident``, ContextLoaded, if the TPM
+        says (ReadPublic: public, name, qualified name) that it ``fits``; else None, with
+        every saved context dropped and nothing left loaded. With ``fits`` None, the TPM
+        is not asked and the public is None: the caller checks the object otherwise."""
+        saved = self._saved
+        data = saved.get(KIND_CONTEXT, ident) if saved is not None else None
+        if saved is None or data is None:
+            return None
+        handle = None
+        try:
+            context, used = TPMS_CONTEXT.unmarshal(data)
+            if used == len(data):
+                handle = self.with_room(ectx, lambda: ectx.context_load(context))
+                if fits is None:
+                    return handle, None
+                public, name, qualified = ectx.read_public(handle)
+                if fits(public, bytes(name), bytes(qualified)):
+                    return handle, public
+        except TSS2_Exception as exc:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER or (
+                    int(exc.error) == TPM2_RC.OBJECT_MEMORY):
+                if handle is not None:
+                    self._flush(ectx, handle)
+                # The TPM is gone, or its slots are held by another client: the usual path
+                # would fail the same way, and the saved contexts are not at fault.
+                raise
+        except (ValueError, TypeError, IndexError):
+            pass  # ESAPI's part of the context does not parse
+        if handle is not None:
+            self._flush(ectx, handle)
+        saved.drop_contexts()
+        return None
+
+    def _remember(self, ectx: Any, ident: bytes, handle: Any) -> bool:
+        """Save the context of ``handle`` (just created or loaded) for later processes."""
+        if self._saved is None:
+            return False
+        try:
+            context = ectx.context_save(handle)
+        except TSS2_Exception as exc:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
+                raise
+            return False  # not saved: the next process makes it the usual way
+        self._saved.put(KIND_CONTEXT, ident, bytes(context.marshal()))
+        return True
+
+    def kept_pcrs(self, indices: Sequence[int]) -> dict[int, bytes] | None:
+        """The sha256 PCR values last read for ``indices`` (this process or a saved file)."""
+        values = self._pcrs.get(tuple(indices))
+        if values is not None or self._saved is None:
+            return values
+        data = self._saved.get(KIND_PCRS, pcrs_id(indices))
+        if data is None or len(data) != PCR_LEN * len(indices):
+            return None
+        values = {i: data[n * PCR_LEN:(n + 1) * PCR_LEN] for n, i in enumerate(indices)}
+        self._pcrs[tuple(indices)] = values
+        return values
+
+    def keep_pcrs(self, indices: Sequence[int], values: dict[int, bytes]) -> None:
+        self._pcrs[tuple(indices)] = values
+        if self._saved is not None:
+            self._saved.put(KIND_PCRS, pcrs_id(indices), b"".join(values[i] for i in indices))
 
     @contextlib.contextmanager
     def transient(self, ectx: Any, create: Callable[[], Any]) -> Iterator[Any]:
@@ -312,6 +506,8 @@ class TpmObjects:
         try:
             return self.with_room(ectx, lambda: ectx.load(srk, private, public))
         except TSS2_Exception as exc:
+            if int(exc.rc) & TCTI_LAYER_MASK == TCTI_LAYER:
+                raise  # the TPM went away (TPM_UNAVAILABLE), not "another TPM's blob"
             raise AttestgateError(
                 ErrorCode.TPM_ERROR,
                 f"load: blob does not load under this TPM's SRK: rc=0x{int(exc.rc):x} ({exc})",
@@ -335,15 +531,7 @@ class TpmObjects:
         except TSS2_Exception:
             ectx.tr_close(handle)
             return None
-        expected, _ = TPMT_PUBLIC.unmarshal(srk_template().publicArea.marshal())
-        area = public.publicArea
-        if area.type != TPM2_ALG.ECC or expected.type != TPM2_ALG.ECC:
-            ectx.tr_close(handle)
-            return None
-        # The template's unique field is empty; the object's holds its public point.
-        expected.unique.ecc.x = bytes(area.unique.ecc.x)
-        expected.unique.ecc.y = bytes(area.unique.ecc.y)
-        if bytes(expected.marshal()) != bytes(area.marshal()):
+        if not _matches_template(public, srk_template()):
             ectx.tr_close(handle)
             return None
         self._srk_found = (handle, public)
@@ -461,7 +649,8 @@ class TpmObjects:
         """Read sha256 PCRs; TPM2_PCR_Read returns at most 8 digests, so loop.
 
         The update counter must stay the same across the chunks, otherwise a
-        PCR changed between them and the read starts over.
+        PCR changed between them and the read starts over. The values read are kept
+        (:meth:`kept_pcrs`).
         """
         for _ in range(PCR_READ_ATTEMPTS):
             values: dict[int, bytes] = {}
@@ -471,8 +660,14 @@ class TpmObjects:
                 update, sel_out, digests = ectx.pcr_read(
                     TPML_PCR_SELECTION.parse(format_pcr_selection(remaining))
                 )
-                got = selected_indices(sel_out)
-                if not got or len(got) != int(digests.count) or not set(got) <= set(remaining):
+                # One marshal each and byte slicing: tpm2_pytss's per-item indexing cost
+                # ~0.4 ms per read (profiled).
+                try:
+                    got = sha256_indices(bytes(sel_out.marshal()))
+                    read = digest_list(bytes(digests.marshal()))
+                except ValueError:
+                    got, read = [], []
+                if not got or len(got) != len(read) or not set(got) <= set(remaining):
                     raise AttestgateError(
                         ErrorCode.TPM_ERROR,
                         "pcr_read: no or unexpected PCRs returned (is the sha256 bank active?)",
@@ -480,10 +675,33 @@ class TpmObjects:
                 if counter is not None and int(update) != counter:
                     break
                 counter = int(update)
-                for n, index in enumerate(got):
-                    values[index] = bytes(digests[n])
+                values.update(zip(got, read, strict=True))
             else:
+                self.keep_pcrs(indices, values)
                 return values
         raise AttestgateError(
             ErrorCode.TPM_ERROR, f"pcr_read: PCRs kept changing ({PCR_READ_ATTEMPTS} attempts)"
         )
+
+def _matches_template(public: Any, template: Any) -> bool:
+    """Whether the TPM2B_PUBLIC ``public`` is what an ECC ``template`` gives: the same
+    public area once the unique field (the public point) is copied over."""
+    expected, _ = TPMT_PUBLIC.unmarshal(template.publicArea.marshal())
+    area = public.publicArea
+    if area.type != TPM2_ALG.ECC or expected.type != TPM2_ALG.ECC:
+        return False
+    # The template's unique field is empty; the object's holds its public point.
+    expected.unique.ecc.x = bytes(area.unique.ecc.x)
+    expected.unique.ecc.y = bytes(area.unique.ecc.y)
+    return bool(bytes(expected.marshal()) == bytes(area.marshal()))
+
+
+def _qualified_name(hierarchy: int, name: bytes) -> bytes:
+    """The qualified name of a primary called ``name`` in ``hierarchy`` (TPM 2.0 Part 1,
+    16: QN = nameAlg || H(QN(parent) || name), a hierarchy's QN being its handle)."""
+    return _SHA256_NAME_ALG + hashlib.sha256(struct.pack(">I", hierarchy) + name).digest()
+
+
+def _name(public: Any) -> bytes:
+    """The name of a TPM2B_PUBLIC with nameAlg SHA-256: nameAlg || SHA-256(publicArea)."""
+    return _SHA256_NAME_ALG + hashlib.sha256(bytes(public.publicArea.marshal())).digest()

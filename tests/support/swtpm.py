@@ -262,28 +262,31 @@ class SwtpmProcess:
     allows only 3 loaded objects and 3 sessions, shared by every client.
     """
 
-    def __init__(self, state_dir: Path, log_path: Path) -> None:
+    def __init__(self, state_dir: Path, log_path: Path, *, log_commands: bool = False) -> None:
         self.state_dir = state_dir
         self.log_path = log_path
+        self.log_commands = log_commands
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     @classmethod
-    def start(cls, state_dir: Path, template: TemplateTpm | None = None) -> Self:
+    def start(cls, state_dir: Path, template: TemplateTpm | None = None, *,
+              log_commands: bool = False) -> Self:
         """Start swtpm on ``state_dir`` (created if missing) and wait until it answers.
 
         With ``template``, its state file is copied in first, so the new TPM has
         the template's EK, certificates and seeds. Without one, swtpm starts
         unprovisioned (no EK, all four PCR banks active). The log goes to
-        ``state_dir/swtpm.log``.
+        ``state_dir/swtpm.log``; with ``log_commands`` swtpm writes every command to
+        ``state_dir/commands.log``, for :meth:`commands`.
         """
         require_swtpm()
         state_dir.mkdir(parents=True, exist_ok=True)
         if template is not None:
             shutil.copyfile(template.state_file, state_dir / STATE_FILE)
-        tpm = cls(state_dir, state_dir / "swtpm.log")
+        tpm = cls(state_dir, state_dir / "swtpm.log", log_commands=log_commands)
         tpm._launch(port=None)
         return tpm
 
@@ -308,6 +311,19 @@ class SwtpmProcess:
         """
         self.stop()
         self._launch(port=self.port)
+
+    @property
+    def commands_path(self) -> Path:
+        return self.state_dir / "commands.log"
+
+    def commands(self) -> list[int]:
+        """The command code of every TPM command received so far (``log_commands`` only),
+        in order: swtpm logs each command's bytes, the code at offset 6."""
+        if not self.log_commands:
+            raise SwtpmError("started without log_commands")
+        lines = self.commands_path.read_text(errors="replace").splitlines()
+        return [int("".join(lines[n + 1].split()[6:10]), 16)
+                for n, line in enumerate(lines[:-1]) if line.strip().startswith("SWTPM_IO_Read:")]
 
     def __enter__(self) -> Self:
         return self
@@ -360,6 +376,8 @@ class SwtpmProcess:
             "--ctrl", f"type=tcp,port={port + 1},bindaddr={HOST}",
             "--flags", "not-need-init,startup-clear",
         ]  # fmt: skip
+        if self.log_commands:
+            cmd += ["--log", f"file={self.commands_path},level=20"]
         # stderr goes to a file, never to an unread PIPE: a full pipe blocks swtpm.
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
