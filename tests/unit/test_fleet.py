@@ -160,6 +160,23 @@ def test_server_view_learned_and_refused(tmp_path: Path) -> None:
     assert server_view.load(tmp_path, "d" * 32) is None
 
 
+def test_server_view_is_written_only_when_what_the_server_said_changed(tmp_path: Path) -> None:
+    reply = {"status": "active", "baselines": [{"7": b"\xee" * 32}]}
+    server_view.learned(tmp_path, "d" * 32, reply)
+    path = tmp_path / server_view.VIEW_FILE
+    first = path.stat()
+    server_view.learned(tmp_path, "d" * 32, reply)  # every connect says the same
+    again = path.stat()
+    two = {"status": "active", "baselines": [{"7": b"\xee" * 32}, {"7": b"\x01" * 32}]}
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    server_view.learned(tmp_path, "d" * 32, two)
+    view = server_view.load(tmp_path, "d" * 32)
+    assert view is not None and len(view.baselines) == 2
+    server_view.refused(tmp_path, "d" * 32, ErrorCode.LOCKED, {})
+    server_view.learned(tmp_path, "d" * 32, two)
+    assert server_view.load(tmp_path, "d" * 32).status == "active"  # type: ignore[union-attr]
+
+
 def commands(text: str) -> list[list[str]]:
     return [shlex.split(c) for c in text.split("`")[1::2]]
 
