@@ -261,8 +261,8 @@ def test_concatenated_frames_are_refused(frames: list[codec.Frame]) -> None:
         assert code_of(data) is ErrorCode.PROTOCOL
 
 
-@given(body=st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=40),
-                            max_size=6))
+@given(body=st.dictionaries(st.text(max_size=8),
+                            st.integers(-(2**63), 2**63 - 1) | st.text(max_size=40), max_size=6))
 def test_event_prefix_starts_exactly_the_events_of_its_topic(body: dict[str, object]) -> None:
     prefix = codec.event_prefix("post")
     assert codec.encode(BusEvent("post", body)).startswith(prefix)
