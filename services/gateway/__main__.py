@@ -15,6 +15,7 @@ from services.gateway.eventloop import loop_factory, loop_kind
 from services.gateway.limits import GatewayLimits
 from services.gateway.observe import GatewayMetrics, MeteredBus, Notifier, Observer, take_snapshot
 from services.gateway.server import Gateway
+from services.gateway.session import unfollowed_posts
 from services.gateway.webhook import WebhookSender
 from shared.bus.zmq_bus import ZmqBus
 from shared.config import ConfigError, ServerConfig
@@ -64,6 +65,7 @@ async def run(cfg: ServerConfig, static: StaticKey, ops: OpsSettings | None = No
                       GatewayLimits(reattest_interval=cfg.reattest_interval, reattest_grace=grace,
                                     max_sessions_per_device=cfg.max_sessions_per_device),
                       AdmissionLimits(rate=cfg.handshake_rate, burst=cfg.handshake_burst))
+    bus.skip_event = unfollowed_posts(gateway.followers)  # no decoding of unfollowed posts
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,19 +16,35 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from services.gateway.handshake import Closed, Identity, call
 from services.gateway.limits import GatewayLimits
 from services.gateway.peer import Peer, PeerClosed
+from shared.bus import codec
 from shared.bus.interface import BusClient
 from shared.errors import AttestgateError, ErrorCode
 from shared.messages import ClientMessage, decode_request, encode_error, encode_push, encode_reply
-from shared.wire import Command, Push, Service
+from shared.wire import Command, Event, Push, Service
 
 log = logging.getLogger("attestgate.gateway")
 
 _CLOSING_WRITE_S = 1.0  # the CLOSING push gets this long to leave
+_NEW_POST_FRAME = codec.event_prefix(Event.NEW_POST.value)
+
+
+def unfollowed_posts(followers: set[Session]) -> Callable[[bytes], bool]:
+    """For the bus's ``skip_event``: a new post's event frame while no session follows.
+
+    Exact: a session joins ``followers`` before its FOLLOW reply is written, on the same
+    loop that reads the events, so every post stored after a follower got that reply is
+    published after it joined and decoded and pushed. A post whose event arrives while
+    nobody follows reaches no one either way; it is just not decoded and queued first.
+    """
+    def skip(frame: bytes) -> bool:
+        return not followers and frame.startswith(_NEW_POST_FRAME)
+    return skip
 
 
 class Session:

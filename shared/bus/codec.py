@@ -142,6 +142,14 @@ def encode(frame: Frame) -> bytes:
     return data
 
 
+def event_prefix(topic: str) -> bytes:
+    """The bytes every EVENT frame of ``topic`` starts with (``encode``'s layout): lets a
+    receiver pass over a topic it has no use for without decoding the frame."""
+    items = [Command.EVENT, _name(topic, "topic", ErrorCode.BAD_REQUEST), {}]
+    packed: bytes = msgpack.packb(items, use_bin_type=True)
+    return PREFIX + packed[:-1]  # all but the empty map
+
+
 # -- decoding -------------------------------------------------------------------------
 
 

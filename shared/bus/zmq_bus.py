@@ -53,7 +53,7 @@ import logging
 import select
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, cast
@@ -284,6 +284,9 @@ class ZmqBus:
         self._read_scheduled = False
         self._closed = False
         self.dropped_frames = 0
+        # An event frame this returns True for is passed over before decoding (the gateway:
+        # new posts while no session follows); None: every event is decoded.
+        self.skip_event: Callable[[bytes], bool] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -623,6 +626,8 @@ class ZmqBus:
     def _on_event(self, frames: list[bytes]) -> None:
         if len(frames) != 1:
             self._drop_frame(b"", f"event with {len(frames)} parts")
+            return
+        if self.skip_event is not None and self.skip_event(frames[0]):
             return
         try:
             message = codec.decode(frames[0])

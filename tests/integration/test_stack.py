@@ -199,6 +199,28 @@ def test_follower_receives_another_devices_post(board: Board,
         assert msg.body["verified"] is True
 
 
+@pytest.mark.timeout(60)
+def test_a_session_that_just_followed_gets_the_next_post(board: Board,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    # While nobody follows, the gateway passes over new-post events undecoded; the post
+    # made right after a FOLLOW reply (and after FOLLOW, UNFOLLOW, FOLLOW) still arrives.
+    with Tpm(board.alice.tpm.tcti) as tpm, flows.connect(tpm, board.alice.state, _quiet) as ch:
+        rc, unfollowed = _cli(capsys, "post", "nobody follows yet", *board.bob.args())
+        assert rc == EXIT_OK, unfollowed
+        for turn in range(2):
+            assert ch.request(Command.FOLLOW, timeout=CLIENT_TIMEOUT) == {"following": True}
+            rc, posted = _cli(capsys, "post", f"right after follow {turn}", *board.bob.args())
+            assert rc == EXIT_OK, posted
+            msg = ch.next_push(PUSH_TIMEOUT)
+            assert msg.push is Push.POST
+            assert msg.body["post_id"] == posted["post_id"]
+            assert msg.body["text"] == f"right after follow {turn}"
+            assert ch.request(Command.UNFOLLOW, timeout=CLIENT_TIMEOUT) == {"following": False}
+            rc, missed = _cli(capsys, "post", f"after unfollow {turn}", *board.bob.args())
+            assert rc == EXIT_OK, missed
+
+
 # -- 3. refusals at the door ---------------------------------------------------------------------
 
 

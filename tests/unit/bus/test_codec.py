@@ -259,3 +259,14 @@ def test_concatenated_frames_are_refused(frames: list[codec.Frame]) -> None:
         assert codec.decode(data) == frames[0]
     else:
         assert code_of(data) is ErrorCode.PROTOCOL
+
+
+@given(body=st.dictionaries(st.text(max_size=8),
+                            st.integers(-(2**63), 2**63 - 1) | st.text(max_size=40), max_size=6))
+def test_event_prefix_starts_exactly_the_events_of_its_topic(body: dict[str, object]) -> None:
+    prefix = codec.event_prefix("post")
+    assert codec.encode(BusEvent("post", body)).startswith(prefix)
+    for other in ("posts", "pos", "revoked", "locked"):
+        assert not codec.encode(BusEvent(other, body)).startswith(prefix)
+    assert not codec.encode(Reply("post", body)).startswith(prefix)
+    assert not codec.encode(REQUEST).startswith(prefix)
