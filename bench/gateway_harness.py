@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import pstats
+import resource
 import struct
 import threading
 import time
@@ -30,11 +31,11 @@ from services.gateway.observe import GatewayMetrics, MeteredBus
 from services.gateway.server import Gateway
 from shared.bus.interface import Reply, Request
 from shared.bus.zmq_bus import ZmqBus
-from shared.framing import FrameDecoder, Mode, encode_frame, preamble
+from shared.framing import FrameDecoder, Mode, encode_frame, parse_preamble, preamble
 from shared.keys import Psk, StaticKey, device_id_for
 from shared.messages import decode_server_message, encode_request
 from shared.noise_session import NoiseSession
-from shared.wire import Command
+from shared.wire import PREAMBLE_LEN, Command
 
 CTX = multiprocessing.get_context("spawn")
 PSK = b"\x17" * 32
@@ -103,12 +104,50 @@ def client_main(port: int, server: bytes, count: int, go: Event, done: Any) -> N
     done.put(asyncio.run(run()))
 
 
+async def _bare_server(kind: str, bus: MeteredBus, static: StaticKey) -> int:
+    """The floor of the gateway's connect path: the same socket exchanges (and, for
+    ``bus``, the same two bus requests), without Noise, admission or sessions; the replies
+    are real Noise messages made once (the client checks them)."""
+    from services.gateway import handshake  # noqa: PLC0415
+    from shared.messages import encode_reply  # noqa: PLC0415
+    n = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pre = parse_preamble(await reader.readexactly(PREAMBLE_LEN))
+        (length,) = struct.unpack(">H", await reader.readexactly(2))
+        first = handshake.read_connect_message1(pre, static, await reader.readexactly(length))
+        n[0] += 1
+        if kind == "bus":
+            await bus.request("registry", "connect", {"noise_public": first.client_key,
+                              "e_i": b"e" * 32, "e_r": b"r" * 32, "ts": 1},
+                              request_id=f"b{n[0]}-c", timeout=5.0)
+        first.noise.set_psk(Psk(PSK))
+        writer.write(encode_frame(first.noise.write_handshake()))
+        (length,) = struct.unpack(">H", await reader.readexactly(2))
+        first.noise.decrypt(await reader.readexactly(length))
+        if kind == "bus":
+            await bus.request("attestor", "attest", {"device_id": "d", "h": b"h" * 32},
+                              request_id=f"b{n[0]}-a", timeout=5.0, idempotent=False)
+        writer.write(encode_frame(first.noise.encrypt(encode_reply(1, device_id="d",
+                                                                    name="harness"))))
+        await reader.read(65536)  # EOF
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return int(server.sockets[0].getsockname()[1])
+
+
 async def _gateway(args: argparse.Namespace) -> None:
     bus = ZmqBus("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
     await bus.start()
     static = StaticKey.generate()
-    gateway = Gateway(MeteredBus(bus, GatewayMetrics()), static, SELECTION)
-    port = await gateway.start("127.0.0.1", 0)
+    metered = MeteredBus(bus, GatewayMetrics())
+    gateway = Gateway(metered, static, SELECTION)
+    if args.bare:
+        port = await _bare_server(args.bare, metered, static)
+    else:
+        port = await gateway.start("127.0.0.1", 0)
     stop, go = CTX.Event(), CTX.Event()
     workers = [CTX.Process(target=worker_main, args=(s, bus.bus_endpoint, bus.events_endpoint,
                                                      stop)) for s in ("registry", "attestor")]
@@ -138,6 +177,7 @@ async def _measure(args: argparse.Namespace, gateway: Gateway, port: int, static
         await _one_connect(port, static.public, warm)
     profiler = cProfile.Profile(time.thread_time) if args.profile else None
     t0, w0 = time.thread_time(), time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_THREAD)
     if profiler is not None:
         profiler.enable()
     go.set()
@@ -147,8 +187,11 @@ async def _measure(args: argparse.Namespace, gateway: Gateway, port: int, static
     if profiler is not None:
         profiler.disable()
     cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
+    r1 = resource.getrusage(resource.RUSAGE_THREAD)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     print(f"connects {total} in {wall:.2f} s ({total / wall:.0f}/s); gateway main thread "
-          f"{cpu / total * 1e6:.0f} us per connect; counters {dict(gateway.counters)}",
+          f"{cpu / total * 1e6:.0f} us per connect (user {user / total * 1e6:.0f}, sys "
+          f"{system / total * 1e6:.0f}); counters {dict(gateway.counters)}",
           flush=True)
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -164,10 +207,13 @@ def main() -> None:
     parser.add_argument("--loop", default="uvloop")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--profile", metavar="FILE.prof")
+    parser.add_argument("--bare", choices=("io", "bus"),
+                        help="not the gateway: the same exchanges (io), plus its two bus "
+                        "requests (bus), with Noise")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s "
-                        "%(message)s", filename=os.devnull if args.log_level != "WARNING"
+                        "%(message)s", filename=os.environ.get("HARNESS_LOG", os.devnull) if args.log_level != "WARNING"
                         else None)
     factory, _ = loop_factory(loop_kind({"ATTESTGATE_EVENT_LOOP": args.loop}))
     with asyncio.Runner(loop_factory=factory) as runner:
