@@ -33,6 +33,7 @@ from shared.bus.interface import Reply, Request
 from shared.bus.zmq_bus import ZmqBus
 from shared.framing import FrameDecoder, Mode, encode_frame, parse_preamble, preamble
 from shared.keys import Psk, StaticKey, device_id_for
+from shared.logfmt import setup_logging
 from shared.messages import decode_server_message, encode_request
 from shared.noise_session import NoiseSession
 from shared.wire import PREAMBLE_LEN, Command
@@ -52,10 +53,15 @@ def _attestor(request: Request, deps: Any, now: float) -> Reply:
 
 
 def worker_main(service: str, bus: str, events: str, stop: Event) -> None:
-    from shared.worker import run_worker
+    from shared.worker import run_worker  # noqa: PLC0415 (the worker processes only)
     handler = _registry if service == "registry" else _attestor
     flag = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), flag.set()), daemon=True).start()
+
+    def relay() -> None:
+        stop.wait()
+        flag.set()
+
+    threading.Thread(target=relay, daemon=True).start()
     run_worker(service, handler, None, bus_endpoints=[bus], events_endpoints=[events],
                stop=flag)
 
@@ -205,16 +211,20 @@ def main() -> None:
     parser.add_argument("--connects", type=int, default=1000, help="per client")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--loop", default="uvloop")
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default="WARNING", help="the gateway's lines below "
+                        "WARNING go to $HARNESS_LOG (default /dev/null)")
     parser.add_argument("--profile", metavar="FILE.prof")
     parser.add_argument("--bare", choices=("io", "bus"),
                         help="not the gateway: the same exchanges (io), plus its two bus "
                         "requests (bus), with Noise")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s "
-                        "%(message)s", filename=os.environ.get("HARNESS_LOG", os.devnull) if args.log_level != "WARNING"
-                        else None)
+    # The services' own log lines (logfmt), to HARNESS_LOG or /dev/null below WARNING.
+    setup_logging(args.log_level)
+    if args.log_level != "WARNING":
+        handler = logging.getLogger().handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(open(os.environ.get("HARNESS_LOG", os.devnull), "a"))  # noqa: SIM115
     factory, _ = loop_factory(loop_kind({"ATTESTGATE_EVENT_LOOP": args.loop}))
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_gateway(args))
