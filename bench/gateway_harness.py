@@ -123,17 +123,18 @@ async def _bare_server(kind: str, bus: MeteredBus, static: StaticKey) -> int:
         (length,) = struct.unpack(">H", await reader.readexactly(2))
         first = handshake.read_connect_message1(pre, static, await reader.readexactly(length))
         n[0] += 1
+        k = n[0]
         if kind == "bus":
             await bus.request("registry", "connect", {"noise_public": first.client_key,
                               "e_i": b"e" * 32, "e_r": b"r" * 32, "ts": 1},
-                              request_id=f"b{n[0]}-c", timeout=5.0)
+                              request_id=f"b{k}-c", timeout=5.0)
         first.noise.set_psk(Psk(PSK))
         writer.write(encode_frame(first.noise.write_handshake()))
         (length,) = struct.unpack(">H", await reader.readexactly(2))
         first.noise.decrypt(await reader.readexactly(length))
         if kind == "bus":
             await bus.request("attestor", "attest", {"device_id": "d", "h": b"h" * 32},
-                              request_id=f"b{n[0]}-a", timeout=5.0, idempotent=False)
+                              request_id=f"b{k}-a", timeout=5.0, idempotent=False)
         writer.write(encode_frame(first.noise.encrypt(encode_reply(1, device_id="d",
                                                                     name="harness"))))
         await reader.read(65536)  # EOF
