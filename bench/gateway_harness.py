@@ -26,15 +26,17 @@ import time
 from multiprocessing.synchronize import Event
 from typing import Any
 
+from services.gateway import handshake
 from services.gateway.eventloop import loop_factory, loop_kind
 from services.gateway.observe import GatewayMetrics, MeteredBus
 from services.gateway.server import Gateway
 from shared.bus.interface import Reply, Request
 from shared.bus.zmq_bus import ZmqBus
+from shared.errors import AttestgateError
 from shared.framing import FrameDecoder, Mode, encode_frame, parse_preamble, preamble
 from shared.keys import Psk, StaticKey, device_id_for
 from shared.logfmt import setup_logging
-from shared.messages import decode_server_message, encode_request
+from shared.messages import decode_server_message, encode_reply, encode_request
 from shared.noise_session import NoiseSession
 from shared.wire import PREAMBLE_LEN, Command
 
@@ -102,7 +104,7 @@ def client_main(port: int, server: bytes, count: int, go: Event, done: Any) -> N
             try:
                 await _one_connect(port, server, key)
                 n += 1
-            except (ConnectionError, RuntimeError):
+            except (ConnectionError, RuntimeError, AttestgateError):
                 pass
         return n
 
@@ -111,11 +113,9 @@ def client_main(port: int, server: bytes, count: int, go: Event, done: Any) -> N
 
 
 async def _bare_server(kind: str, bus: MeteredBus, static: StaticKey) -> int:
-    """The floor of the gateway's connect path: the same socket exchanges (and, for
-    ``bus``, the same two bus requests), without Noise, admission or sessions; the replies
-    are real Noise messages made once (the client checks them)."""
-    from services.gateway import handshake  # noqa: PLC0415
-    from shared.messages import encode_reply  # noqa: PLC0415
+    """A floor for the gateway's connect path: the same socket exchanges with the same
+    Noise responder (``io``), plus the same two bus requests (``bus``); no admission,
+    deadlines, ``Peer``, session or log lines."""
     n = [0]
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
