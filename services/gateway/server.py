@@ -57,6 +57,7 @@ class Gateway:
         self.selection = selection
         self.limits = limits or GatewayLimits()
         self.sessions: dict[str, set[Session]] = defaultdict(set)
+        self._session_count = 0  # sum of len(self.sessions[d]): asked on every connection
         self.followers: set[Session] = set()  # sessions that sent FOLLOW (and not UNFOLLOW)
         self.admission = Admission(admission)
         self.known = KnownKeys()
@@ -108,7 +109,7 @@ class Gateway:
 
     @property
     def session_count(self) -> int:
-        return sum(len(v) for v in self.sessions.values())
+        return self._session_count
 
     # -- events ------------------------------------------------------------------------
     async def _run_events(self) -> None:
@@ -344,6 +345,7 @@ class Gateway:
     def _open_session(self, peer: Peer, ident: handshake.Identity, sid: str) -> Session:
         session = Session(peer, ident, self.bus, self.limits, sid, self.followers)
         self.sessions[ident.device_id].add(session)
+        self._session_count += 1
         self.counters["sessions"] += 1
         log.info("session open sid=%s device=%s name=%s", sid, ident.device_id, ident.name)
         return session
@@ -351,7 +353,10 @@ class Gateway:
     def _closed_session(self, session: Session, reason: str) -> None:
         device_id = session.ident.device_id
         self.followers.discard(session)
-        self.sessions[device_id].discard(session)
-        if not self.sessions[device_id]:
+        live = self.sessions[device_id]
+        if session in live:
+            live.discard(session)
+            self._session_count -= 1
+        if not live:
             del self.sessions[device_id]
         log.info("session closed sid=%s device=%s reason=%s", session.sid, device_id, reason)

@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -86,6 +87,45 @@ def record(msg: str, *args: object, level: int = logging.WARNING) -> logging.Log
 ])
 def test_logfmt_quoting(value: str, expected: str) -> None:
     assert quote(value) == expected
+
+
+def _reference_quote(value: str) -> str:
+    """The logfmt rule written out per character (what quote() did before its fast path)."""
+    plain = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                "-_.:/,+@%[]()<>!?*#~^&;'|$")
+    if value and all(c in plain for c in value):
+        return value
+    out = []
+    for c in value:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[c])
+        elif ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029":
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def test_logfmt_quoting_matches_the_rule_for_every_character() -> None:
+    for code in [*range(0x2100), 0x2028, 0x2029, 0xFEFF, 0xFFFD, 0x1F600, 0x10FFFF]:
+        c = chr(code)
+        for value in (c, "a" + c, c + " b=" + c):
+            assert quote(value) == _reference_quote(value), hex(code)
+
+
+def test_logfmt_time_is_the_records_own_time() -> None:
+    base = record("x")
+    seen = set()
+    for created in (1.0, 1.5, 1.999, 2.0, 86_399.25, 86_400.0, 1.25, 1_798_761_600.123):
+        r = logging.makeLogRecord({**base.__dict__, "created": created,
+                                   "msecs": (created - int(created)) * 1000})
+        line = LogfmtFormatter().format(r)
+        ts = datetime.fromtimestamp(created, UTC)
+        assert line.startswith(f"ts={ts:%Y-%m-%dT%H:%M:%S}.{int(r.msecs):03d}Z "), line
+        seen.add(line.split()[0])
+    assert len(seen) == 8
 
 
 def test_a_log_line_cannot_be_forged() -> None:
