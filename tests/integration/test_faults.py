@@ -299,12 +299,17 @@ class Load:
             return self.changed.wait_for(lambda: self.acks >= n, timeout)
 
     def wait_stalled_call(self, since: float, timeout: float) -> bool:
-        """Wait until a client call that began after ``since`` has waited STALL_S."""
+        """Wait until a client call has been in flight for STALL_S since ``since``.
+
+        A call that began before ``since`` counts too: when every device's connect was
+        under way at the freeze, those connects are the ones the frozen victim holds (each
+        device connects one at a time, so no later one can start until they time out).
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             now = time.monotonic()
             with self.changed:
-                if any(since < t0 < now - STALL_S for t0 in self.inflight.values()):
+                if any(max(t0, since) < now - STALL_S for t0 in self.inflight.values()):
                     return True
             time.sleep(0.01)
         return False
