@@ -94,7 +94,7 @@ Call = Callable[[], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def _raw_echo() -> AsyncIterator[Call]:
+async def raw_echo() -> AsyncIterator[Call]:
     """A raw asyncio ROUTER talking to a DEALER echo process; yields one round trip."""
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -172,7 +172,7 @@ async def _bus_echo() -> AsyncIterator[Call]:
 async def _measure(seconds: float, levels: tuple[int, ...]) -> dict[int, tuple[float, float]]:
     """Per level: (baseline, subject), alternating short rounds, best of each side."""
     out = {}
-    async with _raw_echo() as raw, _bus_echo() as bus:
+    async with raw_echo() as raw, _bus_echo() as bus:
         for n in levels:
             base = ours = 0.0
             for _ in range(ROUNDS):
