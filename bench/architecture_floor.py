@@ -20,6 +20,12 @@ can skip them (DESIGN.md; issue 10 keeps the attestation semantics as they are):
 Each part is the median of many runs; the sum plus the issue's floor is the
 **architecture floor**: what a connect would cost if every line of Python in the gateway,
 registry, attestor and client cost nothing.
+
+The same parts give the **CPU floors** of the server rows: CPU per connect is at least a
+bare IKpsk2 responder, two bus round trips (the CPU of both ends, ``inflight`` requests
+at once as the bench's devices make them), the client side of four Redis calls, one
+checkpoint append and one ECDSA verify; CPU per post at least one bus round trip, two
+Redis calls (the device, the append) and one ECDSA verify.
 """
 
 from __future__ import annotations
@@ -34,19 +40,25 @@ from pathlib import Path
 import redis
 
 from bench import bus_bench
+from bench.cpu import cpu_seconds
 from shared.audit import AuditKey, make_checkpoint
 from shared.audit_anchor import CheckpointFile
 
 BUS_TRIPS = 2  # registry lookup, attest
 REDIS_TRIPS = 4  # lookup; confirm, counters, audit append
+POST_REDIS_TRIPS = 2  # the device, the append
 _ECHO = "return ARGV[1]"
 
 
 @dataclass(frozen=True)
 class ArchitectureFloor:
-    bus_ms: float  # one round trip
-    redis_ms: float  # one round trip
-    checkpoint_ms: float  # one append with fsync
+    bus_ms: float  # one round trip, wall
+    redis_ms: float  # one round trip, wall
+    checkpoint_ms: float  # one append with fsync, wall
+    bus_cpu_ms: float  # CPU of both ends per round trip, `inflight` at once
+    redis_cpu_ms: float  # the caller's CPU per call
+    checkpoint_cpu_ms: float  # the appender's CPU per append (the fsync's kernel time too)
+    inflight: int
 
     @property
     def total_ms(self) -> float:
@@ -57,59 +69,94 @@ class ArchitectureFloor:
                 f"round trip {self.redis_ms:.3f} + audit checkpoint fsync "
                 f"{self.checkpoint_ms:.2f} ms")
 
+    def connect_cpu_ms(self, responder_ms: float, verify_ms: float) -> float:
+        return (responder_ms + BUS_TRIPS * self.bus_cpu_ms + REDIS_TRIPS * self.redis_cpu_ms
+                + self.checkpoint_cpu_ms + verify_ms)
+
+    def describe_connect_cpu(self, responder_ms: float, verify_ms: float) -> str:
+        return (f"bare responder {responder_ms:.3f} + {BUS_TRIPS} x bus round trip "
+                f"{self.bus_cpu_ms:.3f} ({self.inflight} in flight, both ends) + "
+                f"{REDIS_TRIPS} x Redis call {self.redis_cpu_ms:.3f} + checkpoint "
+                f"{self.checkpoint_cpu_ms:.3f} + ECDSA verify {verify_ms:.3f} ms")
+
+    def post_cpu_ms(self, verify_ms: float) -> float:
+        return self.bus_cpu_ms + POST_REDIS_TRIPS * self.redis_cpu_ms + verify_ms
+
+    def describe_post_cpu(self, verify_ms: float) -> str:
+        return (f"bus round trip {self.bus_cpu_ms:.3f} ({self.inflight} in flight, both "
+                f"ends) + {POST_REDIS_TRIPS} x Redis call {self.redis_cpu_ms:.3f} + ECDSA "
+                f"verify {verify_ms:.3f} ms")
+
 
 def _median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-async def _bus_samples(runs: int) -> list[float]:
-    out = []
-    async with bus_bench.raw_echo() as call:
+async def _bus(runs: int, inflight: int) -> tuple[float, float]:
+    """(median wall of one round trip alone, CPU of both ends per round trip at
+    ``inflight`` at once), ms."""
+    walls = []
+    async with bus_bench.raw_echo() as echo:
         for _ in range(20):
-            await call()
+            await echo.call()
         for _ in range(runs):
             t0 = time.perf_counter()
-            await call()
-            out.append(time.perf_counter() - t0)
-    return out
+            await echo.call()
+            walls.append(time.perf_counter() - t0)
+
+        async def loop(n: int) -> None:
+            for _ in range(n):
+                await echo.call()
+
+        each = max(1, runs * 4 // inflight)
+        mine, theirs = time.process_time(), cpu_seconds(echo.pid)
+        await asyncio.gather(*(loop(each) for _ in range(inflight)))
+        cpu = time.process_time() - mine + cpu_seconds(echo.pid) - theirs
+    return _median_ms(walls), cpu / (each * inflight) * 1000
 
 
-def bus_round_trip_ms(runs: int) -> float:
-    return _median_ms(asyncio.run(_bus_samples(runs)))
-
-
-def redis_round_trip_ms(url: str, runs: int) -> float:
+def _redis(url: str, runs: int) -> tuple[float, float]:
+    """(median wall, mean caller CPU) of one EVALSHA round trip, ms."""
     r = redis.Redis.from_url(url)
     try:
         sha = r.script_load(_ECHO)
-        out = []
-        for n in range(runs + 20):
+        for _ in range(20):
+            r.evalsha(sha, 0, b"x" * 64)
+        walls = []
+        c0 = time.process_time()
+        for _ in range(runs):
             t0 = time.perf_counter()
             r.evalsha(sha, 0, b"x" * 64)
-            if n >= 20:
-                out.append(time.perf_counter() - t0)
-        return _median_ms(out)
+            walls.append(time.perf_counter() - t0)
+        return _median_ms(walls), (time.process_time() - c0) / runs * 1000
     finally:
         r.close()
 
 
-def checkpoint_ms(directory: Path, runs: int) -> float:
+def _checkpoint(directory: Path, runs: int) -> tuple[float, float]:
+    """(median wall, mean CPU) of one checkpoint append, ms."""
     path = directory / "architecture-floor-checkpoints.jsonl"
     sink = CheckpointFile(path)
     key = AuditKey(os.urandom(32))
-    out = []
+    points = [make_checkpoint(key, n + 1, os.urandom(32).hex(), time.time())
+              for n in range(runs + 5)]
+    walls = []
     try:
-        for n in range(runs + 5):
-            cp = make_checkpoint(key, n + 1, os.urandom(32).hex(), time.time())
+        for cp in points[:5]:
+            sink.record(cp)
+        c0 = time.process_time()
+        for cp in points[5:]:
             t0 = time.perf_counter()
             sink.record(cp)
-            if n >= 5:
-                out.append(time.perf_counter() - t0)
+            walls.append(time.perf_counter() - t0)
+        return _median_ms(walls), (time.process_time() - c0) / runs * 1000
     finally:
         path.unlink(missing_ok=True)
-    return _median_ms(out)
 
 
-def measure(redis_url: str, home: Path, runs: int) -> ArchitectureFloor:
-    return ArchitectureFloor(bus_round_trip_ms(runs * 8), redis_round_trip_ms(redis_url, runs * 8),
-                             checkpoint_ms(home, runs * 2))
+def measure(redis_url: str, home: Path, runs: int, inflight: int) -> ArchitectureFloor:
+    bus_ms, bus_cpu = asyncio.run(_bus(runs * 8, inflight))
+    redis_ms, redis_cpu = _redis(redis_url, runs * 8)
+    checkpoint_ms, checkpoint_cpu = _checkpoint(home, runs * 2)
+    return ArchitectureFloor(bus_ms, redis_ms, checkpoint_ms, bus_cpu, redis_cpu,
+                             checkpoint_cpu, inflight)

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -93,9 +94,15 @@ async def _drive(call: Callable[[], Awaitable[None]], inflight: int, seconds: fl
 Call = Callable[[], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Echo:
+    call: Call  # one round trip
+    pid: int  # the echo process (its CPU: bench.cpu.cpu_seconds)
+
+
 @contextlib.asynccontextmanager
-async def raw_echo() -> AsyncIterator[Call]:
-    """A raw asyncio ROUTER talking to a DEALER echo process; yields one round trip."""
+async def raw_echo() -> AsyncIterator[Echo]:
+    """A raw asyncio ROUTER talking to a DEALER echo process."""
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -127,7 +134,7 @@ async def raw_echo() -> AsyncIterator[Call]:
             await router.send_multipart([ident, tag + payload])
             await fut
 
-        yield call
+        yield Echo(call, proc.pid or 0)
     finally:
         if task is not None:
             task.cancel()
@@ -176,7 +183,7 @@ async def _measure(seconds: float, levels: tuple[int, ...]) -> dict[int, tuple[f
         for n in levels:
             base = ours = 0.0
             for _ in range(ROUNDS):
-                base = max(base, await _drive(raw, n, seconds / ROUNDS))
+                base = max(base, await _drive(raw.call, n, seconds / ROUNDS))
                 ours = max(ours, await _drive(bus, n, seconds / ROUNDS))
             out[n] = (base, ours)
     return out
