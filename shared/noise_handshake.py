@@ -153,12 +153,12 @@ def _static_key(private: bytes) -> tuple[X25519PrivateKey, bytes]:
     return key, key.public_key().public_bytes_raw()
 
 
-def _dh(private: X25519PrivateKey | None, public: bytes | None) -> bytes:
+def _dh(private: X25519PrivateKey | None, public: X25519PublicKey | None) -> bytes:
     if private is None or public is None:
         raise NoiseError("key missing for DH")
     # cryptography refuses an all-zero shared secret (a low-order point) with ValueError;
     # the explicit check keeps that property whatever the library version does.
-    shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+    shared = private.exchange(public)
     if hmac.compare_digest(shared, _ZEROS):
         raise NoiseError("low-order public key")
     return shared
@@ -177,8 +177,8 @@ class HandshakeState:
     """
 
     __slots__ = ("_aead", "_ck", "_e", "_failed", "_h", "_index", "_initiator", "_k",
-                 "_n", "_pattern", "_psk", "_rng", "_s", "_split_done", "e_public",
-                 "re", "rs", "s_public")
+                 "_n", "_pattern", "_psk", "_re_key", "_rng", "_rs_key", "_s", "_split_done",
+                 "e_public", "re", "rs", "s_public")
 
     def __init__(self, pattern: Pattern, *, initiator: bool, prologue: bytes, static: bytes,
                  remote_static: bytes | None = None, psk: bytes | None = None,
@@ -196,6 +196,10 @@ class HandshakeState:
         self._e: X25519PrivateKey | None = None
         self.e_public: bytes | None = None
         self.re: bytes | None = None
+        # The remote public keys as cryptography objects, made at their first DH (each
+        # serves two DHs per side).
+        self._re_key: X25519PublicKey | None = None
+        self._rs_key: X25519PublicKey | None = None
         self._psk: bytes | None = None
         if psk is not None:
             self.set_psk(psk)
@@ -294,6 +298,7 @@ class HandshakeState:
         self._ck = b""
         self._k = self._psk = None
         self._e = self._aead = None
+        self._re_key = self._rs_key = None
 
     def _mix_key(self, ikm: bytes) -> None:
         self._ck, self._k = hkdf(self._ck, ikm, 2)
@@ -321,16 +326,28 @@ class HandshakeState:
         self._h = blake2s(self._h + ciphertext).digest()
         return plaintext
 
+    def _remote_ephemeral(self) -> X25519PublicKey | None:
+        if self._re_key is None and self.re is not None:
+            self._re_key = X25519PublicKey.from_public_bytes(self.re)
+        return self._re_key
+
+    def _remote_static(self) -> X25519PublicKey | None:
+        if self._rs_key is None and self.rs is not None:
+            self._rs_key = X25519PublicKey.from_public_bytes(self.rs)
+        return self._rs_key
+
     def _dh_token(self, token: str) -> None:
         initiator = self._initiator
         if token == EE:
-            shared = _dh(self._e, self.re)
+            shared = _dh(self._e, self._remote_ephemeral())
         elif token == ES:
-            shared = _dh(self._e, self.rs) if initiator else _dh(self._s, self.re)
+            shared = (_dh(self._e, self._remote_static()) if initiator
+                      else _dh(self._s, self._remote_ephemeral()))
         elif token == SE:
-            shared = _dh(self._s, self.re) if initiator else _dh(self._e, self.rs)
+            shared = (_dh(self._s, self._remote_ephemeral()) if initiator
+                      else _dh(self._e, self._remote_static()))
         else:  # SS
-            shared = _dh(self._s, self.rs)
+            shared = _dh(self._s, self._remote_static())
         self._mix_key(shared)
 
     def _mix_psk(self) -> None:
@@ -377,7 +394,7 @@ class HandshakeState:
                 if len(re) != DHLEN:
                     raise NoiseError("message too short")
                 pos += DHLEN
-                self.re = re
+                self.re, self._re_key = re, None
                 self._h = blake2s(self._h + re).digest()
                 if self._pattern.has_psk:
                     self._mix_key(re)
@@ -387,7 +404,7 @@ class HandshakeState:
                 if len(temp) != size:
                     raise NoiseError("message too short")
                 pos += size
-                self.rs = self._decrypt_and_hash(temp)
+                self.rs, self._rs_key = self._decrypt_and_hash(temp), None
             elif token == PSK:
                 self._mix_psk()
             else:
