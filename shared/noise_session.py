@@ -104,6 +104,10 @@ class NoiseSession:
     leaves the session FAILED.
     """
 
+    # One per live connection on the gateway: slots, not a dict (session memory).
+    __slots__ = ("_ephemerals", "_hash", "_hs", "_max_messages", "_received", "_rekey_every",
+                 "_remote_static", "_rx", "_sent", "_table", "_tx", "mode", "role", "state")
+
     def __init__(
         self,
         mode: Mode,
