@@ -191,6 +191,8 @@ class HandshakeState:
             raise NoiseError("remote static key length")
         self._pattern = pattern
         self._initiator = initiator
+        self._failed = False
+        self._split_done = False
         self._s, self.s_public = _static_key(bytes(static))
         self.rs: bytes | None = None if remote_static is None else bytes(remote_static)
         self._e: X25519PrivateKey | None = None
@@ -215,8 +217,6 @@ class HandshakeState:
         self._n = 0
         self._aead: ChaCha20Poly1305 | None = None  # made at the current key's first use
         self._index = 0
-        self._failed = False
-        self._split_done = False
 
     # -- what the caller may learn ---------------------------------------------------------
     @property
@@ -230,6 +230,8 @@ class HandshakeState:
 
     # -- inputs ------------------------------------------------------------------------------
     def set_psk(self, psk: bytes) -> None:
+        if self._failed or self._split_done:
+            raise NoiseError("handshake over")
         if len(psk) != 32:
             raise NoiseError("psk length")
         self._psk = bytes(psk)
@@ -238,10 +240,17 @@ class HandshakeState:
         """Draw our ephemeral key now (it is sent at our next ``e``); returns its public key."""
         if self._e is not None or self._failed:
             raise NoiseError("ephemeral already drawn")
-        return self._new_ephemeral()
+        try:
+            return self._new_ephemeral()
+        except NoiseError:
+            self._fail()
+            raise
 
     def _new_ephemeral(self) -> bytes:
-        self._e = X25519PrivateKey.from_private_bytes(self._rng(DHLEN))
+        private = self._rng(DHLEN)
+        if len(private) != DHLEN:
+            raise NoiseError("ephemeral key length")
+        self._e = X25519PrivateKey.from_private_bytes(private)
         self.e_public = self._e.public_key().public_bytes_raw()
         return self.e_public
 

@@ -622,3 +622,29 @@ def test_responder_ephemeral_is_in_message_2() -> None:
     c.set_psk(session_psk(PSK, c.local_ephemeral, responder_ephemeral(m2)))
     c.read_handshake(m2)
     assert c.established and s.established and s._hs is None and c._hs is None
+
+
+def test_no_psk_after_the_end_or_a_failure() -> None:
+    i, r = ours(PATTERN_CONNECT, True), ours(PATTERN_CONNECT, False)
+    run(_Side(i), _Side(r), [b"", b""])
+    with pytest.raises(NoiseError):
+        i.set_psk(PSK)  # nothing keeps a secret once split
+    r = ours(PATTERN_CONNECT, False)
+    with pytest.raises(NoiseError):
+        r.read_message(b"")
+    with pytest.raises(NoiseError):
+        r.set_psk(PSK)
+    assert r._psk is None
+
+
+def test_ephemeral_from_a_bad_rng_is_refused() -> None:
+    hs = HandshakeState(XXPSK3, initiator=True, prologue=b"", static=I_KEY, psk=PSK,
+                        rng=lambda n: b"\x01" * (n - 1))
+    with pytest.raises(NoiseError):
+        hs.write_message(b"")
+    hs = HandshakeState(IKPSK2, initiator=False, prologue=b"", static=R_KEY,
+                        rng=lambda n: b"\x01" * (n + 1))
+    with pytest.raises(NoiseError):
+        hs.draw_ephemeral()
+    with pytest.raises(NoiseError):  # failed for good
+        hs.read_message(b"\x00" * 96)
