@@ -646,5 +646,5 @@ def test_ephemeral_from_a_bad_rng_is_refused() -> None:
                         rng=lambda n: b"\x01" * (n + 1))
     with pytest.raises(NoiseError):
         hs.draw_ephemeral()
-    with pytest.raises(NoiseError):  # failed for good
-        hs.read_message(b"\x00" * 96)
+    with pytest.raises(NoiseError):  # failed for good: even a genuine message 1
+        hs.read_message(ours(PATTERN_CONNECT, True).write_message(b""))
