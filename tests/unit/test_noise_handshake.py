@@ -642,7 +642,10 @@ def test_ephemeral_from_a_bad_rng_is_refused() -> None:
                         rng=lambda n: b"\x01" * (n - 1))
     with pytest.raises(NoiseError):
         hs.write_message(b"")
-    hs = HandshakeState(IKPSK2, initiator=False, prologue=b"", static=R_KEY,
+    ok = HandshakeState(IKPSK2, initiator=False, prologue=PROLOGUE, static=R_KEY)
+    ok.draw_ephemeral()
+    ok.read_message(ours(PATTERN_CONNECT, True).write_message(b""))  # what a good rng gets
+    hs = HandshakeState(IKPSK2, initiator=False, prologue=PROLOGUE, static=R_KEY,
                         rng=lambda n: b"\x01" * (n + 1))
     with pytest.raises(NoiseError):
         hs.draw_ephemeral()
