@@ -14,11 +14,13 @@ are the same (``cryptography``'s X25519 and ChaCha20-Poly1305, ``hashlib.blake2s
 HMAC/HKDF of :mod:`shared.noise_backend`), but noiseprotocol builds a protocol object, a
 pattern object, key-pair wrappers and four cipher wrappers per session and runs a generic
 state machine over them: ~130 us of Python per handshake side (bench/README.md, "Round 5:
-gateway connect path"), about as much as two X25519 operations. This engine is a few
-slotted objects and a loop over a tuple of tokens (measured: bench/README.md, "Round 6:
-Noise handshake engine"). The bytes are the same: the cacophony vectors and byte-for-byte
-interoperability with stock noiseprotocol in both roles, both patterns and across a rekey
-are pinned by ``tests/unit/test_noise_handshake.py``.
+gateway connect path"), about as much as two X25519 operations, and leaves its objects
+in reference cycles for the garbage collector. This engine is a few slotted objects and a
+loop over a tuple of tokens: one IKpsk2 side went from ~315-325 us to ~257 us of CPU in
+process (X25519 is ~190-220 us of that), the gateway's CPU per connect in the stack by
+0.86x (bench/README.md, "Round 6: Noise handshake engine"). The bytes are the same: the
+cacophony vectors and byte-for-byte interoperability with stock noiseprotocol in both
+roles, both patterns and across a rekey are pinned by ``tests/unit/test_noise_handshake.py``.
 
 Not supported, and refused with :class:`NoiseError`: any other protocol name (pattern,
 DH, cipher or hash), fallback and deferred patterns, several PSKs, messages longer than
