@@ -24,53 +24,23 @@ needed. A session refuses to go past ``max_messages`` in either direction.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from enum import Enum, auto
-from typing import Any, Final
-
-from cryptography.exceptions import InvalidTag
-from noise.connection import Keypair, NoiseConnection
-from noise.exceptions import (
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseMaxNonceError,
-    NoisePSKError,
-    NoiseValidationError,
-    NoiseValueError,
-)
+from typing import Final
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import Mode, Preamble
 from shared.keys import Psk, StaticKey
-from shared.noise_backend import BACKEND, X25519KeyPair
+from shared.noise_handshake import IKPSK2, XXPSK3, CipherState, HandshakeState, NoiseError
 from shared.wire import (
     DH_LEN,
     MAX_HANDSHAKE_PAYLOAD,
     MAX_NOISE_MESSAGE,
     MAX_PLAINTEXT,
-    PATTERN_CONNECT,
-    PATTERN_ENROLL,
-    PSK_LEN,
 )
 
 REKEY_EVERY: Final = 1 << 20  # transport messages per direction between REKEY(k)
 MAX_MESSAGES: Final = 1 << 40  # per direction; far below the 2^64 nonce limit
-
-# Everything noiseprotocol (and cryptography below it) raises on bad input.
-_NOISE_ERRORS = (
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseValueError,
-    NoisePSKError,
-    NoiseMaxNonceError,
-    NoiseValidationError,
-    InvalidTag,
-    ValueError,
-    IndexError,
-    TypeError,
-)
-
 
 class Role(Enum):
     INITIATOR = auto()
@@ -117,11 +87,6 @@ _TRANSITIONS: Final[dict[tuple[Mode, Role], _T]] = {
     },
 }
 
-# Placeholder PSK so that noiseprotocol's start_handshake() validates; the real one
-# is always set through set_psk() before the message that consumes it.
-_PLACEHOLDER = b"\x00" * PSK_LEN
-
-
 def responder_ephemeral(message2: bytes) -> bytes:
     """The responder's ephemeral key: the first 32 bytes of IKpsk2 message 2, in clear."""
     if len(message2) < DH_LEN:
@@ -138,6 +103,10 @@ class NoiseSession:
     :meth:`decrypt`. Every failure raises :class:`AttestgateError` (PROTOCOL) and
     leaves the session FAILED.
     """
+
+    # One per live connection on the gateway: slots, not a dict (session memory).
+    __slots__ = ("_ephemerals", "_hash", "_hs", "_max_messages", "_received", "_rekey_every",
+                 "_remote_static", "_rx", "_sent", "_table", "_tx", "mode", "role", "state")
 
     def __init__(
         self,
@@ -161,26 +130,17 @@ class NoiseSession:
         self._received = 0
         self._remote_static: bytes | None = remote_static
         self._hash: bytes | None = None
-        conn = NoiseConnection.from_name(
-            PATTERN_ENROLL if mode is Mode.ENROLL else PATTERN_CONNECT, backend=BACKEND)
-        if role is Role.INITIATOR:
-            conn.set_as_initiator()
-        else:
-            conn.set_as_responder()
-        # The same static key for every session of a process: one parsed keypair object
-        # (noiseprotocol would rebuild it and derive its public key per session).
-        conn.noise_protocol.keypairs["s"] = _static_keypair(static.private)
-        if remote_static is not None:
-            conn.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
-        conn.set_prologue(prologue)
-        conn.set_psks(psk=psk.value if psk is not None else _PLACEHOLDER)
-        conn.start_handshake()
-        self._conn: Any = conn  # the handshake; None once established
-        self._tx: Any = None  # our sending and receiving CipherState, once established
-        self._rx: Any = None
-        # noiseprotocol drops its handshake state when the handshake completes; keep it
-        # to read the remote static key and ephemerals afterwards.
-        self._hs: Any = conn.noise_protocol.handshake_state
+        # The handshake (None once established), then our sending and receiving cipher
+        # states: an established session keeps only these, the hash and the public keys.
+        try:
+            self._hs: HandshakeState | None = HandshakeState(
+                XXPSK3 if mode is Mode.ENROLL else IKPSK2, initiator=role is Role.INITIATOR,
+                prologue=prologue, static=static.private, remote_static=remote_static,
+                psk=psk.value if psk is not None else None)
+        except NoiseError as exc:
+            raise AttestgateError(ErrorCode.BAD_REQUEST, f"noise: {exc}") from None
+        self._tx: CipherState | None = None
+        self._rx: CipherState | None = None
         self._ephemerals: tuple[bytes, bytes] | None = None  # (local, remote), once established
 
     # -- construction --------------------------------------------------------------
@@ -226,9 +186,15 @@ class NoiseSession:
             raise AttestgateError(ErrorCode.PROTOCOL, f"{action.name} not allowed in {bad.name}")
         return nxt
 
-    def _fail(self, exc: BaseException) -> AttestgateError:
+    def _fail(self, exc: NoiseError) -> AttestgateError:
         self.state = State.FAILED
-        return AttestgateError(ErrorCode.PROTOCOL, f"noise: {type(exc).__name__}")
+        self._hs = self._tx = self._rx = None
+        return AttestgateError(ErrorCode.PROTOCOL, f"noise: {exc}")
+
+    def _handshake(self) -> HandshakeState:
+        # The table only allows handshake steps while the handshake exists.
+        assert self._hs is not None
+        return self._hs
 
     def write_handshake(self, payload: bytes = b"") -> bytes:
         """Our next handshake message (unframed)."""
@@ -237,8 +203,8 @@ class NoiseSession:
             self.state = State.FAILED
             raise AttestgateError(ErrorCode.TOO_LARGE, "handshake payload")
         try:
-            message = bytes(self._conn.write_message(payload))
-        except _NOISE_ERRORS as exc:
+            message = self._handshake().write_message(payload)
+        except NoiseError as exc:
             raise self._fail(exc) from None
         self._enter(nxt)
         return message
@@ -250,8 +216,8 @@ class NoiseSession:
             self.state = State.FAILED
             raise AttestgateError(ErrorCode.TOO_LARGE, "handshake message")
         try:
-            payload = bytes(self._conn.read_message(bytes(message)))
-        except _NOISE_ERRORS as exc:
+            payload = self._handshake().read_message(message)
+        except NoiseError as exc:
             raise self._fail(exc) from None
         if len(payload) > MAX_HANDSHAKE_PAYLOAD:
             self.state = State.FAILED
@@ -262,28 +228,25 @@ class NoiseSession:
     def set_psk(self, psk: Psk) -> None:
         """Set the PSK when ``state`` is NEED_PSK."""
         nxt = self._step(Action.SET_PSK)
-        self._conn.set_psks(psk=psk.value)
+        self._handshake().set_psk(psk.value)
         self._enter(nxt)
 
     def _enter(self, nxt: State) -> None:
-        hs = self._hs
-        if self._remote_static is None and _has_key(hs.rs):
-            self._remote_static = bytes(hs.rs.public_bytes)
-        if nxt is State.NEED_PSK and self.role is Role.RESPONDER and self.mode is Mode.CONNECT:
-            # Draw our ephemeral now, so that it can go into the session PSK.
-            hs.e = self._conn.noise_protocol.dh_fn.generate_keypair()
-        if nxt is State.ESTABLISHED:
-            self._hash = bytes(self._conn.get_handshake_hash())
-            # Keep the two cipher states and the public values; drop the handshake state
-            # (its keys and hashes) and the connection with its protocol object and pattern
-            # (2 KB of an idle session's memory): transport goes to the cipher states
-            # directly (the sizes are checked here, as noiseprotocol's encrypt would).
-            proto = self._conn.noise_protocol
-            self._tx, self._rx = proto.cipher_state_encrypt, proto.cipher_state_decrypt
-            self._conn = None
-            self._ephemerals = (bytes(hs.e.public_bytes) if _has_key(hs.e) else b"",
-                                bytes(hs.re.public_bytes) if _has_key(hs.re) else b"")
-            self._hs = None
+        hs = self._handshake()
+        if self._remote_static is None and hs.rs is not None:
+            self._remote_static = hs.rs
+        try:
+            if nxt is State.NEED_PSK and self.role is Role.RESPONDER and self.mode is Mode.CONNECT:
+                hs.draw_ephemeral()  # now, so that it can go into the session PSK
+            if nxt is State.ESTABLISHED:
+                # Keep the two cipher states, the hash and the public values; the handshake
+                # (its chaining key, ephemeral private key, pattern) goes.
+                self._hash = hs.handshake_hash
+                self._tx, self._rx = hs.split()
+                self._ephemerals = (hs.e_public or b"", hs.re or b"")
+                self._hs = None
+        except NoiseError as exc:
+            raise self._fail(exc) from None
         self.state = nxt
 
     # -- what the caller may learn -------------------------------------------------
@@ -294,21 +257,23 @@ class NoiseSession:
 
     @property
     def local_ephemeral(self) -> bytes:
-        if self._ephemerals is not None and self._ephemerals[0]:
-            return self._ephemerals[0]
-        e: Any = None if self._hs is None else self._hs.e
-        if not _has_key(e):
+        if self._ephemerals is not None:
+            key: bytes | None = self._ephemerals[0]
+        else:
+            key = None if self._hs is None else self._hs.e_public
+        if not key:
             raise AttestgateError(ErrorCode.PROTOCOL, "no local ephemeral yet")
-        return bytes(e.public_bytes)
+        return key
 
     @property
     def remote_ephemeral(self) -> bytes:
-        if self._ephemerals is not None and self._ephemerals[1]:
-            return self._ephemerals[1]
-        re: Any = None if self._hs is None else self._hs.re
-        if not _has_key(re):
+        if self._ephemerals is not None:
+            key: bytes | None = self._ephemerals[1]
+        else:
+            key = None if self._hs is None else self._hs.re
+        if not key:
             raise AttestgateError(ErrorCode.PROTOCOL, "no remote ephemeral yet")
-        return bytes(re.public_bytes)
+        return key
 
     @property
     def handshake_hash(self) -> bytes:
@@ -323,24 +288,28 @@ class NoiseSession:
 
     # -- transport -------------------------------------------------------------------
     def encrypt(self, plaintext: bytes) -> bytes:
-        self._require_established()
+        tx = self._tx
+        if tx is None or self.state is not State.ESTABLISHED:
+            raise AttestgateError(ErrorCode.PROTOCOL, f"not established ({self.state.name})")
         if len(plaintext) > MAX_PLAINTEXT:
             raise AttestgateError(ErrorCode.TOO_LARGE, f"{len(plaintext)} bytes")
         if self._sent >= self._max_messages:
             self.state = State.FAILED
             raise AttestgateError(ErrorCode.PROTOCOL, "session message limit")
         try:
-            out = self._tx.encrypt_with_ad(None, bytes(plaintext))
-        except _NOISE_ERRORS as exc:
+            out = tx.encrypt(bytes(plaintext))
+        except NoiseError as exc:
             raise self._fail(exc) from None
         self._sent += 1
         if self._sent % self._rekey_every == 0:
-            self._tx.rekey()
-        return bytes(out)
+            tx.rekey()
+        return out
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         """Decrypt one transport message; any failure is final (replay, reorder, tamper)."""
-        self._require_established()
+        rx = self._rx
+        if rx is None or self.state is not State.ESTABLISHED:
+            raise AttestgateError(ErrorCode.PROTOCOL, f"not established ({self.state.name})")
         if len(ciphertext) > MAX_NOISE_MESSAGE:
             self.state = State.FAILED
             raise AttestgateError(ErrorCode.TOO_LARGE, "transport message")
@@ -348,27 +317,13 @@ class NoiseSession:
             self.state = State.FAILED
             raise AttestgateError(ErrorCode.PROTOCOL, "session message limit")
         try:
-            out = self._rx.decrypt_with_ad(None, bytes(ciphertext))
-        except _NOISE_ERRORS as exc:
+            out = rx.decrypt(bytes(ciphertext))
+        except NoiseError as exc:
             raise self._fail(exc) from None
         self._received += 1
         if self._received % self._rekey_every == 0:
-            self._rx.rekey()
-        return bytes(out)
-
-    def _require_established(self) -> None:
-        if self.state is not State.ESTABLISHED:
-            raise AttestgateError(ErrorCode.PROTOCOL, f"not established ({self.state.name})")
-
-
-@functools.lru_cache(maxsize=8)
-def _static_keypair(private: bytes) -> X25519KeyPair:
-    return X25519KeyPair.from_private_bytes(private)
-
-
-def _has_key(keypair: object) -> bool:
-    # noiseprotocol marks unset keys with None or an ``Empty`` sentinel.
-    return keypair is not None and hasattr(keypair, "public_bytes")
+            rx.rekey()
+        return out
 
 
 PskFunction = Callable[[bytes, bytes], Psk]

@@ -529,7 +529,7 @@ def test_handshake_message_limit() -> None:
 def test_oversized_payload_from_peer_is_refused() -> None:
     # A peer that ignores the payload limit: the reader refuses it after authenticating it.
     c = NoiseSession.initiator(preamble(Mode.ENROLL), CLIENT, psk=TOKEN_PSK)
-    m1 = bytes(c._conn.write_message(b"x" * (MAX_HANDSHAKE_PAYLOAD + 1)))
+    m1 = c._hs.write_message(b"x" * (MAX_HANDSHAKE_PAYLOAD + 1))
     s = NoiseSession.responder(preamble(Mode.ENROLL), SERVER)
     with pytest.raises(AttestgateError) as e:
         s.read_handshake(m1)
