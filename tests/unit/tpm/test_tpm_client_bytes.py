@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 import pytest
-from tpm2_pytss.constants import TPM2_ALG, TPM2_ST
+from tpm2_pytss.constants import TPM2_ALG, TPM2_CC, TPM2_ST
 from tpm2_pytss.types import (
     TPM2B_ATTEST,
     TPM2B_NAME,
@@ -149,6 +149,11 @@ def test_template_check_refuses_what_is_not_an_ecc_template() -> None:
 
 
 # -- commands ---------------------------------------------------------------------------------
+
+
+def test_command_codes_are_the_specs() -> None:
+    codes = (rawcmd.CC_READ_PUBLIC, rawcmd.CC_HMAC, rawcmd.CC_QUOTE, rawcmd.CC_UNSEAL)
+    assert codes == (TPM2_CC.ReadPublic, TPM2_CC.HMAC, TPM2_CC.Quote, TPM2_CC.Unseal)
 
 
 def test_read_public_bytes() -> None:
