@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from tpm2_pytss.constants import TPM2_ALG, TPM2_CC
+from tpm2_pytss.constants import TPM2_ALG
 from tpm2_pytss.types import TPM2B_ATTEST, TPMS_ATTEST, TPMT_SIG_SCHEME, TPMT_SIGNATURE
 
 from client.tpm import Tpm, rawcmd
