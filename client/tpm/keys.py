@@ -21,7 +21,6 @@ from tpm2_pytss.types import (
     TPM2B_SENSITIVE_CREATE,
     TPM2B_SENSITIVE_DATA,
     TPMS_SENSITIVE_CREATE,
-    TPMT_SIG_SCHEME,
     TPMT_SYM_DEF_OBJECT,
 )
 
@@ -42,6 +41,7 @@ from client.tpm.common import (
 )
 from client.tpm.objects import TpmObjects
 from shared.errors import AttestgateError, ErrorCode
+from shared.tpm.structures import parse_signature, read_ecdsa_sha256
 
 
 def import_hmac_key(objs: TpmObjects, public: bytes, duplicate: bytes, seed: bytes) -> KeyBlob:
@@ -98,10 +98,14 @@ def sign(objs: TpmObjects, key: KeyBlob, digest: bytes) -> bytes:
     check_len("digest", digest, DIGEST_LEN, DIGEST_LEN)
     with objs.operation("sign") as ectx:
         handle = objs.blob(ectx, key)
-        # The default validation is a NULL-hierarchy HASHCHECK ticket, which
-        # TPM2_Sign accepts for keys that are not restricted.
-        sig = ectx.sign(handle, bytes(digest), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        return bytes(sig.marshal())
+        # As bytes (client/tpm/rawcmd.py), with the NULL-hierarchy HASHCHECK ticket ESAPI
+        # sends by default; the key stays ESAPI's. What comes back must read as a
+        # TPMT_SIGNATURE (the board reads it the same way), else TPM_ERROR.
+        sig = rawcmd.parse_sign(objs.raw(rawcmd.sign(objs.tpm_handle(ectx, handle),
+                                                     bytes(digest))))
+        if read_ecdsa_sha256(sig) is None:
+            parse_signature(sig, code=ErrorCode.TPM_ERROR)
+        return sig
 
 
 def seal(objs: TpmObjects, secret: bytes, pcr_selection: str | None) -> KeyBlob:

@@ -93,6 +93,27 @@ def test_a_raw_quote_is_what_esapi_gets(tpm: Tpm, swtpm: SwtpmProcess) -> None:
     assert loaded_counts(swtpm.tcti)[1] == 0
 
 
+def test_a_raw_signature_verifies_as_esapis(tpm: Tpm) -> None:
+    key = tpm.create_post_key()
+    digest = hashlib.sha256(b"attestgate/1 post|hello").digest()
+    verify_ecdsa(key.public, tpm.sign(key, digest), b"attestgate/1 post|hello")
+    objs = tpm._objs
+    with objs.operation("test") as ectx:
+        sig = ectx.sign(objs.blob(ectx, key), digest, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+    verify_ecdsa(key.public, bytes(sig.marshal()), b"attestgate/1 post|hello")
+
+
+def test_signing_with_what_is_not_a_signing_key_is_a_tpm_error(tpm: Tpm) -> None:
+    """A sealed-data object cannot sign (the TPM refuses); an HMAC key signs with HMAC, which
+    is no TPMT_SIGNATURE a post can carry (refused here, before the board would)."""
+    sealed = tpm.seal(b"s" * 32)
+    hmac_key = tpm.import_hmac_key(*wrap_psk(tpm.srk_public(), os.urandom(32)))
+    for key in (sealed, hmac_key):
+        with pytest.raises(AttestgateError) as err:
+            tpm.sign(key, bytes(32))
+        assert err.value.code is ErrorCode.TPM_ERROR
+
+
 def test_what_the_tpm_refuses_is_still_a_tpm_error(tpm: Tpm) -> None:
     """A PCR-bound blob unsealed without its policy: the TPM refuses the password session."""
     bound = tpm.seal(b"s" * 32, "sha256:16")

@@ -152,8 +152,10 @@ def test_template_check_refuses_what_is_not_an_ecc_template() -> None:
 
 
 def test_command_codes_are_the_specs() -> None:
-    codes = (rawcmd.CC_READ_PUBLIC, rawcmd.CC_HMAC, rawcmd.CC_QUOTE, rawcmd.CC_UNSEAL)
-    assert codes == (TPM2_CC.ReadPublic, TPM2_CC.HMAC, TPM2_CC.Quote, TPM2_CC.Unseal)
+    codes = (rawcmd.CC_READ_PUBLIC, rawcmd.CC_HMAC, rawcmd.CC_QUOTE, rawcmd.CC_UNSEAL,
+             rawcmd.CC_SIGN)
+    assert codes == (TPM2_CC.ReadPublic, TPM2_CC.HMAC, TPM2_CC.Quote, TPM2_CC.Unseal,
+                     TPM2_CC.Sign)
 
 
 def test_read_public_bytes() -> None:
@@ -182,11 +184,21 @@ def test_unseal_password_bytes() -> None:
         struct.pack(">HII", 0x8002, 27, 0x15E) + struct.pack(">I", 0x80000001) + PW)
 
 
+def test_sign_bytes() -> None:
+    digest = bytes(range(32))
+    assert rawcmd.sign(0x80000003, digest) == (
+        struct.pack(">HII", 0x8002, 10 + 4 + 4 + 9 + 34 + 2 + 2 + 4 + 2, 0x15D)
+        + struct.pack(">I", 0x80000003) + PW + b"\x00\x20" + digest + b"\x00\x10"
+        + struct.pack(">HI", 0x8024, 0x40000007) + b"\x00\x00")
+
+
 def test_oversized_arguments_are_refused_before_sending() -> None:
     with pytest.raises(ValueError):
         rawcmd.hmac_sha256(0x80000002, bytes(rawcmd.MAX_HMAC_DATA + 1))
     with pytest.raises(ValueError):
         rawcmd.quote(0x80000000, bytes(65), selection_bytes(SEL8))
+    with pytest.raises(ValueError):
+        rawcmd.sign(0x80000003, bytes(31))
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -234,12 +246,13 @@ def _truncations(data: bytes) -> list[bytes]:
 
 
 @pytest.mark.parametrize("parse", [rawcmd.parse_hmac, rawcmd.parse_password_unseal,
-                                   rawcmd.parse_quote])
+                                   rawcmd.parse_quote, rawcmd.parse_sign])
 def test_truncated_or_padded_answers_are_a_tpm_error(parse: Any) -> None:
     params = {
         rawcmd.parse_hmac: b"\x00\x20" + bytes(32),
         rawcmd.parse_password_unseal: b"\x00\x03abc",
         rawcmd.parse_quote: _quote_answer_params()[0],
+        rawcmd.parse_sign: _quote_answer_params()[2],
     }[parse]
     good = _with_password(params)
     parse(good)
@@ -250,6 +263,11 @@ def test_truncated_or_padded_answers_are_a_tpm_error(parse: Any) -> None:
         with pytest.raises(rawcmd.TpmResponseCode) as err:
             parse(body)
         assert err.value.rc == 0x101
+
+
+def test_an_empty_sign_answer_is_refused() -> None:
+    with pytest.raises(rawcmd.TpmResponseCode):
+        rawcmd.parse_sign(_with_password(b""))
 
 
 def test_hmac_of_another_size_is_refused() -> None:
@@ -277,7 +295,7 @@ def test_malformed_read_public_answers() -> None:
 def test_garbage_answers_never_crash() -> None:
     rng = random.Random(3)
     parsers = (rawcmd.parse_hmac, rawcmd.parse_password_unseal, rawcmd.parse_quote,
-               rawcmd.parse_read_public)
+               rawcmd.parse_read_public, rawcmd.parse_sign)
     for n, parse in itertools.product(range(400), parsers):
         body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80)))
         if n % 2:  # a plausible parameterSize
