@@ -2,7 +2,8 @@
 
 Starts the stack (tests.support.stack) and one swtpm, enrolls a device, then
 
-* counts the TPM commands of one connect and one post (ESAPI calls, by name);
+* counts the TPM commands of one connect and one post (ESAPI calls, by name, and the
+  commands sent as bytes, by code);
 * profiles ``connects`` connects and ``posts`` posts on the client with pyinstrument
   (top frames printed, the full HTML written to bench/results/profile-*.html);
 * reads each service's CPU (``/proc/PID/stat``) over those operations;
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pyinstrument import Profiler
 
@@ -55,6 +56,26 @@ class _Counting:
         return counted
 
 
+class _CountingTransport:
+    """Wraps the TCTI: counts the commands sent as bytes (client/tpm/rawcmd.py) by code."""
+
+    NAMES: ClassVar[dict[int, str]] = {
+        0x173: "read_public", 0x155: "hmac", 0x158: "quote", 0x15E: "unseal",
+        0x176: "start_auth_session", 0x17F: "policy_pcr", 0x165: "flush_context"}
+
+    def __init__(self, inner: Any, calls: collections.Counter[str]) -> None:
+        self._inner = inner
+        self.calls = calls
+
+    def transmit(self, data: bytes) -> None:
+        code = int.from_bytes(data[6:10], "big")
+        self.calls[f"{self.NAMES.get(code, hex(code))} (raw)"] += 1
+        self._inner.transmit(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -81,6 +102,7 @@ def main() -> None:
                 flows.connect(tpm, state, _quiet).close()  # warm
                 counter = _Counting(tpm._objs._ectx)  # bench only: count what reaches the TPM
                 tpm._objs._ectx = counter
+                tpm._objs._tcti_obj = _CountingTransport(tpm._objs._tcti_obj, counter.calls)
                 ch = flows.connect(tpm, state, _quiet)
                 print("TPM commands, one connect:", sum(counter.calls.values()),
                       dict(counter.calls))

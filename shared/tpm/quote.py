@@ -123,6 +123,13 @@ def _marshalled(selection: PcrSelection) -> bytes:
     return selection.marshal()
 
 
+def read_quote_fields(attest: bytes, selection: bytes
+                      ) -> tuple[int, int, int, bool, int, bytes, bytes, bytes] | None:
+    """:func:`_quote_fields` for the client (client/tpm/evidence.py reads what its TPM just
+    quoted with it: one reader for both sides); None means "use parse_attest"."""
+    return _quote_fields(attest, selection)
+
+
 def _quote_fields(attest: bytes, selection: bytes
                   ) -> tuple[int, int, int, bool, int, bytes, bytes, bytes] | None:
     """(clock, resetCount, restartCount, safe, firmwareVersion, pcrDigest, qualifiedSigner,
