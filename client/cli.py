@@ -611,7 +611,7 @@ def build_parser() -> conv.Parser:
                "4 network, 5 TPM, 130 interrupted, 1 other",
         global_options=GLOBAL_OPTIONS,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {conv.package_version()}")
+    p.add_argument("--version", action=conv.LazyVersion)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("enroll", help="enroll this machine (once)",
