@@ -8,7 +8,8 @@ start.
 
 Standalone, for A/B of checkouts (``git archive`` of another commit into a directory)::
 
-    python -m bench.cli_startup [--runs N] [--only post,status,help,import] [OTHER_CHECKOUT ...]
+    python -m bench.cli_startup [--runs N] [--only import,help,status,post,read] [--no-pyc]
+                                [OTHER_CHECKOUT ...]
 
 starts one swtpm device and the stack, then runs each command alternately with this
 checkout and each OTHER_CHECKOUT first on ``PYTHONPATH`` and prints the medians (ms).
@@ -45,8 +46,9 @@ def device_args(tcti: str, home: Path) -> list[str]:
 def wall_ms(argv: list[str], env: dict[str, str]) -> float:
     """One run's wall time; the command must succeed (exit 0)."""
     t0 = time.perf_counter()
+    # cwd "/": `python -c` puts its cwd first on sys.path, ahead of PYTHONPATH.
     done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, check=False)
+                          stderr=subprocess.PIPE, check=False, cwd="/")
     ms = (time.perf_counter() - t0) * 1000
     if done.returncode != 0:
         raise RuntimeError(f"{argv[2:]} exited {done.returncode}: "
@@ -54,8 +56,14 @@ def wall_ms(argv: list[str], env: dict[str, str]) -> float:
     return ms
 
 
-def env_for(checkout: Path | None) -> dict[str, str]:
+def env_for(checkout: Path | None, pycache: Path) -> dict[str, str]:
+    """The environment with ``checkout`` first on PYTHONPATH, and bytecode cached under
+    ``pycache``: an installed package has its .pyc files, so a user's process does not
+    compile our modules (with PYTHONDONTWRITEBYTECODE, as on this machine, every start
+    compiled ~50 of them: ~120 ms, more than all the rest of the imports)."""
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache / (checkout.name if checkout else "this"))
     if checkout is not None:
         env["PYTHONPATH"] = str(checkout)
     return env
@@ -63,13 +71,15 @@ def env_for(checkout: Path | None) -> dict[str, str]:
 
 def post_vs_pass(tcti: str, home: Path, runs: int) -> tuple[float, float]:
     """Medians (ms) of a fresh ``attestgate post`` and of ``python -c pass``, interleaved."""
-    env = env_for(None)
-    post = cli("post", *device_args(tcti, home), "cli_post_ms")
-    wall_ms(post, env)  # warm-up: page cache, the saved TPM contexts written
-    posts, passes = [], []
-    for _ in range(runs):
-        passes.append(wall_ms(PASS, env))
-        posts.append(wall_ms(post, env))
+    with tempfile.TemporaryDirectory(prefix="attestgate-bench-pyc-") as pycache:
+        env = env_for(None, Path(pycache))
+        post = cli("post", *device_args(tcti, home), "cli_post_ms")
+        wall_ms(PASS, env)
+        wall_ms(post, env)  # warm-up: bytecode cached, the saved TPM contexts written
+        posts, passes = [], []
+        for _ in range(runs):
+            passes.append(wall_ms(PASS, env))
+            posts.append(wall_ms(post, env))
     return statistics.median(posts), statistics.median(passes)
 
 
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cli_startup")
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--only", default="import,help,status,post")
+    p.add_argument("--no-pyc", action="store_true",
+                   help="no bytecode cache: every run compiles every module from source")
     p.add_argument("others", nargs="*", type=Path, metavar="OTHER_CHECKOUT")
     a = p.parse_args(argv)
     from bench.fleet import start_fleet  # noqa: PLC0415 (the fleet only when run)
@@ -95,15 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         fleet = start_fleet(Path(tmp), 1, SETTINGS)
         try:
             commands = _commands(fleet.tpms[0].tcti, fleet.homes[0], a.only.split(","))
+            envs = [env_for(c, Path(tmp) / "pycache") for c in checkouts]
+            if a.no_pyc:
+                envs = [{**e, "PYTHONDONTWRITEBYTECODE": "1"} for e in envs]
             samples: dict[tuple[str, int], list[float]] = {}
             for name, argv_ in commands.items():  # warm-up, each checkout
-                for i, c in enumerate(checkouts):
-                    wall_ms(argv_, env_for(c))
+                for i, env in enumerate(envs):
+                    wall_ms(argv_, env)
                     samples[(name, i)] = []
             for _ in range(a.runs):
                 for name, argv_ in commands.items():
-                    for i, c in enumerate(checkouts):
-                        samples[(name, i)].append(wall_ms(argv_, env_for(c)))
+                    for i, env in enumerate(envs):
+                        samples[(name, i)].append(wall_ms(argv_, env))
         finally:
             fleet.stop()
     print(f"median of {a.runs} (ms), load {os.getloadavg()[0]:.1f}; columns: "

@@ -25,14 +25,19 @@ _OWN_TPM = ("device", "tabrmd")
 def event_log(path: str | None, env: Mapping[str, str], tcti: str | None,
               linux_path: str = LINUX_EVENT_LOG) -> bytes | None:
     """The log's bytes, or None when there is none to send."""
-    from client.eventlog_view import read_log  # noqa: PLC0415 (only when a log is chosen)
-
     chosen = path if path is not None else env.get(ENV_EVENT_LOG) or None
-    if chosen is not None:
-        return None if chosen == OFF else read_log(chosen)
-    kind = (tcti or "").split(":", 1)[0].strip().lower()
-    if kind not in _OWN_TPM or not os.access(linux_path, os.R_OK):
+    if chosen is None:
+        kind = (tcti or "").split(":", 1)[0].strip().lower()
+        if kind not in _OWN_TPM or not os.access(linux_path, os.R_OK):
+            return None
+    elif chosen == OFF:
         return None
+    # The reader only when a log is to be read: it imports the event-log parser and
+    # verifier (client/cli.py _LAZY).
+    from client.eventlog_view import read_log  # noqa: PLC0415
+
+    if chosen is not None:
+        return read_log(chosen)
     try:
         return read_log(linux_path)
     except AttestgateError:

@@ -74,7 +74,10 @@ def test_command_help_imports_no_tpm_client(command: str) -> None:
 
 def test_a_post_imports_what_it_needs_only() -> None:
     """The modules a post's run reaches (the CLI, the flows, the TPM client) at top level."""
-    body = "import client.cli, client.flows, client.tpm, client.channel"
+    body = ("import argparse, os\nimport client.cli, client.flows, client.tpm, client.channel\n"
+            "os.environ.pop('ATTESTGATE_EVENT_LOG', None)\n"
+            "args = argparse.Namespace(event_log=None, tpm='swtpm:host=127.0.0.1,port=1')\n"
+            "assert client.cli._event_log(args) is None  # a software TPM: no log to send\n")
     modules = _modules_after(body)
     assert {"client.flows", "client.tpm", "tpm2_pytss"} <= modules  # the probe ran
     assert _loaded(modules, _NOT_FOR_A_POST) == []
