@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             commands = _commands(fleet.tpms[0].tcti, fleet.homes[0], a.only.split(","))
             envs = [env_for(c, Path(tmp) / "pycache") for c in checkouts]
             if a.no_pyc:
-                envs = [{**e, "PYTHONDONTWRITEBYTECODE": "1"} for e in envs]
+                envs = [{**{k: v for k, v in e.items() if k != "PYTHONPYCACHEPREFIX"},
+                         "PYTHONDONTWRITEBYTECODE": "1"} for e in envs]
             samples: dict[tuple[str, int], list[float]] = {}
             for name, argv_ in commands.items():  # warm-up, each checkout
                 for i, env in enumerate(envs):
