@@ -84,7 +84,7 @@ _EXTRA_MISSING = (
 
 
 def client_extra_missing() -> str:
-    """"" when the TPM client imports, else why not (a server install has no tpm2-pytss).
+    """Why the TPM client cannot be used (a server install has no tpm2-pytss), or "".
 
     Imports the TPM client (see _LAZY): call it only for a command that uses it.
     """
