@@ -33,7 +33,7 @@ _NOT_FOR_A_POST = (
 )
 # --help needs no TPM client either, nor the channel's cryptography beyond the basics.
 _NOT_FOR_HELP = (*_NOT_FOR_A_POST, "tpm2_pytss", "client.tpm", "client.flows",
-                 "cryptography.x509")
+                 "cryptography.x509", "cryptography.hazmat.primitives.serialization")
 
 _PROBE = """
 import json, sys
