@@ -11,6 +11,8 @@ Rows (keys), each against a baseline measured in this run:
   TPM2_Unseal (loaded object) + one quote verification, on the same swtpm;
   ``connect_warm_vs_floor`` - the same from a process that connected before (objects
   loaded, Noise key unsealed);
+* ``cli_post_ms`` - a fresh ``attestgate post`` process (interpreter start, imports, the
+  attested connect, the post) vs a fresh ``python -c pass`` (bench/cli_startup.py);
 * ``post_sign_vs_tpm`` - ``Tpm.sign`` of a post digest vs TPM2_Sign with the key loaded;
 * ``quote_verify_vs_keylime`` - attestgate's quote verification (AK parsed once per
   device) vs Keylime's ``checkquote`` on the same swtpm quotes (``..._cold``: the AK
@@ -33,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import architecture_floor, bare_sessions, floors, keylime_cmp
+from bench import architecture_floor, bare_sessions, cli_startup, floors, keylime_cmp
 from bench._common import Result, Settings, median_ms
 from bench.cpu import rss_bytes
 from bench.fleet import Fleet, run_phase, start_clients, start_fleet
@@ -126,6 +128,12 @@ def _connect_rows(fleet: Fleet, runs: int, arch: architecture_floor.Architecture
         Result("post_sign_vs_tpm", "stack", "client: sign a post in the TPM (Tpm.sign)",
                sign_ms, "ms", "TPM2_Sign, key loaded (raw ESAPI)", floor_tpm.sign_ms, "<= 1.3"),
     ]
+    post_ms, pass_ms = cli_startup.post_vs_pass(tcti, home, min(runs, 15))
+    rows.append(Result("cli_post_ms", "stack",
+                       f"`attestgate post` as a fresh process: start-up, attested connect, post "
+                       f"(median of {min(runs, 15)})", post_ms, "ms",
+                       "`python -c pass` from the same venv (the interpreter's own start)",
+                       pass_ms))
     checkquote, why = keylime_cmp.load_checkquote()
     if checkquote is None:
         print(f"[stack] quote_verify_vs_keylime skipped: {why}", file=sys.stderr)

@@ -19,9 +19,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from client import eventlog_source, eventlog_view, server_view
+from client import eventlog_source, server_view
 from client import state as st
 from client.advice import Advice
 from client.channel import UNANSWERED_CONNECT, NetworkError, Refused, parse_token
@@ -29,21 +29,12 @@ from shared import cli_conventions as conv
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
 from shared.post_display import format_post
-from shared.posts import validate_text
+from shared.post_text import validate_text
 from shared.tpm.pcrs import PcrSelection
 from shared.wire import MAX_POST_BYTES, MAX_READ_LIMIT, NAME_PATTERN, Command, Push
 
-try:  # the TPM client is an extra: a server install has no tpm2-pytss
-    from client import flows
-    from client import secrets as client_secrets
-    from client.tpm import KeyBlob, Tpm
-    CLIENT_EXTRA_MISSING = ""
-except ImportError as _exc:
-    if not (_exc.name or "").startswith("tpm2_pytss"):
-        raise
-    CLIENT_EXTRA_MISSING = (
-        "the TPM client is not installed (tpm2-pytss is missing): "
-        "pip install 'attestgate[client]' (it needs libtss2-dev to build)")
+if TYPE_CHECKING:
+    from client.tpm import Tpm
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUSED, EXIT_NETWORK, EXIT_TPM = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = conv.EXIT_INTERRUPTED
@@ -53,9 +44,12 @@ DEFAULT_PORT = 7443  # the gateway's default (ATTESTGATE_LISTEN)
 RECONNECT_FIRST_S = 1.0
 RECONNECT_MAX_S = 60.0
 
-# _LAZY: the refusal texts (client.explain) and the EK certificate reader (ekcert,
-# cryptography.x509) are imported where used: together ~140 ms of every start-up, ten times
-# the attested connect that `attestgate post` pays for.
+# _LAZY: every start-up pays its imports before anything else, ten times and more the
+# attested connect that `attestgate post` pays for. So the refusal texts (client.explain),
+# the EK certificate reader (ekcert), the TPM client (client.flows, client.tpm: tpm2_pytss),
+# the secrets client and the event-log reader/verifier (client.eventlog_view,
+# shared.eventlog) are imported where used. tests/unit/test_cli_startup.py pins which
+# modules `--help` and a post must not load.
 _TPM_CODES = {ErrorCode.TPM_ERROR, ErrorCode.TPM_UNAVAILABLE}
 _TRY_AGAIN_CODES = {ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.STORE_UNAVAILABLE, ErrorCode.BUSY}
 
@@ -84,6 +78,26 @@ def _json_default(v: object) -> object:
     raise TypeError(type(v).__name__)
 
 
+_EXTRA_MISSING = (
+    "the TPM client is not installed (tpm2-pytss is missing): "
+    "pip install 'attestgate[client]' (it needs libtss2-dev to build)")
+
+
+def client_extra_missing() -> str:
+    """Why the TPM client cannot be used (a server install has no tpm2-pytss), or "".
+
+    Imports the TPM client (see _LAZY): call it only for a command that uses it.
+    """
+    try:
+        import client.flows  # noqa: PLC0415
+        import client.tpm  # noqa: F401, PLC0415
+    except ImportError as exc:
+        if not (exc.name or "").startswith("tpm2_pytss"):
+            raise
+        return _EXTRA_MISSING
+    return ""
+
+
 def _tcti(args: argparse.Namespace) -> str:
     """-T/--tcti/--tpm, else $ATTESTGATE_TPM, else $TPM2TOOLS_TCTI (as tpm2-tools read it)."""
     return str(args.tpm or os.environ.get("ATTESTGATE_TPM")
@@ -96,8 +110,11 @@ def _tpm(args: argparse.Namespace) -> Tpm:
         raise AttestgateError(ErrorCode.TPM_UNAVAILABLE,
                               "no TPM given: use -T/--tcti, ATTESTGATE_TPM or TPM2TOOLS_TCTI "
                               "(e.g. device:/dev/tpmrm0)")
-    if CLIENT_EXTRA_MISSING:
-        raise AttestgateError(ErrorCode.TPM_UNAVAILABLE, CLIENT_EXTRA_MISSING)
+    missing = client_extra_missing()
+    if missing:
+        raise AttestgateError(ErrorCode.TPM_UNAVAILABLE, missing)
+    from client.tpm import Tpm  # noqa: PLC0415 (see _LAZY)
+
     return Tpm(tcti)
 
 
@@ -108,6 +125,8 @@ def _event_log(args: argparse.Namespace) -> bytes | None:
 
 # -- commands ------------------------------------------------------------------------------
 def cmd_enroll(args: argparse.Namespace, out: Out) -> int:
+    from client import flows  # noqa: PLC0415 (see _LAZY)
+
     home = st.home_dir(args.home)
     if (home / st.STATE_FILE).exists() and not args.force:
         raise AttestgateError(ErrorCode.ALREADY_ENROLLED,
@@ -142,6 +161,8 @@ def _enroll_again(args: argparse.Namespace) -> str:
 
 def _with_session(args: argparse.Namespace, out: Out,
                   body: Callable[[Tpm, st.ClientState, Any], int]) -> int:
+    from client import flows  # noqa: PLC0415 (see _LAZY)
+
     home = st.home_dir(args.home)
     state = st.load(home)
     log = _event_log(args)
@@ -154,6 +175,8 @@ def _with_session(args: argparse.Namespace, out: Out,
 def cmd_post(args: argparse.Namespace, out: Out) -> int:
     args.post_text = _post_text(args)  # checked before any TPM or network work
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        from client import flows  # noqa: PLC0415 (see _LAZY)
+
         reply = flows.post(tpm, state, ch, args.post_text, st.home_dir(args.home))
         out.result(dict(reply), f"posted {reply['post_id']}")
         return EXIT_OK
@@ -168,6 +191,8 @@ def _format_post(p: dict[str, Any]) -> str:
 
 def cmd_read(args: argparse.Namespace, out: Out) -> int:
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        from client import flows  # noqa: PLC0415 (see _LAZY)
+
         posts = flows.read(ch, args.since, args.limit)
         out.result({"posts": posts},
                    "\n".join(_format_post(p) for p in posts) or "(no posts)")
@@ -190,6 +215,8 @@ def cmd_follow(args: argparse.Namespace, out: Out) -> int:
         out.result(post, _format_post(post))
 
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
+        from client import flows  # noqa: PLC0415 (see _LAZY)
+
         ch.request(Command.FOLLOW)
         followed[0] = True
         if not out.as_json:
@@ -262,6 +289,8 @@ def cmd_secret_get(args: argparse.Namespace, out: Out) -> int:
         raise AttestgateError(ErrorCode.BAD_REQUEST, "--json needs --out FILE (the value "
                                                      "would go to stdout)")
 
+    from client import secrets as client_secrets  # noqa: PLC0415 (see _LAZY)
+
     def run(tpm: Tpm, state: st.ClientState, ch: Any) -> int:
         value, version = client_secrets.get(tpm, state, ch, args.name,
                                             st.home_dir(args.home))
@@ -279,6 +308,8 @@ def cmd_secret_get(args: argparse.Namespace, out: Out) -> int:
 def cmd_secret_unseal(args: argparse.Namespace, out: Out) -> int:
     if args.json and args.out in (None, "-"):
         raise AttestgateError(ErrorCode.BAD_REQUEST, "--json needs --out FILE")
+    from client import secrets as client_secrets  # noqa: PLC0415 (see _LAZY)
+
     home = st.home_dir(args.home)
     state = st.load(home)
     with _tpm(args) as tpm:
@@ -295,6 +326,9 @@ def cmd_secret_unseal(args: argparse.Namespace, out: Out) -> int:
 def cmd_check(args: argparse.Namespace, out: Out) -> int:
     """Offline self-check: current PCRs against the baselines the server last accepted
     (the enrolled one before any connect), the status it last told; keys load."""
+    from client import flows  # noqa: PLC0415 (see _LAZY)
+    from client.tpm import KeyBlob  # noqa: PLC0415
+
     home = st.home_dir(args.home)
     state = st.load(home)
     view = server_view.load(home, state.device_id)
@@ -404,6 +438,8 @@ def cmd_tpm_info(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_eventlog(args: argparse.Namespace, out: Out) -> int:
     """The measured-boot event log: components per PCR, replayed PCRs, and the TPM's (--tpm)."""
+    from client import eventlog_view  # noqa: PLC0415 (see _LAZY)
+
     path = args.file or eventlog_view.default_log_path(os.environ)
     data = eventlog_view.read_log(path)
     tpm_values = None
@@ -561,8 +597,8 @@ def _add_event_log(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--event-log", metavar="PATH",
         help="measured-boot event log to send (at enrollment, and when the server asks for it "
-             f"to say what changed); 'none' sends none (default: ${eventlog_view.ENV_EVENT_LOG}, "
-             f"else {eventlog_view.LINUX_EVENT_LOG} when readable and the TPM is the machine's "
+             f"to say what changed); 'none' sends none (default: ${eventlog_source.ENV_EVENT_LOG}, "
+             f"else {eventlog_source.LINUX_EVENT_LOG} when readable and the TPM is the machine's "
              "own device: or tabrmd)")
 
 
@@ -575,7 +611,7 @@ def build_parser() -> conv.Parser:
                "4 network, 5 TPM, 130 interrupted, 1 other",
         global_options=GLOBAL_OPTIONS,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {conv.package_version()}")
+    p.add_argument("--version", action=conv.LazyVersion)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     e = sub.add_parser("enroll", help="enroll this machine (once)",
@@ -660,8 +696,8 @@ def build_parser() -> conv.Parser:
                                   "attestgate eventlog binary_bios_measurements -T "
                                   "device:/dev/tpmrm0"])
     ev.add_argument("file", nargs="?", metavar="FILE",
-                    help=f"binary log (default: ${eventlog_view.ENV_EVENT_LOG}, else "
-                         f"{eventlog_view.LINUX_EVENT_LOG} when readable)")
+                    help=f"binary log (default: ${eventlog_source.ENV_EVENT_LOG}, else "
+                         f"{eventlog_source.LINUX_EVENT_LOG} when readable)")
     ev.set_defaults(func=cmd_eventlog)
 
     conv.add_completion_command(sub, PROG).set_defaults(func=cmd_completion)
@@ -682,8 +718,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except conv.UsageError as err:
         return conv.print_usage_error(PROG, err, conv.wants_json(argv), sys.stdout, sys.stderr)
     out = Out(args.json, args.quiet or args.json)
-    if CLIENT_EXTRA_MISSING and args.command not in _NO_TPM_NEEDED:
-        return _fail(out, EXIT_TPM, ErrorCode.TPM_UNAVAILABLE, CLIENT_EXTRA_MISSING, {})
+    missing = "" if args.command in _NO_TPM_NEEDED else client_extra_missing()
+    if missing:
+        return _fail(out, EXIT_TPM, ErrorCode.TPM_UNAVAILABLE, missing, {})
     try:
         rc: int = args.func(args, out)
         return rc

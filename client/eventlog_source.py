@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from client.eventlog_view import ENV_EVENT_LOG, LINUX_EVENT_LOG, read_log
 from shared.errors import AttestgateError
 
+# Here, not in client.eventlog_view (which re-exports them): every command's help names
+# them, and the reader imports the event-log parser and verifier (see client/cli.py _LAZY).
+LINUX_EVENT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
+ENV_EVENT_LOG = "ATTESTGATE_EVENT_LOG"
 OFF = "none"
 _OWN_TPM = ("device", "tabrmd")
 
@@ -23,11 +26,18 @@ def event_log(path: str | None, env: Mapping[str, str], tcti: str | None,
               linux_path: str = LINUX_EVENT_LOG) -> bytes | None:
     """The log's bytes, or None when there is none to send."""
     chosen = path if path is not None else env.get(ENV_EVENT_LOG) or None
-    if chosen is not None:
-        return None if chosen == OFF else read_log(chosen)
-    kind = (tcti or "").split(":", 1)[0].strip().lower()
-    if kind not in _OWN_TPM or not os.access(linux_path, os.R_OK):
+    if chosen is None:
+        kind = (tcti or "").split(":", 1)[0].strip().lower()
+        if kind not in _OWN_TPM or not os.access(linux_path, os.R_OK):
+            return None
+    elif chosen == OFF:
         return None
+    # The reader only when a log is to be read: it imports the event-log parser and
+    # verifier (client/cli.py _LAZY).
+    from client.eventlog_view import read_log  # noqa: PLC0415
+
+    if chosen is not None:
+        return read_log(chosen)
     try:
         return read_log(linux_path)
     except AttestgateError:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.eventlog_source import ENV_EVENT_LOG, LINUX_EVENT_LOG
 from shared.errors import AttestgateError, ErrorCode
 from shared.eventlog import MachineState, replay, verify
 from shared.eventlog.parse import parse_log
 from shared.eventlog.types import MAX_LOG_BYTES
 
-LINUX_EVENT_LOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
-ENV_EVENT_LOG = "ATTESTGATE_EVENT_LOG"
+__all__ = ["ENV_EVENT_LOG", "LINUX_EVENT_LOG", "Examined", "default_log_path", "examine",
+           "read_log", "to_json", "to_text"]
 _TEXT_WIDTH = 120  # characters of a component shown in the human view (--json has all)
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
 

@@ -28,9 +28,8 @@ from client.tpm import KeyBlob, Tpm
 from shared.binding import activation_message, quote_nonce, reattest_nonce
 from shared.config import parse_host_port
 from shared.errors import AttestgateError, ErrorCode
-from shared.eventlog.transport import chunks, compress
 from shared.keys import Psk, StaticKey, fingerprint, fingerprint_matches, session_psk_message
-from shared.posts import post_digest, validate_text
+from shared.post_text import post_digest, validate_text
 from shared.wire import Command
 
 Progress = Callable[[str], None]
@@ -50,6 +49,9 @@ def check_log_size(log: bytes | None) -> None:
     """Refuse (BAD_REQUEST, a usage error) a log the server could not take: more than
     MAX_LOG_TRANSFER bytes, or more than MAX_LOG_BUS once compressed."""
     if log:
+        # Only with a log: shared.eventlog is the parser and verifier (client/cli.py _LAZY).
+        from shared.eventlog.transport import compress  # noqa: PLC0415
+
         try:
             compress(log)
         except AttestgateError as exc:
@@ -59,6 +61,8 @@ def check_log_size(log: bytes | None) -> None:
 
 def _send_log(ch: Channel, log: bytes) -> int:
     """Send the event log in LOG chunks without waiting; returns the last chunk's id."""
+    from shared.eventlog.transport import chunks  # noqa: PLC0415 (see check_log_size)
+
     last = 0
     for offset, data in chunks(log):
         last = ch.send(Command.LOG, offset=offset, data=data)

@@ -56,6 +56,16 @@ def package_version() -> str:
         return "0+unknown"
 
 
+class LazyVersion(argparse._VersionAction):
+    """``--version`` (``action=LazyVersion``): "PROG VERSION", the version looked up only
+    when asked (package_version), not whenever the parser is built."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        self.version = f"%(prog)s {package_version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Subcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
     """Subparsers that inherit the parent's global options and conventions."""
 
