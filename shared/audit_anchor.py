@@ -13,6 +13,7 @@ highest count.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -29,7 +30,8 @@ class CheckpointFile:
         self.path = path
 
     def record(self, checkpoint: Checkpoint) -> None:
-        """Append one line durably; raises OSError (disk full, permissions)."""
+        """Append one line durably; raises OSError (disk full, permissions, a line
+        written only in part: the next append closes that one off)."""
         line = checkpoint_line(checkpoint)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -38,7 +40,8 @@ class CheckpointFile:
             # A line torn by a crash mid-write is closed off, never glued to the next one.
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line
-            os.write(fd, line)
+            if os.write(fd, line) != len(line):  # the disk filled mid-line: no checkpoint
+                raise OSError(errno.ENOSPC, "checkpoint line written only in part")
             os.fsync(fd)
         finally:
             os.close(fd)  # releases the lock

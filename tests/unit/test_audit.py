@@ -7,7 +7,10 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
+import resource
+import signal
 import struct
 from pathlib import Path
 
@@ -278,3 +281,33 @@ def test_checkpoint_file_moved_aside_or_deleted_gets_the_next_checkpoint_at_the_
     f.record(cps[4])
     assert f.read() == [cps[2], cps[3], cps[4]]
     assert CheckpointFile(moved).read() == [cps[0]]
+
+
+def _record_under_a_file_size_limit(path: str, limit: int, count: int) -> str:
+    """In a child process: record one checkpoint with RLIMIT_FSIZE at ``limit`` bytes (the
+    kernel writes up to the limit, then refuses: a disk that fills mid-line)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG / a short write, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        CheckpointFile(Path(path)).record(make_checkpoint(KEY, count, "", float(count)))
+    except OSError as exc:
+        return f"OSError {exc.errno}"
+    return "recorded"
+
+
+def test_checkpoint_file_refuses_a_short_write(tmp_path: Path) -> None:
+    """A write cut short (the disk filled mid-line) is no checkpoint: record raises (the
+    decision fails closed, store: internal) instead of acknowledging half a line, and the
+    next append closes the torn line off."""
+    f = CheckpointFile(tmp_path / "cp.jsonl")
+    first = make_checkpoint(KEY, 1, "", 1.0)
+    f.record(first)
+    limit = f.path.stat().st_size + 40  # room for 40 bytes of the next line only
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        outcome = pool.apply(_record_under_a_file_size_limit, (str(f.path), limit, 2))
+    assert outcome.startswith("OSError")
+    assert f.path.stat().st_size == limit  # the kernel did write the first 40 bytes
+    assert f.read() == [first]
+    third = make_checkpoint(KEY, 3, "", 3.0)
+    f.record(third)
+    assert f.read() == [first, None, third]
