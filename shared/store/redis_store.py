@@ -129,10 +129,24 @@ return {2}
 
 # Append to the audit chain if its head is still the one the entry was chained to.
 # KEYS: log stream, head. ARGV: prev, ts, event, device, detail, hash.
-# Returns {0, current head} or {1, entry id, entries}.
+# Returns {0, current head} or {1, entry id, entries up to it}.
+# A resend of an append whose reply was lost (a timeout, a dropped connection) finds its
+# entry already there, at the head or just below it when others appended since: it is
+# acknowledged where it stands, never chained a second time (one entry per decision).
 _APPEND_AUDIT: Final = """
 local head = redis.call('GET', KEYS[2]) or ''
-if head ~= ARGV[1] then return {0, head} end
+if head ~= ARGV[1] then
+  local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 64)
+  for i, entry in ipairs(recent) do
+    local f = entry[2]
+    for j = 1, #f - 1, 2 do
+      if f[j] == 'hash' and f[j + 1] == ARGV[6] then
+        return {1, entry[1], redis.call('XLEN', KEYS[1]) - i + 1}
+      end
+    end
+  end
+  return {0, head}
+end
 local id = redis.call('XADD', KEYS[1], '*', 'ts', ARGV[2], 'event', ARGV[3],
                       'device', ARGV[4], 'detail', ARGV[5], 'prev', ARGV[1], 'hash', ARGV[6])
 redis.call('SET', KEYS[2], ARGV[6])

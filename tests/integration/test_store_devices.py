@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared.audit import AuditKey, verify_chain
+from shared.audit import AuditKey, Checkpoint, canonical, entry_hash, verify_chain
 from shared.errors import AttestgateError, ErrorCode
 from shared.keys import StaticKey, device_id_for
 from shared.records import Baseline, Device, DeviceStatus
 from shared.store.interface import Store
 from shared.store.memory import MemoryStore
-from shared.store.redis_store import RedisStore
+from shared.store.redis_store import AUDIT_HEAD, AUDIT_LOG, RedisStore
 from tests.support.redis_server import RedisServer, RedisUnavailable
 
 pytestmark = pytest.mark.integration
@@ -201,3 +201,49 @@ def test_per_request_commands_survive_a_script_flush_and_a_dropped_connection(
     finally:
         store.close()
         admin.close()
+
+
+class _Checkpoints:
+    """A checkpoint sink that keeps what it is given (the store's CheckpointSink)."""
+
+    def __init__(self) -> None:
+        self.got: list[Checkpoint] = []
+
+    def record(self, checkpoint: Checkpoint) -> None:
+        self.got.append(checkpoint)
+
+
+@pytest.mark.parametrize("another_writer_meanwhile", [False, True])
+def test_an_audit_append_resent_after_a_lost_reply_is_stored_once(
+    redis_server: RedisServer, another_writer_meanwhile: bool
+) -> None:
+    """The append reached Redis but its reply was lost (a timeout, a dropped connection),
+    so the store sends it again. By then the entry is the head, or below it when another
+    writer appended meanwhile: it is acknowledged where it stands (its position in the
+    checkpoint), never chained a second time (one audit entry per decision)."""
+    redis_server.flushall()
+    sink = _Checkpoints()
+    store = RedisStore(redis_server.url, audit_key=KEY, checkpoints=sink)
+    other = RedisStore(redis_server.url, audit_key=KEY)
+    try:
+        store.append_audit("attest_ok", "d0", {"n": 0}, NOW)
+        prev, detail = store.audit_head(), {"n": 1}
+        h = entry_hash(KEY, prev, NOW + 1, "attest_ok", "d1", canonical(detail))
+        # The first send, whose reply never came back.
+        store._append_audit(keys=[AUDIT_LOG, AUDIT_HEAD],
+                            args=[prev, repr(NOW + 1), "attest_ok", "d1", canonical(detail), h])
+        if another_writer_meanwhile:
+            other.append_audit("attest_ok", "d2", {"n": 2}, NOW + 2)
+        entry = store.append_audit("attest_ok", "d1", detail, NOW + 1)  # the resend
+        entries = store.read_audit()
+        assert [e.device_id for e in entries] == (
+            ["d0", "d1", "d2"] if another_writer_meanwhile else ["d0", "d1"])
+        assert (entry.hash, entry.prev, entry.entry_id) == (h, prev, entries[1].entry_id)
+        assert (sink.got[-1].count, sink.got[-1].head) == (2, h)
+        assert verify_chain(entries, store.audit_head(), KEY) == []
+        # The chain goes on from the real head.
+        store.append_audit("attest_ok", "d3", {"n": 3}, NOW + 3)
+        assert verify_chain(store.read_audit(), store.audit_head(), KEY) == []
+    finally:
+        store.close()
+        other.close()
