@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import hmac
 import os
-import warnings
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from noise.backends.default import noise_backend as stock_backend
 from noise.backends.default.hashes import BLAKE2sHash
 from noise.backends.default.hashes import hmac_hash as stock_hmac
-from noise.connection import Keypair, NoiseConnection
 from noise.functions.hash import hkdf as stock_hkdf
 
 from shared.errors import AttestgateError, ErrorCode
@@ -27,27 +23,7 @@ from shared.keys import Psk, StaticKey
 from shared.noise_backend import hkdf, hmac_blake2s
 from shared.noise_session import NoiseSession
 from shared.wire import PATTERN_ENROLL
-
-
-def _conn(name: bytes, backend: Any, initiator: bool, prologue: bytes, psk: bytes,
-          static: bytes, remote_static: bytes | None = None,
-          ephemeral: bytes | None = None) -> NoiseConnection:
-    c = NoiseConnection.from_name(name, backend=backend)
-    if initiator:
-        c.set_as_initiator()
-    else:
-        c.set_as_responder()
-    c.set_prologue(prologue)
-    c.set_psks(psk=psk)
-    c.set_keypair_from_private_bytes(Keypair.STATIC, static)
-    if remote_static is not None:
-        c.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote_static)
-    if ephemeral is not None:
-        c.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
-    with warnings.catch_warnings():  # fixed ephemerals: "OK for testing" (noiseprotocol)
-        warnings.simplefilter("ignore")
-        c.start_handshake()
-    return c
+from tests.support.noise_stock import stock_connection
 
 
 @settings(max_examples=200, deadline=None)
@@ -84,7 +60,8 @@ def test_noise_session_transport_against_stock_noiseprotocol() -> None:
     client, server, psk = StaticKey.generate(), StaticKey.generate(), os.urandom(32)
     pre = preamble(Mode.ENROLL)
     ours = NoiseSession.initiator(pre, client, psk=Psk(psk), rekey_every=2)
-    stock = _conn(PATTERN_ENROLL, stock_backend, False, pre.prologue, psk, server.private)
+    stock = stock_connection(PATTERN_ENROLL, False, prologue=pre.prologue, psk=psk,
+                             static=server.private)
     stock.read_message(ours.write_handshake())
     ours.read_handshake(bytes(stock.write_message(b"")))
     stock.read_message(ours.write_handshake())

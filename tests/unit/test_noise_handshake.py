@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from noise.connection import Keypair, NoiseConnection
+from noise.connection import NoiseConnection
 
 from shared.errors import AttestgateError, ErrorCode
 from shared.framing import Mode, preamble
@@ -36,6 +35,7 @@ from shared.noise_handshake import (
 )
 from shared.noise_session import NoiseSession, State, responder_ephemeral
 from shared.wire import MAX_NOISE_MESSAGE, PATTERN_CONNECT, PATTERN_ENROLL
+from tests.support.noise_stock import stock_connection
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "noise_vectors.json").read_text())
 NAMES = [PATTERN_CONNECT, PATTERN_ENROLL]
@@ -81,25 +81,12 @@ def stock(name: bytes, initiator: bool, *, prologue: bytes = PROLOGUE, psk: byte
           static: bytes | None = None, remote: bytes | None = None,
           ephemeral: bytes | None = None) -> NoiseConnection:
     """Stock noiseprotocol, default backend."""
-    c = NoiseConnection.from_name(name)
-    if initiator:
-        c.set_as_initiator()
-    else:
-        c.set_as_responder()
-    c.set_prologue(prologue)
-    c.set_psks(psk=psk)
-    c.set_keypair_from_private_bytes(
-        Keypair.STATIC, static if static is not None else (I_KEY if initiator else R_KEY))
     if remote is None and initiator and name == PATTERN_CONNECT:
         remote = R_PUBLIC
-    if remote is not None:
-        c.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote)
-    if ephemeral is not None:
-        c.set_keypair_from_private_bytes(Keypair.EPHEMERAL, ephemeral)
-    with warnings.catch_warnings():  # fixed ephemerals: "OK for testing" (noiseprotocol)
-        warnings.simplefilter("ignore")
-        c.start_handshake()
-    return c
+    return stock_connection(
+        name, initiator, prologue=prologue, psk=psk,
+        static=static if static is not None else (I_KEY if initiator else R_KEY),
+        remote_static=remote, ephemeral=ephemeral)
 
 
 class _Side:
