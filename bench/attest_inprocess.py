@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.inprocess import cpu_per_request_us
 from tests.support.redis_server import RedisServer
 from tests.support.stack import REPO
 
@@ -35,7 +36,6 @@ from shared.audit_anchor import CheckpointFile
 from shared.binding import quote_nonce
 from shared.bus import codec
 from shared.bus.interface import Request
-from shared.bus.memory import call_handler
 from shared.config import Consequence, EnrollPolicy
 from shared.metrics import WorkerMetrics, instrument
 from shared.store.redis_store import REG, RedisStore
@@ -66,16 +66,7 @@ def _run(port: int, tmp: Path, n: int, checkpoints: bool) -> list[float]:
                                 "ts": int((now + i * 1e-6) * 1e9), "attest": attest,
                                 "signature": sign_data(dev.ak, attest), "pcrs": pcrs}
         frames.append(codec.encode(Request(f"a-{i}", "attestor", "attest", body, now + 600)))
-    figures = []
-    for r in range(ROUNDS):
-        start = time.thread_time()
-        for frame in frames[r * n:(r + 1) * n]:
-            request = codec.decode(frame)
-            assert isinstance(request, Request)
-            reply, _ = call_handler(handler, request, deps, time.time())
-            assert reply.ok, reply
-            codec.encode(reply)
-        figures.append((time.thread_time() - start) / n * 1e6)
+    figures = cpu_per_request_us(handler, deps, frames, ROUNDS)
     store.close()
     return figures
 

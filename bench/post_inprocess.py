@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.inprocess import cpu_per_request_us
 from tests.support.redis_server import RedisServer
 from tests.support.stack import REPO
 
@@ -28,7 +29,6 @@ from services.board.handler import BoardDeps, handle
 from shared.board_settings import BoardSettings
 from shared.bus import codec
 from shared.bus.interface import Request
-from shared.bus.memory import call_handler
 from shared.metrics import WorkerMetrics, instrument
 from shared.posts import post_digest
 from shared.store.redis_store import REG, RedisStore
@@ -58,17 +58,7 @@ def main() -> None:
                     "signature": sign_digest(dev.post_key,
                                              post_digest(dev.device_id, ts, key, text))}
             frames.append(codec.encode(Request(f"s-{i}", "board", "post", body, now + 600)))
-        figures = []
-        for r in range(ROUNDS):
-            start = time.thread_time()
-            for frame in frames[r * n:(r + 1) * n]:
-                request = codec.decode(frame)
-                assert isinstance(request, Request)
-                reply, _ = call_handler(handler, request, deps, time.time())
-                assert reply.ok, reply
-                for event in reply.events:
-                    codec.encode(event)
-            figures.append((time.thread_time() - start) / n * 1e6)
+        figures = cpu_per_request_us(handler, deps, frames, ROUNDS)
         store.close()
     print("board pipeline, us of CPU per post:", " ".join(f"{f:.1f}" for f in figures),
           f"median {statistics.median(figures[1:]):.1f}")
